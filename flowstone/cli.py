@@ -1,0 +1,196 @@
+"""The `flowstone` command: the demo, and the sub-commands later packages mount.
+
+Runs happen in this process against the instance under DAGSTER_HOME, so everything the demo
+materializes is there when the Dagster UI opens on the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flowstone import paths
+
+app = typer.Typer(
+    help="FlowStone: evaluation, model baking and approvals on Dagster.", no_args_is_help=True
+)
+console = Console(width=None if sys.stdout.isatty() else 160)
+# Step-by-step Dagster logs belong in the UI; the terminal shows progress and warnings.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@app.callback()
+def main() -> None:
+    """FlowStone's command line; see each sub-command's --help."""
+
+
+def ensure_instance() -> Path:
+    """Point DAGSTER_HOME at the repo-local instance (SQLite) unless the user chose another."""
+    home = paths.instance_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = home / "dagster.yaml"
+    template = paths.project_root() / "dagster.yaml"
+    if not config.exists() and template.exists():
+        shutil.copyfile(template, config)
+    return home
+
+
+def materialize_partitions(
+    partition_keys: Sequence[str] | None = None,
+    single_run: bool = False,
+    on_done: Callable[[str, bool, float], None] | None = None,
+):
+    """Observe the evaluation sources, then run the evaluation job in this process.
+
+    One run per partition by default (each gets its own checks in the UI); ``single_run`` runs
+    them all in one, the way a single-run backfill does. Returns the instance used.
+    """
+    import dagster as dg
+    from dagster._core.definitions.observe import observe  # not re-exported by Dagster 1.13
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    from flowstone.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("evaluation_job")
+    for key in _source_keys(defs):  # one at a time: their partitions differ (suite vs system)
+        observe([defs.resolve_assets_def(key)], instance=instance, run_config=QUIET_RUN_CONFIG)
+    keys = list(partition_keys or job.partitions_def.get_partition_keys())
+    if single_run:
+        start = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance,
+            run_config=QUIET_RUN_CONFIG,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                ASSET_PARTITION_RANGE_END_TAG: keys[-1],
+            },
+            raise_on_error=False,
+        )
+        if on_done:
+            on_done(f"{len(keys)} partitions", result.success, time.perf_counter() - start)
+        return instance, {k: result.success for k in keys}
+    outcomes = {}
+    for key in keys:
+        start = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+        )
+        outcomes[key] = result.success
+        if on_done:
+            on_done(key, result.success, time.perf_counter() - start)
+    return instance, outcomes
+
+
+def _source_keys(defs):
+    graph = defs.resolve_asset_graph()
+    return [key for key in graph.observable_asset_keys if key.path[0] == "evaluation"]
+
+
+def latest_reports(instance, keys: Sequence[str]) -> dict[str, dict]:
+    import dagster as dg
+
+    out = {}
+    for key in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(["evaluation", "report"]), asset_partitions=[key]
+            ),
+            limit=1,
+        ).records
+        if records:
+            out[key] = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+    return out
+
+
+def summary_table(reports: dict[str, dict]) -> Table:
+    metrics = sorted({k[5:] for r in reports.values() for k in r if k.startswith("mean/")})
+    table = Table(title="Evaluation summary (mean per metric)")
+    for column in ["suite", "system", "cases", *metrics, "checks", "regressions"]:
+        table.add_column(column, justify="left" if column in ("suite", "system") else "right")
+    for key, meta in reports.items():
+        suite, system = key.split("|")
+        cells = [f"{meta[f'mean/{m}']:.3f}" if f"mean/{m}" in meta else "—" for m in metrics]
+        verdict = "[green]pass[/]" if meta.get("passed") else "[red]fail[/]"
+        table.add_row(
+            suite,
+            system,
+            str(meta.get("cases", "")),
+            *cells,
+            verdict,
+            str(meta.get("regressions", 0)),
+        )
+    return table
+
+
+@app.command()
+def demo(
+    single_run: bool = typer.Option(
+        False, help="Run every partition in one run (single-run backfill)."
+    ),
+) -> None:
+    """Materialize every suite x system partition of the evaluation on the embedded defaults."""
+    home = ensure_instance()
+    console.print(
+        f"[bold]FlowStone demo[/] · instance [cyan]{home}[/] · outputs [cyan]{paths.outputs_dir()}[/]"
+    )
+    console.print("Loading the code location and observing suites, systems and settings…")
+    failures: list[str] = []
+    with Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("evaluating", total=None)
+
+        def on_done(key: str, ok: bool, seconds: float) -> None:
+            mark = "[green]✓[/]" if ok else "[red]✗[/]"
+            progress.console.print(f"  {mark} {key.replace('|', ' × ')}  {seconds:.1f}s")
+            progress.advance(task, 1 if not single_run else progress.tasks[0].total or 1)
+            if not ok:
+                failures.append(key)
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        from flowstone.evaluation.catalog import load_catalog
+
+        catalog = load_catalog()
+        keys = [
+            f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
+        ]
+        start(len(keys))
+        instance, _ = materialize_partitions(keys, single_run=single_run, on_done=on_done)
+    console.print(summary_table(latest_reports(instance, keys)))
+    console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
+    console.print(
+        "Open the UI: [bold]make ui[/] (or `DAGSTER_HOME=.dagster_home .venv/bin/dagster dev -w workspace.yaml`)"
+        " then http://127.0.0.1:3000"
+    )
+    if failures:
+        console.print(
+            f"[red]{len(failures)} partition(s) failed:[/] {', '.join(failures)}; see the run logs in the UI"
+        )
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,129 @@
+"""The evaluation pipeline as plain functions, one per asset: load, predict, score, report.
+
+The Dagster assets call these per partition, and so does the plain-loop peer in the
+benchmark, so what is timed against Dagster is exactly the same work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from flowstone import paths
+from flowstone.evaluation import aggregate, report_html, scoring
+from flowstone.evaluation import suites as suite_io
+from flowstone.evaluation.catalog import Catalog
+from flowstone.evaluation.regression import Regression, find_regressions
+
+
+@dataclass(frozen=True)
+class StepResult:
+    value: object
+    metadata: dict
+
+
+def load_suite(catalog: Catalog, suite_name: str) -> StepResult:
+    loaded = suite_io.load_suite(catalog.suites[suite_name], suite_name)
+    return StepResult(
+        suite_io.suite_to_frame(loaded),
+        {
+            "cases": len(loaded),
+            "tags": ", ".join(loaded.tags),
+            "file": str(loaded.path),
+            "sha256": loaded.sha256,
+        },
+    )
+
+
+def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataFrame) -> StepResult:
+    system = catalog.systems.get(system_name)
+    preds = system.predict(suite_io.suite_from_frame(suite_name, suite).cases)
+    table = pd.DataFrame([p.to_dict() for p in preds])
+    return StepResult(
+        table,
+        {
+            "cases": len(table),
+            "system_kind": system.kind,
+            "latency_mean_s": float(table["latency_s"].mean()),
+            "input_tokens": int(table["input_tokens"].sum()),
+            "output_tokens": int(table["output_tokens"].sum()),
+            "cost_usd": float(table["cost_usd"].sum()),
+            "cache_hits": int(table["cached"].sum()),
+            "preview": table[["case_id", "output"]].head(5),
+        },
+    )
+
+
+def score(
+    catalog: Catalog, suite_name: str, suite: pd.DataFrame, predictions: pd.DataFrame
+) -> StepResult:
+    settings = catalog.settings.for_suite(suite_name)
+    table = scoring.score_suite(suite_io.suite_from_frame(suite_name, suite), predictions, settings)
+    metrics = list(settings.metrics)
+    return StepResult(
+        table,
+        {
+            "cases": len(table),
+            **{f"mean/{m}": float(table[m].mean()) for m in metrics},
+            "preview": table[["case_id", *metrics]].head(10),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report: aggregate.Report
+    regressions: list[Regression]
+    html_path: Path
+
+    def metadata(self) -> dict:
+        summary = pd.DataFrame(
+            [
+                {
+                    "metric": s.metric,
+                    "mean": s.mean,
+                    "median": s.median,
+                    "p95": s.p95,
+                    "min": s.min,
+                    "pass_rate": s.pass_rate,
+                }
+                for s in self.report.metrics.values()
+            ]
+        )
+        return {
+            "cases": self.report.cases,
+            **{f"mean/{name}": value for name, value in self.report.means.items()},
+            "passed": self.report.passed,
+            "regressions": len(self.regressions),
+            "summary": summary,
+            "report_path": str(self.html_path),
+        }
+
+
+def report(
+    catalog: Catalog,
+    suite_name: str,
+    system_name: str,
+    scores: pd.DataFrame,
+    previous_means: Mapping[str, float],
+    reports_dir: Path | None = None,
+) -> ReportResult:
+    settings = catalog.settings.for_suite(suite_name)
+    result = aggregate.build_report(scores, settings, system_name)
+    regressions = find_regressions(result.means, previous_means, settings.regression_margin)
+    html_path = (reports_dir or paths.reports_dir()) / suite_name / f"{system_name}.html"
+    report_html.write_report(html_path, report_html.render_report(result, scores, regressions))
+    return ReportResult(result, regressions, html_path)
+
+
+def run_partition(
+    catalog: Catalog, suite_name: str, system_name: str, reports_dir: Path | None = None
+):
+    """The whole pipeline for one partition without Dagster (the benchmark's plain loop)."""
+    suite = load_suite(catalog, suite_name).value
+    preds = predict(catalog, suite_name, system_name, suite).value
+    scores = score(catalog, suite_name, suite, preds).value
+    return report(catalog, suite_name, system_name, scores, {}, reports_dir)

@@ -1,0 +1,143 @@
+"""The HTML report written next to the outputs: a chart per metric, the tag breakdown and
+the worst cases, in one self-contained file a person can open or attach to a ticket."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from flowstone.evaluation.aggregate import Report
+from flowstone.evaluation.regression import Regression
+
+
+def _figure_png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def metric_charts(scores: pd.DataFrame, report: Report) -> str:
+    """One PNG (base64) with a histogram a metric: mean, pass score and threshold marked.
+
+    A single figure with one panel a metric renders in one pass, several times faster than a
+    figure per metric.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(report.metrics)
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        summary = report.metrics[name]
+        ax.hist(scores[name], bins=[i / 20 for i in range(21)], color="#4c72b0", edgecolor="white")
+        ax.axvline(summary.mean, color="#222", linewidth=1.5, label=f"mean {summary.mean:.3f}")
+        ax.axvline(
+            summary.pass_score,
+            color="#dd8452",
+            linestyle="--",
+            label=f"pass {summary.pass_score:.2f}",
+        )
+        if name in report.thresholds:
+            floor = report.thresholds[name].min_mean
+            ax.axvline(
+                floor, color="#c44e52", linestyle=":", linewidth=2, label=f"threshold {floor:.2f}"
+            )
+        ax.set_xlim(0, 1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("score per case", fontsize=8)
+        ax.set_ylabel("cases", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    try:
+        return _figure_png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(
+        index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="grid", escape=True
+    )
+
+
+def render_report(
+    report: Report,
+    scores: pd.DataFrame,
+    regressions: list[Regression],
+    run_url: str | None = None,
+) -> str:
+    chart = metric_charts(scores, report)
+    summary = pd.DataFrame(
+        [
+            {
+                "metric": s.metric,
+                "mean": s.mean,
+                "median": s.median,
+                "p95": s.p95,
+                "min": s.min,
+                "pass rate": s.pass_rate,
+                "threshold": report.thresholds[s.metric].min_mean
+                if s.metric in report.thresholds
+                else None,
+                "verdict": (
+                    ("pass" if report.thresholds[s.metric].passed else "FAIL")
+                    if s.metric in report.thresholds
+                    else ""
+                ),
+            }
+            for s in report.metrics.values()
+        ]
+    )
+    first = next(iter(report.metrics))
+    worst = scores.sort_values(first).head(5)[["case_id", "expected", "output", *report.metrics]]
+    title = f"{html.escape(report.suite)} × {html.escape(report.system)}"
+    regression_html = (
+        "<p class='bad'>Regression against the previous run: "
+        + ", ".join(
+            f"{html.escape(r.metric)} {r.previous:.3f} → {r.current:.3f} (−{r.relative_drop:.1%})"
+            for r in regressions
+        )
+        + "</p>"
+        if regressions
+        else "<p>No regression against the previous run.</p>"
+    )
+    images = f"<figure><img alt='score distributions' src='data:image/png;base64,{chart}'></figure>"
+    link = f"<p><a href='{html.escape(run_url)}'>Dagster run</a></p>" if run_url else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>FlowStone report: {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }}
+table.grid {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }}
+table.grid th, table.grid td {{ padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: left; }}
+figure {{ display: inline-block; margin: 0.3rem; }}
+.bad {{ color: #b00020; font-weight: 600; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>{report.cases} cases · thresholds {"passed" if report.passed else "<span class='bad'>failed</span>"}</p>
+{regression_html}{link}
+<h2>Metrics</h2>{_table(summary)}
+<h2>Distributions</h2>{images}
+<h2>By tag</h2>{_table(report.tags)}
+<h2>Lowest-scoring cases ({html.escape(first)})</h2>{_table(worst)}
+</body></html>
+"""
+
+
+def write_report(path: Path, content: str) -> Path:
+    """Write atomically, so an open browser tab never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)
+    return path

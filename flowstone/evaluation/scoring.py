@@ -1,0 +1,70 @@
+"""Scoring stored predictions against a suite.
+
+Scoring is separate from predicting so that a new metric or threshold re-scores what a system
+already said without calling the system again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from flowstone.errors import FlowStoneError
+from flowstone.evaluation.config import SuiteSettings
+from flowstone.evaluation.metrics import compute
+from flowstone.evaluation.suites import Suite
+
+
+class ScoringError(FlowStoneError):
+    """Predictions that do not line up with the suite, or a metric that failed."""
+
+
+def align_outputs(suite: Suite, predictions: pd.DataFrame) -> list[str]:
+    """The prediction text for each case of the suite, in suite order."""
+    missing_cols = {"case_id", "output"} - set(predictions.columns)
+    if missing_cols:
+        raise ScoringError(
+            f"predictions for suite '{suite.name}' lack columns {sorted(missing_cols)}"
+        )
+    by_id = dict(zip(predictions["case_id"], predictions["output"], strict=True))
+    missing = [case.id for case in suite.cases if case.id not in by_id]
+    if missing:
+        raise ScoringError(
+            f"predictions for suite '{suite.name}' have no output for {len(missing)} case(s), "
+            f"first: '{missing[0]}'; re-materialize the predictions"
+        )
+    outputs = [by_id[case.id] for case in suite.cases]
+    bad = [
+        case.id for case, out in zip(suite.cases, outputs, strict=True) if not isinstance(out, str)
+    ]
+    if bad:
+        raise ScoringError(f"prediction for case '{bad[0]}' of suite '{suite.name}' is not text")
+    return outputs
+
+
+def score_suite(
+    suite: Suite,
+    predictions: pd.DataFrame,
+    settings: SuiteSettings,
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One row per case: id, tags, expected, output and one column per metric."""
+    outputs = align_outputs(suite, predictions)
+    references = [case.expected for case in suite.cases]
+    table = pd.DataFrame(
+        {
+            "case_id": [case.id for case in suite.cases],
+            "tags": [",".join(case.tags) for case in suite.cases],
+            "expected": references,
+            "output": outputs,
+        }
+    )
+    for name in metrics or list(settings.metrics):
+        setting = settings.metrics[name]
+        try:
+            scores = compute(name, outputs, references, **setting.options)
+        except (ValueError, TypeError) as exc:
+            raise ScoringError(f"metric '{name}' failed on suite '{suite.name}': {exc}") from exc
+        table[name] = scores
+    return table

@@ -1,0 +1,53 @@
+"""Text normalisation and tokenisation shared by the lexical metrics.
+
+Kept in one place so that exact match, BLEU and the baselines agree on what a "word" is.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation + "“”‘’–—")
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“A-Z0-9])")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How exact match compares strings (SQuAD-style by default)."""
+
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    strip_articles: bool = True
+    collapse_whitespace: bool = True
+
+    def apply(self, text: str) -> str:
+        if self.lowercase:
+            text = text.lower()
+        if self.strip_punctuation:
+            text = text.translate(_PUNCT_TABLE)
+        if self.strip_articles:
+            text = _ARTICLES.sub(" ", text)
+        if self.collapse_whitespace:
+            text = " ".join(text.split())
+        return text
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Words and punctuation marks as separate tokens (BLEU's usual '13a'-like split)."""
+    return _TOKEN.findall(text.lower() if lowercase else text)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens without punctuation."""
+    return _WORD.findall(text.lower())
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose into sentences on terminal punctuation followed by a capital or digit."""
+    parts = [part.strip() for part in _SENTENCE_END.split(text.strip())]
+    return [part for part in parts if part]

@@ -1,0 +1,93 @@
+"""The interface every system under evaluation implements, and the registry of systems."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from flowstone.evaluation.suites import Case
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a system said for one case, with what it cost."""
+
+    case_id: str
+    output: str
+    latency_s: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class System(abc.ABC):
+    """A system under evaluation.
+
+    ``fingerprint`` is a stable hash of everything that changes the system's outputs (code
+    version, parameters, prompt text, model); it becomes the Dagster data version of the
+    system, so the UI marks exactly that system's predictions stale when it changes.
+    """
+
+    name: str
+    kind: str = "baseline"
+    description: str = ""
+
+    @abc.abstractmethod
+    def params(self) -> dict:
+        """The parameters that define this system's behaviour (part of the fingerprint)."""
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(
+            {"class": type(self).__qualname__, "name": self.name, "params": self.params()},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @abc.abstractmethod
+    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+        """One prediction per case, in order."""
+
+
+class SystemRegistry:
+    """Systems by name; names become Dagster partition keys, so they are validated here."""
+
+    def __init__(self, systems: Iterable[System] = ()):
+        self._systems: dict[str, System] = {}
+        for system in systems:
+            self.register(system)
+
+    def register(self, system: System) -> None:
+        if (
+            not system.name
+            or any(ch in system.name for ch in "|,/\\ \t\n")
+            or len(system.name) > 63
+        ):
+            raise ValueError(
+                f"system name {system.name!r} cannot be a partition key: use letters, digits, '-' or '_'"
+            )
+        if system.name in self._systems:
+            raise ValueError(f"system '{system.name}' is registered twice")
+        self._systems[system.name] = system
+
+    def get(self, name: str) -> System:
+        try:
+            return self._systems[name]
+        except KeyError:
+            raise KeyError(f"unknown system '{name}'; known: {', '.join(self.names)}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._systems)
+
+    def __iter__(self):
+        return iter(self._systems.values())

@@ -1,0 +1,154 @@
+"""Local deterministic baselines: no network, no keys, same answer every run.
+
+They give every suite a floor to compare real systems with, and they let the demo and the
+tests run the whole pipeline offline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from flowstone.evaluation.suites import Case
+from flowstone.evaluation.text import sentences, words
+from flowstone.systems.base import Prediction, Progress, System
+
+# Function words that carry no topic: overlap on them says nothing about relevance.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "their",
+        "there",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+    ]
+)
+
+
+def _run(cases: Sequence[Case], answer, progress: Progress | None) -> list[Prediction]:
+    out = []
+    for done, case in enumerate(cases, start=1):
+        start = time.perf_counter()
+        text = answer(case)
+        out.append(Prediction(case.id, text, time.perf_counter() - start))
+        if progress:
+            progress(done)
+    return out
+
+
+class EchoSystem(System):
+    """Returns the input unchanged: the floor for paraphrase and the 'do nothing' reference."""
+
+    name = "echo"
+    description = "Echo baseline: output = input"
+
+    def params(self) -> dict:
+        return {"version": 1}
+
+    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+        return _run(cases, lambda case: case.input, progress)
+
+
+class LeadSummariser(System):
+    """Lead-N: the first N sentences of the input (or of the context, when a case has one)."""
+
+    description = "Lead-N extractive baseline"
+
+    def __init__(self, n: int = 1):
+        if n < 1:
+            raise ValueError(f"lead-N needs n >= 1, got {n}")
+        self.n = n
+        self.name = f"lead-{n}"
+
+    def params(self) -> dict:
+        return {"version": 1, "n": self.n}
+
+    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+        def answer(case: Case) -> str:
+            source = case.context or case.input
+            return " ".join(sentences(source)[: self.n]) or source
+
+        return _run(cases, answer, progress)
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in words(text) if w not in STOPWORDS]
+
+
+def best_sentence(query: str, candidates: Sequence[str]) -> str:
+    """The candidate sharing the most content words with the query, per sqrt of its length.
+
+    Ties go to the earlier sentence, which keeps the choice deterministic.
+    """
+    wanted = set(_content_words(query))
+    best, best_score = candidates[0], -1.0
+    for candidate in candidates:
+        tokens = _content_words(candidate)
+        if not tokens:
+            continue
+        score = len(wanted.intersection(tokens)) / math.sqrt(len(tokens))
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+class NearestSentenceAnswerer(System):
+    """Answers with the context sentence closest to the question.
+
+    Without a context it picks the input sentence closest to the whole input, which makes it
+    a centroid-style extractive summariser.
+    """
+
+    name = "nearest-sentence"
+    description = "Nearest-neighbour sentence over the case's context"
+
+    def params(self) -> dict:
+        return {"version": 1, "stopwords": len(STOPWORDS)}
+
+    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+        def answer(case: Case) -> str:
+            source = case.context or case.input
+            return best_sentence(case.input, sentences(source) or [source])
+
+        return _run(cases, answer, progress)
+
+
+def baseline_systems() -> list[System]:
+    return [EchoSystem(), LeadSummariser(1), NearestSentenceAnswerer()]

@@ -1,0 +1,228 @@
+"""The evaluation assets, run by Dagster in-process on a throwaway instance.
+
+Suites, settings and systems are real files and real systems; only the catalog is small so
+the tests stay fast."""
+
+import json
+import warnings
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._core.definitions.observe import observe
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from assets.evaluation import build_evaluation_assets
+from flowstone.evaluation.catalog import load_catalog
+from flowstone.systems.base import Prediction, System, SystemRegistry
+from flowstone.systems.baselines import EchoSystem, LeadSummariser
+from io_managers.local_fs import LocalPickleIOManager
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+REPORT = dg.AssetKey(["evaluation", "report"])
+
+QA = [
+    {
+        "id": f"q{i}",
+        "input": f"What colour is item {i}?",
+        "expected": f"colour {i}",
+        "context": f"Item {i} has colour {i}. Other items vary.",
+        "tags": ["easy" if i % 2 else "hard"],
+    }
+    for i in range(4)
+]
+DOCS = [
+    {
+        "id": f"d{i}",
+        "input": f"Story {i} begins here. It goes on a while. It ends.",
+        "expected": f"Story {i} begins here.",
+        "tags": ["news"],
+    }
+    for i in range(3)
+]
+SETTINGS = {
+    "defaults": {
+        "metrics": {"exact_match": {}, "fuzzy_match": {}, "rouge1": {}},
+        "thresholds": {"fuzzy_match": {"min_mean": 0.2}},
+    },
+    "suites": {"docs": {"thresholds": {"rouge1": {"min_mean": 0.99, "blocking": True}}}},
+}
+
+
+class TunableSystem(System):
+    """A real system whose quality the test turns down between runs; counts its calls."""
+
+    name = "tunable"
+
+    def __init__(self):
+        self.quality = 1.0
+        self.calls = 0
+
+    def params(self) -> dict:
+        return {"quality": self.quality}
+
+    def predict(self, cases, progress=None):
+        self.calls += 1
+        return [
+            Prediction(c.id, c.expected if self.quality >= 1 else "unrelated words", 0.0)
+            for c in cases
+        ]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "qa.jsonl").write_text("\n".join(json.dumps(c) for c in QA))
+    (suites / "docs.jsonl").write_text("\n".join(json.dumps(c) for c in DOCS))
+    settings = tmp_path / "evaluation.yaml"
+    settings.write_text(json.dumps(SETTINGS))
+    monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(tmp_path / "out"))
+    tunable = TunableSystem()
+    systems = SystemRegistry([EchoSystem(), LeadSummariser(1), tunable])
+    catalog = load_catalog(suites, settings, systems)
+    assets = build_evaluation_assets(catalog)
+    defs = dg.Definitions(
+        assets=assets,
+        jobs=[
+            dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.groups("evaluation"))
+        ],
+        resources={"io_manager": LocalPickleIOManager(base_dir=str(tmp_path / "storage"))},
+    )
+    with dg.instance_for_test() as instance:
+        yield {
+            "defs": defs,
+            "job": defs.resolve_job_def("evaluation_job"),
+            "instance": instance,
+            "tunable": tunable,
+            "assets": assets,
+            "suites": suites,
+            "tmp": tmp_path,
+        }
+
+
+def latest_report_metadata(instance, key):
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=REPORT, asset_partitions=[key]), limit=1
+    ).records[0]
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def observe_sources(env):
+    for asset in env["assets"][:3]:
+        observe([asset], instance=env["instance"])
+
+
+def test_one_partition_end_to_end(env):
+    result = env["job"].execute_in_process(partition_key="qa|lead-1", instance=env["instance"])
+    assert result.success
+    meta = latest_report_metadata(env["instance"], "qa|lead-1")
+    assert meta["cases"] == 4
+    assert 0.0 <= meta["mean/fuzzy_match"] <= 1.0 and "mean/exact_match" in meta
+    html = (env["tmp"] / "out" / "reports" / "qa" / "lead-1.html").read_text()
+    assert "data:image/png;base64," in html and "By tag" in html
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"fuzzy_match_above_threshold", "rouge1_above_threshold", "no_regression"}
+    assert checks["no_regression"].passed
+
+
+def test_blocking_threshold_fails_with_error_severity(env):
+    result = env["job"].execute_in_process(
+        partition_key="docs|echo", instance=env["instance"], raise_on_error=False
+    )
+    assert not result.success  # a failed blocking check fails the step, so nothing downstream runs
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}[
+        "rouge1_above_threshold"
+    ]
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    # the report itself is recorded, so the UI shows what failed
+    assert latest_report_metadata(env["instance"], "docs|echo")["passed"] is False
+
+
+def test_regression_against_previous_materialization(env):
+    job, instance = env["job"], env["instance"]
+    assert job.execute_in_process(partition_key="qa|tunable", instance=instance).success
+    env["tunable"].quality = 0.0
+    result = job.execute_in_process(partition_key="qa|tunable", instance=instance)
+    regression = {c.check_name: c for c in result.get_asset_check_evaluations()}["no_regression"]
+    assert not regression.passed
+    assert any(k.startswith("drop/qa|tunable/") for k in regression.metadata)
+    assert latest_report_metadata(instance, "qa|tunable")["regressions"] >= 1
+
+
+def test_rescoring_reuses_stored_predictions(env):
+    job, instance = env["job"], env["instance"]
+    assert job.execute_in_process(partition_key="qa|tunable", instance=instance).success
+    assert env["tunable"].calls == 1
+    rescore = job.execute_in_process(
+        partition_key="qa|tunable",
+        instance=instance,
+        asset_selection=[dg.AssetKey(["evaluation", "scores"]), REPORT],
+    )
+    assert rescore.success
+    assert env["tunable"].calls == 1
+
+
+def test_single_run_batch_keeps_per_partition_metadata(env):
+    job, instance = env["job"], env["instance"]
+    keys = job.partitions_def.get_partition_keys()
+    result = job.execute_in_process(
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        raise_on_error=False,
+    )
+    # docs' blocking rouge1 threshold (0.99) fails the batch's check, after every report is written
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["rouge1_above_threshold"].passed
+    assert "docs|echo" in checks["rouge1_above_threshold"].metadata["failed_partitions"].value
+    metas = {k: latest_report_metadata(instance, k) for k in keys}
+    assert metas["qa|tunable"]["mean/exact_match"] == 1.0
+    assert metas["qa|echo"]["mean/exact_match"] == 0.0
+    assert metas["docs|echo"]["cases"] == 3 and metas["qa|echo"]["cases"] == 4
+    # a later one-partition run reads what the batch wrote
+    assert job.execute_in_process(
+        partition_key="qa|echo", instance=instance, asset_selection=[REPORT]
+    ).success
+
+
+def stale_partitions(env, asset: str) -> set[str]:
+    resolver = get_stale_status_resolver(env["instance"], env["assets"])
+    key = dg.AssetKey(["evaluation", asset])
+    return {
+        k
+        for k in env["job"].partitions_def.get_partition_keys()
+        if resolver.get_status(key, k) == StaleStatus.STALE
+    }
+
+
+def test_edits_mark_exactly_the_affected_partitions_stale(env):
+    job, instance = env["job"], env["instance"]
+    observe_sources(env)
+    for key in job.partitions_def.get_partition_keys():  # docs|* fail a blocking check: fine here
+        job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+    assert stale_partitions(env, "suite") == set() and stale_partitions(env, "predictions") == set()
+
+    (env["suites"] / "docs.jsonl").write_text("\n".join(json.dumps(c) for c in DOCS[:2]))
+    env["tunable"].quality = 0.5  # a system parameter change: a new fingerprint
+    observe_sources(env)
+    assert stale_partitions(env, "suite") == {"docs|echo", "docs|lead-1", "docs|tunable"}
+    assert stale_partitions(env, "predictions") == {"docs|tunable", "qa|tunable"}
+    assert stale_partitions(env, "scores") == set()
+
+
+def test_predictions_missing_a_case_fail_without_writing_scores(env):
+    import pandas as pd
+
+    from flowstone.evaluation.scoring import ScoringError, score_suite
+    from flowstone.evaluation.suites import load_suite
+
+    suite = load_suite(env["suites"] / "qa.jsonl")
+    partial = pd.DataFrame({"case_id": ["q0"], "output": ["x"]})
+    settings = load_catalog(env["suites"], env["tmp"] / "evaluation.yaml").settings.for_suite("qa")
+    with pytest.raises(ScoringError, match="no output for 3 case"):
+        score_suite(suite, partial, settings)

@@ -1,0 +1,24 @@
+"""Test-wide isolation: every test session gets its own Dagster instance, outputs folder and
+warehouse, so tests never touch the repo's .dagster_home or outputs/."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flowstone-tests-"))
+os.environ.setdefault("DAGSTER_HOME", str(_SESSION_DIR / "dagster_home"))
+os.environ.setdefault("FLOWSTONE_OUTPUTS_DIR", str(_SESSION_DIR / "outputs"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+(Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,182 @@
+"""``flowstone pool ...``: run a shared worker pool server, inspect it, stop it.
+
+Also runnable alone: ``python -m flowstone.workers.cli serve --bridge metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The warm Python worker pool (server mode).", no_args_is_help=True)
+
+SocketOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--socket", "-s", help="Unix socket path [default: $DAGSTER_HOME/workers/pool.sock]."
+    ),
+]
+
+
+@app.command()
+def serve(
+    socket_path: SocketOption = None,
+    bridge: Annotated[
+        str, typer.Option(help="Bridge name (echo, metrics, inference) or module:Class.")
+    ] = "metrics",
+    workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Worker processes.")] = 2,
+    options: Annotated[
+        str, typer.Option(help="Bridge options as JSON, e.g. '{\"preload\": true}'.")
+    ] = "{}",
+    timeout: Annotated[float, typer.Option(help="Default per-call timeout, seconds.")] = 300.0,
+    memory_limit_mb: Annotated[
+        int | None, typer.Option(help="RLIMIT_AS cap per worker, MB.")
+    ] = None,
+    max_requests: Annotated[
+        int | None, typer.Option(help="Recycle a worker after this many calls.")
+    ] = None,
+    max_age_s: Annotated[
+        float | None, typer.Option(help="Recycle a worker older than this.")
+    ] = None,
+    max_rss_mb: Annotated[
+        float | None, typer.Option(help="Recycle a worker above this resident memory.")
+    ] = None,
+    health_interval_s: Annotated[float, typer.Option(help="Seconds between health checks.")] = 10.0,
+    queue_size: Annotated[int, typer.Option(help="Calls that may wait for a worker.")] = 1000,
+    start_timeout_s: Annotated[
+        float, typer.Option(help="How long a worker may take to start.")
+    ] = 180.0,
+) -> None:
+    """Start a pool and serve it on a Unix socket until SIGTERM/Ctrl-C or `flowstone pool stop`."""
+    from flowstone.workers.pool import PoolConfig, WorkerPool
+    from flowstone.workers.server import PoolServer
+
+    try:
+        bridge_options = json.loads(options)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--options is not valid JSON: {exc}") from None
+    config = PoolConfig(
+        bridge=bridge,
+        size=workers,
+        bridge_options=bridge_options,
+        default_timeout_s=timeout,
+        memory_limit_mb=memory_limit_mb,
+        max_requests=max_requests,
+        max_age_s=max_age_s,
+        max_rss_mb=max_rss_mb,
+        health_interval_s=health_interval_s,
+        queue_size=queue_size,
+        start_timeout_s=start_timeout_s,
+    )
+    pool = WorkerPool(config)
+    server = PoolServer(pool, socket_path)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except Exception:
+        pool.close()
+        raise
+    typer.echo(
+        f"flowstone pool: {workers} '{pool.bridge.name}' workers ready on {server.socket_path} "
+        f"(pids {', '.join(map(str, pool.worker_pids()))})",
+        err=True,
+    )
+    while not stop.is_set() and not server.wait(0.2):
+        pass
+    server.shutdown()
+    typer.echo("flowstone pool: stopped", err=True)
+
+
+def _client(socket_path: Path | None):
+    from flowstone.workers.server import PoolClient
+
+    return PoolClient(socket_path, connect_timeout_s=1.0)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def status(socket_path: SocketOption = None) -> None:
+    """Show the server's workers (pid, state, RSS, uptime, requests) and headline stats."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flowstone.workers.errors import PoolError
+
+    try:
+        with _client(socket_path) as client:
+            stats, rows = client.stats(), client.workers()
+    except PoolError as exc:
+        _fail(exc)
+        return
+    latency = stats["latency"]
+    console = Console()
+    console.print(
+        f"[bold]{stats['bridge']}[/] pool on {stats['server']['socket']} (server pid {stats['server']['pid']}): "
+        f"{stats['workers_alive']}/{stats['size']} workers, queue {stats['queue_depth']}, "
+        f"{stats['requests']} requests, {stats['failed']} failed, {stats['timeouts']} timeouts, "
+        f"{stats['crashes']} crashes, p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms"
+    )
+    table = Table("pid", "state", "RSS MB", "uptime s", "requests", "failures", "sessions")
+    for row in rows:
+        table.add_row(
+            str(row["pid"]),
+            row["state"],
+            str(row["rss_mb"]),
+            str(row["uptime_s"]),
+            str(row["requests"]),
+            str(row["failures"]),
+            str(row["sessions"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def stats(socket_path: SocketOption = None) -> None:
+    """Print the server's full stats as JSON."""
+    from flowstone.workers.errors import PoolError
+
+    try:
+        with _client(socket_path) as client:
+            typer.echo(json.dumps({**client.stats(), "workers": client.workers()}, indent=2))
+    except PoolError as exc:
+        _fail(exc)
+
+
+@app.command()
+def stop(socket_path: SocketOption = None) -> None:
+    """Ask the server to stop; its workers stop with it."""
+    from flowstone.workers.errors import PoolError
+
+    try:
+        with _client(socket_path) as client:
+            info = client.shutdown()
+    except PoolError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stopping pool server pid {info['pid']} on {info['socket']}")
+
+
+@app.command()
+def reap() -> None:
+    """Terminate workers left behind by pools whose process died (normally automatic)."""
+    from flowstone.workers.registry import reap_orphans
+
+    pids = reap_orphans()
+    typer.echo(
+        f"terminated {len(pids)} orphaned worker(s){': ' + ', '.join(map(str, pids)) if pids else ''}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,897 @@
+"""The worker pool: N warm worker processes behind ``execute`` and ``execute_stream``.
+
+Concurrency model (threads, no asyncio): a caller's own thread does the I/O of its call on the
+worker it acquired (write the request, read the reply with a deadline). That keeps a no-op round
+trip to two pipe writes and two reads with no hand-off between threads. Three pool threads do the
+rest:
+
+- the *supervisor* spawns every worker, waits for ready frames and restores the pool's size.
+  Spawning from one long-lived thread matters: Linux sends the parent-death signal when the
+  *thread* that forked a child exits, so a worker started from a short-lived caller thread would
+  die with it;
+- the *health* thread pings idle workers on an interval, samples resident memory, recycles old or
+  fat workers and expires sessions;
+- retiring workers are stopped by short-lived threads so that a slow exit blocks nobody.
+
+Waiting callers queue FIFO (each with its own Event, so a release wakes exactly one) up to
+``queue_size``; past that a call fails at once with PoolSaturatedError.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from flowstone.workers.bridge import BridgeInfo, validate_bridge
+from flowstone.workers.errors import (
+    PoolClosedError,
+    PoolError,
+    PoolSaturatedError,
+    ProtocolError,
+    SessionLostError,
+    UnknownCommandError,
+    WorkerCrashedError,
+    WorkerOutOfMemoryError,
+    WorkerStartError,
+    WorkerTimeoutError,
+    error_from_wire,
+)
+from flowstone.workers.process import ExitInfo, WorkerProcess, classify_exit
+from flowstone.workers.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameTimeout,
+    StreamClosed,
+    get_codec,
+)
+from flowstone.workers.registry import PidRegistry, reap_orphans
+from flowstone.workers.sessions import SESSION_MODES, SessionTable
+from flowstone.workers.stats import PoolStats
+
+_DEFAULT: Any = object()
+
+
+def map_concurrently(
+    pool: Any, command: str, items: Iterable[Any], *, timeout: Any = _DEFAULT, concurrency: int = 2
+) -> list[Any]:
+    """``pool.execute`` over many args from ``concurrency`` threads; order kept, first error raised.
+
+    Shared by WorkerPool and PoolClient so both batch the same way.
+    """
+    work = list(items)
+    results: list[Any] = [None] * len(work)
+    errors: list[BaseException] = []
+    cursor = iter(range(len(work)))  # next() on a range iterator is atomic under the GIL
+    kwargs = {} if timeout is _DEFAULT else {"timeout": timeout}
+
+    def run() -> None:
+        for index in cursor:
+            if errors:
+                return
+            try:
+                results[index] = pool.execute(command, work[index], **kwargs)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [
+        threading.Thread(target=run, daemon=True)
+        for _ in range(max(1, min(concurrency, len(work))))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@dataclass
+class PoolConfig:
+    """Everything that shapes a pool; the Dagster resource and the CLI map onto these fields."""
+
+    bridge: str = "echo"
+    size: int = 2
+    bridge_options: dict[str, Any] = field(default_factory=dict)
+    default_timeout_s: float | None = 300.0
+    queue_size: int = 1000
+    queue_timeout_s: float = 300.0
+    session_mode: str = "hint"
+    session_ttl_s: float = 3600.0
+    max_sessions: int = 10_000
+    max_requests: int | None = None
+    max_age_s: float | None = None
+    max_rss_mb: float | None = None
+    memory_limit_mb: int | None = None
+    health_interval_s: float | None = 10.0
+    health_timeout_s: float = 10.0
+    max_retries: int = 1
+    start_timeout_s: float = 120.0
+    max_start_failures: int = 5
+    stop_grace_s: float = 3.0
+    codec: str = "json"
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    registry_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    pythonpath: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        problems = []
+        if self.size < 1:
+            problems.append(f"size must be >= 1, got {self.size}")
+        if self.session_mode not in SESSION_MODES:
+            problems.append(
+                f"session_mode must be one of {SESSION_MODES}, got '{self.session_mode}'"
+            )
+        if self.queue_size < 0:
+            problems.append(f"queue_size must be >= 0, got {self.queue_size}")
+        if self.max_retries < 0:
+            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in (
+            "max_requests",
+            "max_age_s",
+            "max_rss_mb",
+            "memory_limit_mb",
+            "default_timeout_s",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} must be positive or None, got {value}")
+        if problems:
+            raise ValueError("invalid worker pool config: " + "; ".join(problems))
+
+
+class _Waiter:
+    __slots__ = ("event", "worker", "error", "strict_worker_id")
+
+    def __init__(self, strict_worker_id: int | None):
+        self.event = threading.Event()
+        self.worker: WorkerProcess | None = None
+        self.error: PoolError | None = None
+        self.strict_worker_id = strict_worker_id
+
+
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+class WorkerPool:
+    """A supervised set of worker processes running one bridge.
+
+    >>> with WorkerPool(bridge="echo", size=2) as pool:
+    ...     pool.execute("echo:echo", {"value": 1})
+    1
+    """
+
+    def __init__(self, config: PoolConfig | None = None, **overrides: Any):
+        unknown = set(overrides) - {f.name for f in fields(PoolConfig)}
+        if unknown:
+            raise TypeError(f"unknown worker pool option(s): {', '.join(sorted(unknown))}")
+        self.config = replace(config or PoolConfig(), **overrides)
+        self.config.check()
+        self.bridge: BridgeInfo = validate_bridge(self.config.bridge)
+        self._codec = get_codec(self.config.codec)
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._workers: dict[int, WorkerProcess] = {}
+        self._idle: dict[int, WorkerProcess] = {}
+        self._starting: dict[int, WorkerProcess] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._sessions = SessionTable(self.config.session_ttl_s, self.config.max_sessions)
+        self._graveyard: dict[int, ExitInfo] = {}  # worker id -> how it died (for strict sessions)
+        self._stats = PoolStats()
+        self._request_ids = iter(range(1, 1 << 62))
+        self._spawn_due: list[float] = []
+        self._start_failures = 0
+        self._start_error: PoolError | None = None
+        self._closed = False
+        self._started = False
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._registry: PidRegistry | None = None
+        self._threads: list[threading.Thread] = []
+        self.reaped_orphans: list[int] = []
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def start(self, wait: bool = True) -> WorkerPool:
+        """Reap workers of dead pools, spawn ``size`` workers concurrently, optionally wait."""
+        if self._started:
+            return self
+        self._started = True
+        self.reaped_orphans = reap_orphans(self.config.registry_dir)
+        self._registry = PidRegistry(self.config.registry_dir)
+        _live_pools.add(self)
+        with self._lock:
+            self._spawn_due.extend([0.0] * self.config.size)
+        for target, name in ((self._supervise, "supervisor"), (self._health_loop, "health")):
+            thread = threading.Thread(target=target, name=f"flowstone-pool-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if wait:
+            self.await_ready(self.config.start_timeout_s)
+        return self
+
+    def await_ready(self, timeout: float | None = None, count: int | None = None) -> None:
+        """Block until ``count`` (default: all) workers are ready; raise the start error if any."""
+        want = self.config.size if count is None else count
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._ready:
+            while True:
+                ready = sum(1 for w in self._workers.values() if w.state in ("idle", "busy"))
+                if ready >= want:
+                    return
+                if self._start_error is not None:
+                    raise self._start_error
+                if self._closed:
+                    raise PoolClosedError("the worker pool was closed while starting")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WorkerStartError(
+                        f"only {ready} of {want} '{self.bridge.name}' workers were ready after "
+                        f"{timeout:.1f}s; raise start_timeout_s if the bridge loads a large model"
+                    )
+                self._ready.wait(remaining)
+
+    def close(self) -> None:
+        """Stop every worker (EOF, then SIGTERM, then SIGKILL) and the pool's threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            workers = list(self._workers.values())
+            self._workers.clear()
+            self._idle.clear()
+            self._ready.notify_all()
+        for waiter in waiters:
+            waiter.error = PoolClosedError(
+                "the worker pool was closed while this call waited for a worker"
+            )
+            waiter.event.set()
+        stoppers = []
+        for worker in workers:
+            busy = worker.state == "busy"
+            worker.state = "dead"
+            if busy:
+                worker.kill()
+            else:
+                thread = threading.Thread(
+                    target=worker.stop, args=(self.config.stop_grace_s,), daemon=True
+                )
+                thread.start()
+                stoppers.append(thread)
+        for thread in stoppers:
+            thread.join(self.config.stop_grace_s * 2 + 2)
+        # Only now stop the supervisor: its exit fires the parent-death signal of its children.
+        self._stop.set()
+        self._wake()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(5)
+        if self._registry is not None:
+            self._registry.remove()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _live_pools.discard(self)
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # Calls -------------------------------------------------------------------------------
+
+    def execute(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        session_id: str | None = None,
+        session_mode: str | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Run one command on a worker and return its result.
+
+        ``args`` is a dict (keyword arguments), a list (positional) or None. ``timeout`` (seconds,
+        None for none) kills and replaces the worker when exceeded. A streaming command's chunks
+        come back as a list.
+        """
+        chunks: list[Any] = []
+        streaming = self._is_streaming(command)
+        calls = self._invoke(
+            command, args, timeout, session_id, session_mode, idempotent, streaming
+        )
+        try:
+            while True:
+                chunks.append(next(calls))
+        except StopIteration as done:
+            return chunks if streaming else done.value
+
+    def execute_stream(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        session_id: str | None = None,
+        session_mode: str | None = None,
+        idempotent: bool | None = None,
+    ) -> Iterator[Any]:
+        """Yield the chunks of a streaming command as the worker produces them.
+
+        A non-streaming command yields its one result. Stopping early drains the rest of the
+        stream (within the call's timeout) so the worker stays warm.
+        """
+        streaming = self._is_streaming(command)
+        calls = self._invoke(
+            command, args, timeout, session_id, session_mode, idempotent, streaming
+        )
+        if streaming:
+            yield from calls
+        else:
+            result = yield from calls
+            yield result
+
+    def map(
+        self,
+        command: str,
+        items: Iterable[Any],
+        *,
+        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        concurrency: int | None = None,
+    ) -> list[Any]:
+        """Run ``command`` once per args item, ``concurrency`` (default: pool size) at a time.
+
+        Results keep the order of ``items``; the first error is raised after in-flight calls end.
+        """
+        return map_concurrently(
+            self, command, items, timeout=timeout, concurrency=concurrency or self.config.size
+        )
+
+    def _is_streaming(self, command: str) -> bool:
+        spec = self.bridge.spec_for(command)
+        return bool(spec and spec.streaming)
+
+    def _invoke(
+        self,
+        command: str,
+        args: Any,
+        timeout: float | None,
+        session_id: str | None,
+        session_mode: str | None,
+        idempotent: bool | None,
+        streaming: bool = True,
+    ) -> Iterator[Any]:
+        spec = self.bridge.spec_for(command)
+        if spec is None:
+            known = ", ".join(f"{self.bridge.name}:{c}" for c in sorted(self.bridge.commands))
+            raise UnknownCommandError(
+                f"bridge '{self.bridge.name}' has no command '{command}'; commands: {known}"
+            )
+        if timeout is _DEFAULT:
+            timeout = self.config.default_timeout_s
+        mode = session_mode or self.config.session_mode
+        if mode not in SESSION_MODES:
+            raise ValueError(f"session_mode must be one of {SESSION_MODES}, got '{mode}'")
+        retryable = spec.idempotent if idempotent is None else idempotent
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            worker = self._acquire(session_id, mode, started + self.config.queue_timeout_s)
+            request = {
+                "id": next(self._request_ids),
+                "command": command,
+                "args": args,
+                "timeout_ms": None if timeout is None else int(timeout * 1000),
+            }
+            deadline = None if timeout is None else time.monotonic() + timeout
+            yielded = False
+            frames = worker.frames(request, deadline) if streaming else ()
+            try:
+                if not streaming:
+                    final = worker.call(request, deadline)
+                for frame in frames:
+                    if "chunk" in frame:
+                        yielded = True
+                        try:
+                            yield frame["chunk"]
+                        except GeneratorExit:
+                            self._drain(worker, frames)
+                            raise
+                        continue
+                    final = frame
+            except FrameTimeout:
+                self._discard(worker, "timeout")
+                self._stats.record_call(time.monotonic() - started, ok=False)
+                self._stats.incr("timeouts")
+                raise WorkerTimeoutError(
+                    f"'{command}' did not finish within {timeout:g}s on worker pid {worker.pid}; the "
+                    "worker was killed and a replacement started (raise the timeout for slow calls)",
+                    command=command,
+                    pid=worker.pid,
+                    timeout_s=timeout,
+                ) from None
+            except (StreamClosed, ProtocolError, OSError) as exc:
+                exit_info = self._discard(worker, "crash")
+                self._stats.record_call(time.monotonic() - started, ok=False)
+                if self._closed:
+                    raise PoolClosedError(
+                        f"the worker pool was closed during '{command}'"
+                    ) from None
+                error = self._crash_error(command, worker, exit_info, exc)
+                if retryable and not yielded and attempt < self.config.max_retries:
+                    attempt += 1
+                    self._stats.incr("retries")
+                    continue
+                raise error from None
+            except GeneratorExit:
+                raise  # the consumer stopped a stream; _drain already released or replaced the worker
+            except BaseException:
+                # KeyboardInterrupt or similar mid-call: the worker's state is unknown.
+                self._discard(worker, "interrupted")
+                raise
+            ok = bool(final.get("success"))
+            self._release(worker, ok)
+            self._stats.record_call(time.monotonic() - started, ok)
+            if ok:
+                return final.get("result")
+            raise error_from_wire(final.get("error") or {})
+
+    def _drain(self, worker: WorkerProcess, frames: Iterator[dict[str, Any]]) -> None:
+        """A stream consumer stopped early: read the rest so the worker can be reused."""
+        try:
+            for _ in frames:
+                pass
+        except BaseException:
+            self._discard(worker, "abandoned stream")
+            return
+        self._release(worker, True)
+
+    def _crash_error(
+        self, command: str, worker: WorkerProcess, exit_info: ExitInfo, exc: BaseException
+    ) -> PoolError:
+        if isinstance(exc, ProtocolError):
+            return ProtocolError(
+                f"worker pid {worker.pid} broke the frame protocol during '{command}': {exc}; it was "
+                "replaced",
+                command=command,
+                pid=worker.pid,
+            )
+        cls = WorkerOutOfMemoryError if exit_info.kind == "out_of_memory" else WorkerCrashedError
+        hint = {
+            "out_of_memory": "raise memory_limit_mb or send smaller batches",
+            "segfault": "a native library crashed; check the worker's stderr",
+        }.get(exit_info.kind, "check the worker's stderr")
+        return cls(
+            f"worker pid {worker.pid} died during '{command}': it {exit_info.description}; the pool "
+            f"started a replacement ({hint})",
+            command=command,
+            pid=worker.pid,
+            exit=exit_info.to_dict(),
+        )
+
+    # Dispatch ----------------------------------------------------------------------------
+
+    def _acquire(self, session_id: str | None, mode: str, queue_deadline: float) -> WorkerProcess:
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the worker pool is closed")
+            if self._start_error is not None and not self._workers:
+                raise self._start_error
+            strict_id: int | None = None
+            worker: WorkerProcess | None = None
+            if session_id is not None:
+                binding = self._sessions.get(session_id)
+                if binding is not None and binding.worker_id in self._workers:
+                    worker = self._idle.pop(binding.worker_id, None)
+                    if worker is not None:
+                        self._stats.incr("affinity_hits")
+                    elif mode == "strict":
+                        strict_id = binding.worker_id
+                    else:
+                        self._stats.incr("affinity_misses")
+                elif binding is not None and mode == "strict":
+                    self._sessions.drop(session_id)
+                    died = self._graveyard.get(binding.worker_id)
+                    how = f" (it {died.description})" if died else ""
+                    raise SessionLostError(
+                        f"session '{session_id}' lived on worker pid {binding.worker_pid}, which is "
+                        f"gone{how}; its state is lost: start the session again",
+                        session_id=session_id,
+                        pid=binding.worker_pid,
+                    )
+                elif binding is not None:
+                    self._stats.incr("affinity_misses")
+            if worker is None and strict_id is None and self._idle:
+                worker = self._idle.pop(next(iter(self._idle)))
+            if worker is not None:
+                worker.state = "busy"
+                if session_id is not None:
+                    self._sessions.bind(session_id, worker.id, worker.pid)
+                return worker
+            if len(self._waiters) >= self.config.queue_size:
+                self._stats.incr("saturated")
+                raise PoolSaturatedError(
+                    f"pool saturated: all {self.config.size} '{self.bridge.name}' workers are busy and "
+                    f"{len(self._waiters)} calls already wait (queue_size={self.config.queue_size}); "
+                    "add workers or slow down",
+                    queue_depth=len(self._waiters),
+                )
+            waiter = _Waiter(strict_id)
+            self._waiters.append(waiter)
+        waiter.event.wait(max(0.0, queue_deadline - time.monotonic()))
+        with self._lock:
+            if waiter.worker is None and waiter.error is None:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._stats.incr("saturated")
+                raise PoolSaturatedError(
+                    f"pool saturated: no '{self.bridge.name}' worker became free within "
+                    f"{self.config.queue_timeout_s:g}s (queue_timeout_s); add workers or raise the timeout",
+                    queue_depth=len(self._waiters),
+                )
+            if waiter.error is not None:
+                raise waiter.error
+            worker = waiter.worker
+            assert worker is not None
+            if session_id is not None:
+                self._sessions.bind(session_id, worker.id, worker.pid)
+            return worker
+
+    def _hand_off(self, worker: WorkerProcess) -> None:
+        """Give a free worker to the first waiter that accepts it, else mark it idle (lock held)."""
+        for waiter in self._waiters:
+            if waiter.strict_worker_id is None or waiter.strict_worker_id == worker.id:
+                self._waiters.remove(waiter)
+                worker.state = "busy"
+                waiter.worker = worker
+                waiter.event.set()
+                return
+        worker.state = "idle"
+        self._idle[worker.id] = worker
+
+    def _release(self, worker: WorkerProcess, ok: bool) -> None:
+        worker.requests += 1
+        worker.last_used = time.monotonic()
+        if not ok:
+            worker.failures += 1
+        reason = worker.recycle_reason
+        cfg = self.config
+        if reason is None and cfg.max_requests is not None and worker.requests >= cfg.max_requests:
+            reason = f"served {worker.requests} requests (max_requests={cfg.max_requests})"
+        if (
+            reason is None
+            and cfg.max_age_s is not None
+            and worker.last_used - worker.spawned_at > cfg.max_age_s
+        ):
+            reason = f"older than max_age_s={cfg.max_age_s:g}"
+        if reason is not None:
+            self._retire(worker, reason)
+            return
+        with self._lock:
+            if self._closed or worker.id not in self._workers:
+                return
+            self._hand_off(worker)
+
+    def _retire(self, worker: WorkerProcess, reason: str) -> None:
+        """Take a healthy worker out of service, stop it gently and start its replacement."""
+        with self._lock:
+            if self._workers.pop(worker.id, None) is None:
+                return
+            self._idle.pop(worker.id, None)
+            worker.state = "retiring"
+            worker.recycle_reason = reason
+            self._graveyard[worker.id] = ExitInfo("exit_code", 0, None, f"was recycled: {reason}")
+            self._fail_strict_waiters(worker)
+            if not self._closed:
+                self._spawn_due.append(0.0)
+        self._stats.incr("recycled")
+        self._wake()
+
+        def stop() -> None:
+            worker.stop(self.config.stop_grace_s)
+            worker.state = "dead"
+            if self._registry is not None:
+                self._registry.discard(worker.pid)
+
+        threading.Thread(target=stop, name=f"flowstone-retire-{worker.pid}", daemon=True).start()
+
+    def _discard(self, worker: WorkerProcess, reason: str) -> ExitInfo:
+        """Remove a broken worker, reap it, schedule a replacement; returns how it ended."""
+        with self._lock:
+            known = self._workers.pop(worker.id, None) is not None
+            self._idle.pop(worker.id, None)
+            worker.state = "dead"
+            if known and not self._closed:
+                self._spawn_due.append(0.0)
+        code = (
+            worker.kill()
+            if reason in ("timeout", "interrupted", "abandoned stream", "unhealthy")
+            else None
+        )
+        if code is None:
+            code = worker.wait(2.0)
+            if code is None:
+                code = worker.kill()
+            else:
+                worker.kill()  # closes the pipes; the process is already reaped
+        exit_info = classify_exit(code, self.config.memory_limit_mb)
+        with self._lock:
+            self._graveyard[worker.id] = exit_info
+            if len(self._graveyard) > 1000:
+                self._graveyard.pop(next(iter(self._graveyard)))
+            self._fail_strict_waiters(worker)
+        if reason == "crash":
+            self._stats.incr("crashes")
+        if self._registry is not None:
+            self._registry.discard(worker.pid)
+        self._wake()
+        return exit_info
+
+    def _fail_strict_waiters(self, worker: WorkerProcess) -> None:
+        for waiter in [w for w in self._waiters if w.strict_worker_id == worker.id]:
+            self._waiters.remove(waiter)
+            waiter.error = SessionLostError(
+                f"the session's worker pid {worker.pid} is gone while the call waited for it; "
+                "its state is lost: start the session again",
+                pid=worker.pid,
+            )
+            waiter.event.set()
+
+    # Supervisor: spawning and readiness ------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _spawn_one(self) -> WorkerProcess:
+        cfg = self.config
+        worker = WorkerProcess.spawn(
+            target=self.bridge.target,
+            name=self.bridge.name,
+            options=cfg.bridge_options,
+            codec=self._codec,
+            max_frame_bytes=cfg.max_frame_bytes,
+            memory_limit_mb=cfg.memory_limit_mb,
+            env=cfg.env,
+            pythonpath=cfg.pythonpath,
+        )
+        if self._registry is not None:
+            self._registry.add(worker.pid)
+        self._stats.incr("started")
+        return worker
+
+    def _supervise(self) -> None:
+        starting = self._starting  # stdout fd -> worker; written by this thread only
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                due = [t for t in self._spawn_due if t <= now]
+                self._spawn_due = [t for t in self._spawn_due if t > now]
+                closed = self._closed
+            for _ in due if not closed else ():
+                try:
+                    worker = self._spawn_one()
+                except Exception as exc:  # never let the supervisor die: callers would wait forever
+                    self._start_failed(
+                        None, WorkerStartError(f"cannot spawn a worker process: {exc}")
+                    )
+                    continue
+                starting[worker.stdout_fd] = worker
+                poller.register(worker.stdout_fd, select.POLLIN)
+            for fd, worker in list(starting.items()):
+                if now - worker.spawned_at > self.config.start_timeout_s:
+                    self._forget_starting(starting, poller, fd)
+                    worker.kill()
+                    self._start_failed(
+                        worker,
+                        WorkerStartError(
+                            f"worker pid {worker.pid} did not report ready within "
+                            f"{self.config.start_timeout_s:g}s (start_timeout_s)"
+                        ),
+                    )
+            with self._lock:
+                pending = [t for t in self._spawn_due]
+            wait_s = 0.5 if not pending else max(0.0, min(pending) - time.monotonic())
+            try:
+                events = poller.poll(min(wait_s, 0.5) * 1000.0)
+            except OSError:
+                events = []
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                worker = starting.get(fd)
+                if worker is not None:
+                    self._check_ready(starting, poller, fd, worker)
+        for fd, worker in list(starting.items()):
+            self._forget_starting(starting, poller, fd)
+            worker.kill()
+
+    @staticmethod
+    def _forget_starting(starting: dict[int, WorkerProcess], poller: select.poll, fd: int) -> None:
+        starting.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError):
+            poller.unregister(fd)
+
+    def _check_ready(
+        self,
+        starting: dict[int, WorkerProcess],
+        poller: select.poll,
+        fd: int,
+        worker: WorkerProcess,
+    ) -> None:
+        try:
+            frame = worker.reader.read(time.monotonic())
+        except FrameTimeout:
+            return  # part of the ready frame so far
+        except (StreamClosed, ProtocolError, OSError) as exc:
+            self._forget_starting(starting, poller, fd)
+            code = worker.wait(2.0)
+            worker.kill()
+            info = classify_exit(code, self.config.memory_limit_mb)
+            self._start_failed(
+                worker,
+                WorkerStartError(
+                    f"worker pid {worker.pid} {info.description} before it was ready ({exc})",
+                    exit=info.to_dict(),
+                ),
+            )
+            return
+        self._forget_starting(starting, poller, fd)
+        if isinstance(frame, dict) and frame.get("ready") is True:
+            worker.ready_at = time.monotonic()
+            with self._lock:
+                if self._closed:
+                    worker.state = "dead"
+                else:
+                    self._start_failures = 0
+                    self._workers[worker.id] = worker
+                    self._hand_off(worker)
+                    self._ready.notify_all()
+                    return
+            worker.stop(self.config.stop_grace_s)
+            return
+        error = frame.get("error") if isinstance(frame, dict) else None
+        message = (error or {}).get("message") or f"unexpected first frame {str(frame)[:200]}"
+        worker.wait(2.0)
+        worker.kill()
+        tb = (error or {}).get("traceback") or ""
+        self._start_failed(worker, WorkerStartError(message + (f"\n{tb}" if tb else "")))
+
+    def _start_failed(self, worker: WorkerProcess | None, error: WorkerStartError) -> None:
+        if worker is not None and self._registry is not None:
+            self._registry.discard(worker.pid)
+        self._stats.incr("start_failures")
+        with self._lock:
+            self._start_failures += 1
+            if self._closed:
+                return
+            if self._start_failures >= self.config.max_start_failures:
+                self._start_error = WorkerStartError(
+                    f"'{self.bridge.name}' workers failed to start {self._start_failures} times in a "
+                    f"row; the pool stopped restarting them. Last error: {error}"
+                )
+                for waiter in list(self._waiters):
+                    waiter.error = self._start_error
+                    waiter.event.set()
+                self._waiters.clear()
+            else:
+                backoff = min(5.0, 0.2 * 2 ** (self._start_failures - 1))
+                self._spawn_due.append(time.monotonic() + backoff)
+            self._ready.notify_all()
+
+    # Health ------------------------------------------------------------------------------
+
+    def _health_loop(self) -> None:
+        interval = self.config.health_interval_s
+        while interval and not self._stop.wait(interval):
+            self.check_health()
+
+    def check_health(self) -> dict[str, int]:
+        """One health pass: dead idle workers, unanswered pings, memory and age recycling."""
+        with self._lock:
+            self._sessions.expire()
+            idle = list(self._idle.values())
+            for worker in idle:
+                self._idle.pop(worker.id, None)
+                worker.state = "busy"
+        outcome = {"checked": len(idle), "replaced": 0, "recycled": 0}
+        cfg = self.config
+        for worker in idle:
+            try:
+                request = {
+                    "id": next(self._request_ids),
+                    "command": "ping",
+                    "args": None,
+                    "timeout_ms": None,
+                }
+                for _ in worker.frames(request, time.monotonic() + cfg.health_timeout_s):
+                    pass
+            except (FrameTimeout, StreamClosed, ProtocolError, OSError):
+                self._stats.incr("health_failures")
+                self._discard(worker, "unhealthy")
+                outcome["replaced"] += 1
+                continue
+            rss = worker.rss_bytes() if cfg.max_rss_mb else None
+            if rss is not None and rss > cfg.max_rss_mb * 1024 * 1024:
+                self._retire(
+                    worker,
+                    f"resident memory {rss / 1048576:.0f} MB above max_rss_mb={cfg.max_rss_mb:g}",
+                )
+                outcome["recycled"] += 1
+            elif cfg.max_age_s is not None and time.monotonic() - worker.spawned_at > cfg.max_age_s:
+                self._retire(worker, f"older than max_age_s={cfg.max_age_s:g}")
+                outcome["recycled"] += 1
+            else:
+                with self._lock:
+                    if self._closed or worker.id not in self._workers:
+                        continue
+                    self._hand_off(worker)
+        return outcome
+
+    # Introspection ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, latency percentiles, queue depth and worker states."""
+        snapshot = self._stats.snapshot()
+        with self._lock:
+            states = [w.state for w in self._workers.values()]
+            snapshot.update(
+                bridge=self.bridge.name,
+                size=self.config.size,
+                workers_alive=len(states),
+                workers_idle=states.count("idle"),
+                workers_busy=states.count("busy"),
+                workers_starting=len(self._starting),
+                workers_pending=len(self._spawn_due),
+                queue_depth=len(self._waiters),
+                sessions=len(self._sessions),
+                closed=self._closed,
+            )
+        return snapshot
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One row a worker: pid, state, RSS, uptime, requests served."""
+        with self._lock:
+            workers = list(self._workers.values()) + list(self._starting.values())
+            sessions = {w.id: self._sessions.count_for(w.id) for w in workers}
+        rows = []
+        for worker in workers:
+            row = worker.describe()
+            row["sessions"] = sessions[worker.id]
+            rows.append(row)
+        return rows
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers.values()]

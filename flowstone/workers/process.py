@@ -1,0 +1,261 @@
+"""One worker process as the parent sees it: spawn, call, kill, and say how it died.
+
+Each worker gets its own process group (``start_new_session``) so that killing it also kills
+anything its handlers started, and so that a terminal's Ctrl-C reaches the parent only (the
+parent then stops the workers in order). The parent's pipe ends are non-blocking, so a call can
+never wait past its deadline, even on a worker that stopped reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowstone.workers import worker as worker_main
+from flowstone.workers.protocol import Codec, FrameReader, encode_frame, write_all
+
+_ids = itertools.count(1)
+# How long a caller busy-waits for a reply before sleeping in poll(). Sleeping costs a wake-up
+# (tens of microseconds on an idle core); a no-op call answers in about twenty.
+REPLY_SPIN_S = float(os.environ.get("FLOWSTONE_POOL_SPIN_US", "100")) / 1e6
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+_CRASH_SIGNALS = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGABRT: "aborted",
+}
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a worker process ended, in words a person can act on."""
+
+    kind: str  # "signal" | "segfault" | "out_of_memory" | "exit_code" | "startup_failed" | "protocol" | "running"
+    returncode: int | None
+    signal_name: str | None
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "returncode": self.returncode,
+            "signal": self.signal_name,
+            "description": self.description,
+        }
+
+
+def classify_exit(returncode: int | None, memory_limit_mb: int | None = None) -> ExitInfo:
+    """Turn a return code into a kind and a sentence (signal name, segfault, OOM, exit code)."""
+    if returncode is None:
+        return ExitInfo("running", None, None, "still running")
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        if sig in _CRASH_SIGNALS:
+            return ExitInfo(
+                "segfault",
+                returncode,
+                sig.name,
+                f"crashed with {sig.name} ({_CRASH_SIGNALS[sig]}), usually a bug in native code",
+            )
+        if sig == signal.SIGKILL:
+            return ExitInfo(
+                "signal",
+                returncode,
+                sig.name,
+                "killed by SIGKILL (sent by hand, by a supervisor, or by the kernel OOM killer)",
+            )
+        return ExitInfo("signal", returncode, sig.name, f"terminated by {sig.name}")
+    if returncode == worker_main.EXIT_OUT_OF_MEMORY:
+        cap = f" (memory cap {memory_limit_mb} MB)" if memory_limit_mb else ""
+        return ExitInfo("out_of_memory", returncode, None, f"ran out of memory{cap}")
+    if returncode == worker_main.EXIT_STARTUP_FAILED:
+        return ExitInfo("startup_failed", returncode, None, "its bridge failed to start")
+    if returncode == worker_main.EXIT_PROTOCOL:
+        return ExitInfo(
+            "protocol", returncode, None, "received bytes that are not FlowStone frames"
+        )
+    if returncode == worker_main.EXIT_PARENT_GONE:
+        return ExitInfo("exit_code", returncode, None, "found its parent gone at start-up")
+    return ExitInfo("exit_code", returncode, None, f"exited with code {returncode}")
+
+
+class WorkerProcess:
+    """A started worker: its pipes, its counters and its lifecycle state."""
+
+    def __init__(self, proc: subprocess.Popen, codec: Codec, max_frame_bytes: int):
+        self.id = next(_ids)
+        self.proc = proc
+        self.pid = proc.pid
+        self.codec = codec
+        self.max_frame_bytes = max_frame_bytes
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin_fd = proc.stdin.fileno()
+        self.stdout_fd = proc.stdout.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        os.set_blocking(self.stdout_fd, False)
+        self.reader = FrameReader(self.stdout_fd, codec, max_frame_bytes, spin_s=REPLY_SPIN_S)
+        self.spawned_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.state = "starting"  # starting | idle | busy | retiring | dead
+        self.requests = 0
+        self.failures = 0
+        self.last_used = self.spawned_at
+        self.recycle_reason: str | None = None
+
+    @classmethod
+    def spawn(
+        cls,
+        *,
+        target: str,
+        name: str,
+        options: dict[str, Any],
+        codec: Codec,
+        max_frame_bytes: int,
+        memory_limit_mb: int | None,
+        env: dict[str, str] | None = None,
+        pythonpath: list[str] | None = None,
+        stderr: Any = None,
+    ) -> WorkerProcess:
+        config = {
+            "target": target,
+            "name": name,
+            "options": options,
+            "codec": codec.name,
+            "max_frame_bytes": max_frame_bytes,
+            "memory_limit_mb": memory_limit_mb,
+            "parent_pid": os.getpid(),
+        }
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        paths = [*(pythonpath or []), _PACKAGE_ROOT]
+        if child_env.get("PYTHONPATH"):
+            paths.append(child_env["PYTHONPATH"])
+        child_env["PYTHONPATH"] = os.pathsep.join(paths)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowstone.workers.worker", "--config", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+        )
+        return cls(proc, codec, max_frame_bytes)
+
+    # Calls ------------------------------------------------------------------------------------
+
+    def frames(self, request: dict[str, Any], deadline: float | None) -> Iterator[dict[str, Any]]:
+        """Send one request and yield its response frames (chunks, then the final one)."""
+        write_all(self.stdin_fd, encode_frame(request, self.codec, self.max_frame_bytes), deadline)
+        request_id = request["id"]
+        while True:
+            frame = self.reader.read(deadline)
+            if not isinstance(frame, dict) or frame.get("id") != request_id:
+                from flowstone.workers.errors import ProtocolError
+
+                raise ProtocolError(
+                    f"worker pid {self.pid} answered request {request_id} with an unexpected frame: "
+                    f"{str(frame)[:200]}"
+                )
+            yield frame
+            if "chunk" not in frame:
+                return
+
+    def call(self, request: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+        """Send one request to a non-streaming command and return its reply (the fast path)."""
+        write_all(self.stdin_fd, encode_frame(request, self.codec, self.max_frame_bytes), deadline)
+        frame = self.reader.read(deadline)
+        if type(frame) is not dict or frame.get("id") != request["id"] or "chunk" in frame:
+            from flowstone.workers.errors import ProtocolError
+
+            raise ProtocolError(
+                f"worker pid {self.pid} answered request {request['id']} with an unexpected frame: "
+                f"{str(frame)[:200]}"
+            )
+        return frame
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker's whole process group (it leads its own group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def kill(self) -> int | None:
+        """SIGKILL the group and reap; returns the exit status (negative signal number)."""
+        if self.proc.poll() is None:
+            self.signal_group(signal.SIGKILL)
+        code = self.wait(5.0)
+        self._close_pipes()
+        return code
+
+    def stop(self, grace: float) -> int | None:
+        """Ask nicely (stdin EOF), then SIGTERM, then SIGKILL; returns the exit status."""
+        self._close_stdin()
+        code = self.wait(grace)
+        if code is None:
+            self.signal_group(signal.SIGTERM)
+            code = self.wait(max(0.5, grace / 2))
+        if code is None:
+            code = self.kill()
+        self._close_pipes()
+        return code
+
+    def _close_stdin(self) -> None:
+        try:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def _close_pipes(self) -> None:
+        self._close_stdin()
+        try:
+            if self.proc.stdout and not self.proc.stdout.closed:
+                self.proc.stdout.close()
+        except OSError:
+            pass
+
+    def rss_bytes(self) -> int | None:
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        rss = self.rss_bytes() if self.state != "dead" else None
+        now = time.monotonic()
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "state": self.state,
+            "rss_mb": round(rss / 1024 / 1024, 1) if rss is not None else None,
+            "uptime_s": round(now - self.spawned_at, 1),
+            "requests": self.requests,
+            "failures": self.failures,
+            "idle_s": round(now - self.last_used, 1),
+        }

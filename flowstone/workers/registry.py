@@ -1,0 +1,156 @@
+"""A pid registry under ``<instance>/workers/`` so no worker outlives a dead pool for long.
+
+Each live pool keeps one JSON file naming its own pid and start time and every worker it
+spawned (pid, start time, process group). A new pool reads the files whose owner is gone and
+terminates their workers: SIGTERM to the process group, then SIGKILL. A process is touched only
+if its pid, its start time *and* its command line still match what was recorded, so a pid the
+kernel reused for someone else's process is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flowstone.paths import instance_dir
+
+WORKER_MARKER = "flowstone.workers.worker"
+_START_TIME_TOLERANCE_S = 0.05
+
+
+def default_registry_dir() -> Path:
+    return instance_dir() / "workers"
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+class PidRegistry:
+    """The registry file of one pool (this process)."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory else default_registry_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"pool-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        self._lock = threading.Lock()
+        self._workers: dict[int, dict[str, Any]] = {}
+        self._owner = {"pid": os.getpid(), "create_time": _create_time(os.getpid())}
+
+    def add(self, pid: int) -> None:
+        entry = {"pid": pid, "pgid": pid, "create_time": _create_time(pid)}
+        with self._lock:
+            self._workers[pid] = entry
+            self._flush()
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            if self._workers.pop(pid, None) is not None:
+                self._flush()
+
+    def remove(self) -> None:
+        with self._lock:
+            self._workers.clear()
+            self.path.unlink(missing_ok=True)
+
+    def _flush(self) -> None:
+        _write_atomic(self.path, {"owner": self._owner, "workers": list(self._workers.values())})
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    started = _create_time(pid)
+    recorded = owner.get("create_time")
+    if started is None:
+        return False
+    return recorded is None or abs(started - float(recorded)) < _START_TIME_TOLERANCE_S
+
+
+def _is_our_worker(entry: dict[str, Any]) -> bool:
+    import psutil
+
+    pid, recorded = entry.get("pid"), entry.get("create_time")
+    if not isinstance(pid, int) or recorded is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - float(recorded)) >= _START_TIME_TOLERANCE_S:
+            return False
+        return any(WORKER_MARKER in part for part in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _terminate_group(pid: int, pgid: int, grace: float) -> None:
+    import psutil
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) != pgid:
+            return  # not the group we started; leave it alone
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def reap_orphans(directory: Path | None = None, grace: float = 2.0) -> list[int]:
+    """Terminate workers recorded by pools that are gone; returns the pids signalled."""
+    directory = Path(directory) if directory else default_registry_dir()
+    if not directory.is_dir():
+        return []
+    reaped: list[int] = []
+    for path in sorted(directory.glob("pool-*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # being written right now, or not ours; never guess
+        if _owner_alive(payload.get("owner") or {}):
+            continue
+        for entry in payload.get("workers") or []:
+            if _is_our_worker(entry):
+                _terminate_group(entry["pid"], int(entry.get("pgid") or entry["pid"]), grace)
+                reaped.append(entry["pid"])
+        path.unlink(missing_ok=True)
+    return reaped
+
+
+def live_registries(directory: Path | None = None) -> list[dict[str, Any]]:
+    """The registry files of pools still running (for ``flowstone pool status``)."""
+    directory = Path(directory) if directory else default_registry_dir()
+    found = []
+    for path in sorted(directory.glob("pool-*.json")) if directory.is_dir() else []:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        payload["alive"] = _owner_alive(payload.get("owner") or {})
+        payload["file"] = str(path)
+        found.append(payload)
+    return found

@@ -1,0 +1,505 @@
+"""Server mode: one warm pool behind a Unix socket, shared by every Dagster step process.
+
+A backfill of fifty partitions runs fifty step processes; with a private pool each would load
+the embedding model again. With ``flowstone pool serve`` running, each step's
+:class:`PoolClient` sends its calls to the one pool that already has the model loaded.
+
+The socket speaks the same frames as the worker pipes. A request adds ``session_id``,
+``session_mode``, ``idempotent`` and ``stream`` to the worker request; ``pool:ping``,
+``pool:stats``, ``pool:workers`` and ``pool:shutdown`` address the server itself. Errors cross
+the socket typed (see :mod:`flowstone.workers.errors`), so a client raises what a private pool
+would. The socket file is created with mode 0600: only its owner may use the pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from flowstone.workers.errors import (
+    MalformedFrameError,
+    ProtocolError,
+    ServerConnectionError,
+    ServerUnavailableError,
+    error_from_wire,
+    error_to_wire,
+)
+from flowstone.workers.pool import _DEFAULT, WorkerPool, map_concurrently
+from flowstone.workers.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameReader,
+    FrameTimeout,
+    StreamClosed,
+    encode_frame,
+    write_all,
+)
+from flowstone.workers.registry import default_registry_dir
+
+UNIX_PATH_MAX = 107
+
+
+def default_socket_path() -> Path:
+    return default_registry_dir() / "pool.sock"
+
+
+def _check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > UNIX_PATH_MAX:
+        raise ValueError(
+            f"socket path {path} is {len(str(path))} bytes; Unix sockets allow {UNIX_PATH_MAX}. "
+            "Pass a shorter --socket (for example /tmp/flowstone-pool.sock)"
+        )
+
+
+def _server_listening(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class PoolServer:
+    """Serve a started (or to-be-started) WorkerPool on a Unix socket, one thread a connection."""
+
+    def __init__(self, pool: WorkerPool, socket_path: Path | str | None = None):
+        self.pool = pool
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        _check_socket_path(self.socket_path)
+        self.max_frame_bytes = pool.config.max_frame_bytes
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()  # set when shutdown begins
+        self._finished = threading.Event()  # set when shutdown is complete
+        self._started_at = time.time()
+
+    def start(self) -> PoolServer:
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if _server_listening(path):
+                raise RuntimeError(
+                    f"a pool server is already listening on {path}; stop it with `flowstone pool stop`"
+                )
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise RuntimeError(f"{path} exists and is not a socket; choose another --socket")
+            path.unlink()  # left behind by a server that was killed
+        if not self.pool._started:
+            self.pool.start()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(128)
+        self._listener = listener
+        threading.Thread(
+            target=self._accept_loop, name="flowstone-pool-accept", daemon=True
+        ).start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has shut down completely (True) or the timeout passes."""
+        return self._finished.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Stop accepting, fail in-flight calls with PoolClosedError, stop the workers."""
+        if self._stopped.is_set():
+            self._finished.wait(30)
+            return
+        self._stopped.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        self.pool.close()
+        time.sleep(0.05)  # let handler threads send their PoolClosedError replies
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            if _is_socket(self.socket_path):
+                self.socket_path.unlink()
+        self._finished.set()
+
+    def __enter__(self) -> PoolServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            connections = len(self._connections)
+        return {
+            "socket": str(self.socket_path),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started_at, 1),
+            "connections": connections,
+        }
+
+    # Connections ---------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.add(conn)
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        fd = conn.fileno()
+        reader = FrameReader(fd, max_frame_bytes=self.max_frame_bytes)
+        try:
+            while not self._stopped.is_set():
+                try:
+                    message = reader.read()
+                except StreamClosed:
+                    return
+                except MalformedFrameError as exc:
+                    self._send(fd, {"id": None, "success": False, "error": error_to_wire(exc)})
+                    continue  # the frame boundary is intact: keep serving this client
+                except ProtocolError as exc:
+                    self._send(fd, {"id": None, "success": False, "error": error_to_wire(exc)})
+                    return  # the stream cannot be re-synchronised; other clients are unaffected
+                self._handle(fd, message)
+        except OSError:
+            return  # the client went away mid-reply
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _send(self, fd: int, message: dict[str, Any]) -> None:
+        try:
+            frame = encode_frame(message, max_frame_bytes=self.max_frame_bytes)
+        except (TypeError, ValueError, ProtocolError) as exc:
+            frame = encode_frame(
+                {"id": message.get("id"), "success": False, "error": error_to_wire(exc)}
+            )
+        write_all(fd, frame)
+
+    def _handle(self, fd: int, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("command"), str):
+            error = ProtocolError("a request must be an object with a string 'command'")
+            request_id = message.get("id") if isinstance(message, dict) else None
+            self._send(fd, {"id": request_id, "success": False, "error": error_to_wire(error)})
+            return
+        request_id = message.get("id")
+        command = message["command"]
+        try:
+            if command.startswith("pool:"):
+                result = self._admin(command)
+            else:
+                kwargs: dict[str, Any] = {
+                    "session_id": message.get("session_id"),
+                    "session_mode": message.get("session_mode"),
+                    "idempotent": message.get("idempotent"),
+                }
+                if "timeout_ms" in message:
+                    timeout_ms = message["timeout_ms"]
+                    kwargs["timeout"] = None if timeout_ms is None else float(timeout_ms) / 1000.0
+                if message.get("stream"):
+                    for chunk in self.pool.execute_stream(command, message.get("args"), **kwargs):
+                        self._send(fd, {"id": request_id, "chunk": chunk})
+                    result = None
+                else:
+                    result = self.pool.execute(command, message.get("args"), **kwargs)
+        except OSError:
+            raise
+        except Exception as exc:
+            self._send(fd, {"id": request_id, "success": False, "error": error_to_wire(exc)})
+            return
+        self._send(fd, {"id": request_id, "success": True, "result": result})
+        if command == "pool:shutdown":
+            threading.Thread(target=self.shutdown, daemon=True).start()
+
+    def _admin(self, command: str) -> Any:
+        if command == "pool:ping":
+            return {"pong": True, **self.info()}
+        if command == "pool:stats":
+            return {**self.pool.stats(), "server": self.info()}
+        if command == "pool:workers":
+            return self.pool.workers()
+        if command == "pool:shutdown":
+            return {"stopping": True, **self.info()}
+        raise ValueError(
+            f"unknown server command '{command}' (pool:ping, pool:stats, pool:workers, pool:shutdown)"
+        )
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket, max_frame_bytes: int):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.reader = FrameReader(self.fd, max_frame_bytes=max_frame_bytes)
+        self.next_id = 0
+
+    def stale(self) -> bool:
+        """An idle connection with something to read has been closed by the server."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class PoolClient:
+    """Talks to a PoolServer; same calls as WorkerPool (execute, execute_stream, map, stats).
+
+    Calls borrow a connection from a small idle list (one per concurrent call), opened on first
+    use and reopened after the server restarts. A call in flight when the server goes away raises ServerConnectionError (it may or
+    may not have run); an idle connection the server closed is replaced silently.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        reply_grace_s: float | None = 300.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_idle_connections: int = 16,
+    ):
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        _check_socket_path(self.socket_path)
+        self.connect_timeout_s = connect_timeout_s
+        self.reply_grace_s = reply_grace_s
+        self.max_frame_bytes = max_frame_bytes
+        self.max_idle_connections = max_idle_connections
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # Connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> _Connection:
+        deadline = time.monotonic() + self.connect_timeout_s
+        delay = 0.05
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise ServerUnavailableError(
+                        f"no FlowStone pool server is listening on {self.socket_path} ({exc.strerror or exc}); "
+                        f"start one with `flowstone pool serve --socket {self.socket_path}`, or leave "
+                        "socket_path unset to use a private pool",
+                        socket=str(self.socket_path),
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            sock.setblocking(False)
+            conn = _Connection(sock, self.max_frame_bytes)
+            with self._lock:
+                self._all.add(conn)
+            return conn
+
+    def _checkout(self) -> _Connection:
+        if self._closed:
+            from flowstone.workers.errors import PoolClosedError
+
+            raise PoolClosedError("this PoolClient was closed")
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if not conn.stale():
+                return conn
+            self._drop(conn)  # the server closed it while idle (it restarted): open a new one
+
+    def _checkin(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.max_idle_connections:
+                self._idle.append(conn)
+                return
+        self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        with self._lock:
+            self._all.discard(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            connections = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> PoolClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Calls -------------------------------------------------------------------------------
+
+    def _frames(self, message: dict[str, Any], timeout: float | None) -> Iterator[dict[str, Any]]:
+        conn = self._checkout()
+        conn.next_id += 1
+        message["id"] = conn.next_id
+        grace = self.reply_grace_s
+        deadline = None if timeout is None or grace is None else time.monotonic() + timeout + grace
+        command = message["command"]
+        try:
+            write_all(
+                conn.fd, encode_frame(message, max_frame_bytes=self.max_frame_bytes), deadline
+            )
+            while True:
+                frame = conn.reader.read(deadline)
+                if not isinstance(frame, dict) or frame.get("id") not in (message["id"], None):
+                    raise ProtocolError(
+                        f"pool server answered with an unexpected frame: {str(frame)[:200]}"
+                    )
+                if "chunk" not in frame:
+                    break
+                yield frame
+        except (StreamClosed, OSError) as exc:
+            self._drop(conn)
+            raise ServerConnectionError(
+                f"lost the connection to the pool server at {self.socket_path} during '{command}' "
+                f"({exc or 'connection closed'}): the server stopped or restarted, and the call may or "
+                "may not have run. The next call reconnects",
+                socket=str(self.socket_path),
+                command=command,
+            ) from None
+        except FrameTimeout:
+            self._drop(conn)
+            raise ServerConnectionError(
+                f"the pool server at {self.socket_path} sent no reply to '{command}' within its "
+                f"timeout plus {grace:g}s grace; the connection was dropped",
+                socket=str(self.socket_path),
+                command=command,
+            ) from None
+        except GeneratorExit:
+            self._drop(conn)  # a half-read stream leaves the connection unusable
+            raise
+        except BaseException:
+            self._drop(conn)
+            raise
+        self._checkin(conn)  # the reply is complete: the connection is clean for the next call
+        yield frame
+
+    def _call(self, message: dict[str, Any], timeout: float | None) -> Iterator[Any]:
+        for frame in self._frames(message, timeout):
+            if "chunk" in frame:
+                yield frame["chunk"]
+            elif frame.get("success"):
+                return frame.get("result")
+            else:
+                raise error_from_wire(frame.get("error") or {})
+        return None
+
+    def _message(
+        self,
+        command: str,
+        args: Any,
+        timeout: Any,
+        session_id: Any,
+        session_mode: Any,
+        idempotent: Any,
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"command": command, "args": args}
+        if timeout is not _DEFAULT:
+            message["timeout_ms"] = None if timeout is None else int(timeout * 1000)
+        if session_id is not None:
+            message["session_id"] = session_id
+        if session_mode is not None:
+            message["session_mode"] = session_mode
+        if idempotent is not None:
+            message["idempotent"] = idempotent
+        return message
+
+    def execute(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,
+        session_id: str | None = None,
+        session_mode: str | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        message = self._message(command, args, timeout, session_id, session_mode, idempotent)
+        calls = self._call(message, None if timeout is _DEFAULT else timeout)
+        try:
+            while True:
+                next(calls)
+        except StopIteration as done:
+            return done.value
+
+    def execute_stream(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,
+        session_id: str | None = None,
+        session_mode: str | None = None,
+        idempotent: bool | None = None,
+    ) -> Iterator[Any]:
+        message = self._message(command, args, timeout, session_id, session_mode, idempotent)
+        message["stream"] = True
+        yield from self._call(message, None if timeout is _DEFAULT else timeout)
+
+    def map(
+        self,
+        command: str,
+        items: Iterable[Any],
+        *,
+        timeout: float | None = _DEFAULT,
+        concurrency: int = 2,
+    ) -> list[Any]:
+        return map_concurrently(self, command, items, timeout=timeout, concurrency=concurrency)
+
+    def _admin(self, command: str) -> Any:
+        return self.execute(command, None, timeout=30.0)
+
+    def ping(self) -> dict[str, Any]:
+        return self._admin("pool:ping")
+
+    def stats(self) -> dict[str, Any]:
+        return self._admin("pool:stats")
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._admin("pool:workers")
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the server to stop (its workers stop with it)."""
+        return self._admin("pool:shutdown")

@@ -1,0 +1,75 @@
+"""A bridge that misbehaves on request, to drive the pool's fault handling with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from flowstone.workers.bridge import Bridge, command
+
+
+class FaultyBridge(Bridge):
+    name = "faulty"
+
+    def setup(self) -> None:
+        if self.options.get("fail_setup"):
+            raise RuntimeError("setup refused on purpose")
+
+    @command(idempotent=True)
+    def pid(self) -> int:
+        return os.getpid()
+
+    @command
+    def kill_self(self, sig: str = "SIGKILL") -> None:
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(5)
+
+    @command(idempotent=True)
+    def kill_once(self, marker: str) -> int:
+        """Die the first time (marker file absent), answer the second time: exercises retries."""
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid()
+
+    @command
+    def segfault(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    @command
+    def boom(self, message: str = "bad input") -> None:
+        raise ValueError(message)
+
+    @command
+    def allocate(self, megabytes: int) -> int:
+        block = bytearray(megabytes * 1024 * 1024)
+        return len(block)
+
+    @command
+    def hold(self, megabytes: int) -> int:
+        """Keep memory resident in this worker (drives RSS recycling)."""
+        self.__dict__.setdefault("_held", []).append(b"x" * (megabytes * 1024 * 1024))
+        return os.getpid()
+
+    @command
+    def chatty(self) -> str:
+        print("this goes to stderr, not into the frame stream")
+        sys.stdout.write("x" * 100_000)
+        os.write(1, b"raw bytes on fd 1")
+        return "still framed"
+
+    @command
+    def bad_result(self) -> object:
+        return object()
+
+    @command
+    def hang(self, seconds: float = 60.0) -> None:
+        time.sleep(seconds)
+
+    @command
+    def exit_with(self, code: int) -> None:
+        os._exit(code)

@@ -1,0 +1,268 @@
+"""The pool with real worker processes: dispatch, streaming, errors, sessions, saturation, stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flowstone.workers.errors import (
+    BridgeError,
+    PoolSaturatedError,
+    RemoteError,
+    SessionLostError,
+    UnknownCommandError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
+from flowstone.workers.pool import WorkerPool
+
+FAULTY = "faulty_bridge:FaultyBridge"
+
+
+def test_execute_with_dict_list_and_no_args(make_pool):
+    pool = make_pool(bridge="echo", size=2)
+    assert pool.execute("echo:echo", {"value": {"a": [1, 2.5]}}) == {"a": [1, 2.5]}
+    assert pool.execute("echo:echo", ["positional"]) == "positional"
+    assert pool.execute("echo", {"value": 3}) == 3  # the bridge prefix is optional
+    assert pool.execute("echo:noop") is None
+    assert pool.execute("ping")["pong"] is True
+    info = pool.execute("echo:info")
+    assert {c["name"] for c in info["commands"]} >= {
+        "noop",
+        "ping",
+        "info",
+        "stats",
+        "cleanup",
+        "count",
+    }
+
+
+def test_workers_start_concurrently_and_report_ready(make_pool):
+    started = time.monotonic()
+    pool = make_pool(bridge="echo", size=4)
+    assert time.monotonic() - started < 10
+    rows = pool.workers()
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"idle"}
+    assert len({r["pid"] for r in rows}) == 4
+    assert all(r["rss_mb"] and r["rss_mb"] > 1 for r in rows)
+
+
+def test_streaming_yields_chunks_as_they_come(make_pool):
+    pool = make_pool(bridge="echo", size=1)
+    stream = pool.execute_stream("echo:count", {"n": 3, "delay_s": 0.2})
+    started = time.monotonic()
+    first = next(stream)
+    assert first == 0 and time.monotonic() - started < 0.45  # not buffered until the end
+    assert list(stream) == [1, 2]
+    assert pool.execute("echo:count", {"n": 4}) == [0, 1, 2, 3]
+    assert list(pool.execute_stream("echo:echo", {"value": "one"})) == ["one"]
+
+
+def test_abandoned_stream_is_drained_and_the_worker_kept(make_pool):
+    pool = make_pool(bridge="echo", size=1)
+    pid = pool.worker_pids()[0]
+    stream = pool.execute_stream("echo:count", {"n": 50})
+    assert next(stream) == 0
+    stream.close()
+    assert pool.execute("echo:echo", {"value": 1}) == 1
+    assert pool.worker_pids() == [pid]
+
+
+def test_unknown_command_fails_without_a_round_trip(make_pool):
+    pool = make_pool(bridge="echo", size=1)
+    with pytest.raises(UnknownCommandError, match="echo:noop"):
+        pool.execute("echo:missing")
+    with pytest.raises(UnknownCommandError):
+        pool.execute("metrics:compute")  # another bridge's namespace
+    assert pool.stats()["requests"] == 0
+
+
+def test_handler_error_comes_back_typed_and_worker_stays_up(make_pool):
+    pool = make_pool(bridge=FAULTY, size=1)
+    pid = pool.execute("faulty:pid")
+    with pytest.raises(RemoteError) as caught:
+        pool.execute("faulty:boom", {"message": "row 3 has no text"})
+    assert caught.value.remote_type == "ValueError"
+    assert "row 3 has no text" in str(caught.value)
+    assert "in boom" in caught.value.remote_traceback
+    assert pool.execute("faulty:pid") == pid
+    stats = pool.stats()
+    assert stats["failed"] == 1 and stats["crashes"] == 0
+
+
+def test_prints_in_handlers_do_not_corrupt_frames(make_pool):
+    pool = make_pool(bridge=FAULTY, size=1)
+    assert pool.execute("faulty:chatty") == "still framed"
+    assert pool.execute("faulty:chatty") == "still framed"
+
+
+def test_unserialisable_result_is_a_typed_error(make_pool):
+    pool = make_pool(bridge=FAULTY, size=1)
+    pid = pool.execute("faulty:pid")
+    with pytest.raises(RemoteError, match="result cannot be sent"):
+        pool.execute("faulty:bad_result")
+    assert pool.execute("faulty:pid") == pid
+
+
+def test_map_keeps_order_and_uses_all_workers(make_pool):
+    pool = make_pool(bridge=FAULTY, size=2)
+    pids = pool.map("faulty:pid", [None] * 40)
+    assert len(pids) == 40 and len(set(pids)) == 2
+    pool2 = make_pool(bridge="echo", size=2)
+    assert pool2.map("echo:echo", [{"value": i} for i in range(100)]) == list(range(100))
+
+
+def test_saturation_fails_fast_past_the_queue(make_pool):
+    pool = make_pool(bridge="echo", size=1, queue_size=1)
+    results = []
+    first = threading.Thread(
+        target=lambda: results.append(pool.execute("echo:sleep", {"seconds": 1.0}))
+    )
+    first.start()
+    time.sleep(0.2)
+    second = threading.Thread(
+        target=lambda: results.append(pool.execute("echo:sleep", {"seconds": 0.1}))
+    )
+    second.start()
+    time.sleep(0.2)
+    assert pool.stats()["queue_depth"] == 1
+    started = time.monotonic()
+    with pytest.raises(PoolSaturatedError, match="pool saturated"):
+        pool.execute("echo:noop")
+    assert time.monotonic() - started < 0.5
+    first.join()
+    second.join()
+    assert sorted(results) == [0.1, 1.0]
+    assert pool.stats()["saturated"] == 1
+
+
+def test_queue_wait_is_bounded(make_pool):
+    pool = make_pool(bridge="echo", size=1, queue_timeout_s=0.3)
+    blocker = threading.Thread(target=lambda: pool.execute("echo:sleep", {"seconds": 1.0}))
+    blocker.start()
+    time.sleep(0.1)
+    with pytest.raises(PoolSaturatedError, match="within 0.3s"):
+        pool.execute("echo:noop")
+    blocker.join()
+
+
+def test_fifo_dispatch_serves_waiters_in_order(make_pool):
+    pool = make_pool(bridge="echo", size=1)
+    order = []
+    blocker = threading.Thread(target=lambda: pool.execute("echo:sleep", {"seconds": 0.5}))
+    blocker.start()
+    time.sleep(0.1)
+    threads = []
+    for i in range(5):
+        t = threading.Thread(
+            target=lambda i=i: order.append(pool.execute("echo:echo", {"value": i}))
+        )
+        t.start()
+        threads.append(t)
+        time.sleep(0.03)
+    for t in [blocker, *threads]:
+        t.join()
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_session_affinity_hint_keeps_state_on_one_worker(make_pool):
+    pool = make_pool(bridge="echo", size=3)
+    for i in range(6):
+        pool.execute("echo:remember", {"key": f"k{i}", "value": i}, session_id="alice")
+    assert pool.execute("echo:recall", {"key": "k5"}, session_id="alice") == 5
+    stats = pool.stats()
+    assert stats["affinity_hits"] == 6 and stats["sessions"] == 1
+    assert sum(r["sessions"] for r in pool.workers()) == 1
+
+
+def test_session_hint_falls_back_when_its_worker_is_busy(make_pool):
+    pool = make_pool(bridge=FAULTY, size=2)
+    home = pool.execute("faulty:pid", session_id="s")
+    busy = threading.Thread(
+        target=lambda: pool.execute("faulty:hang", {"seconds": 0.6}, session_id="s")
+    )
+    busy.start()
+    time.sleep(0.1)
+    other = pool.execute("faulty:pid", session_id="s")  # hint: take the free worker
+    busy.join()
+    assert other != home
+    assert pool.stats()["affinity_misses"] >= 1
+
+
+def test_strict_session_waits_for_its_worker(make_pool):
+    pool = make_pool(bridge=FAULTY, size=2, session_mode="strict")
+    home = pool.execute("faulty:pid", session_id="s")
+    busy = threading.Thread(
+        target=lambda: pool.execute("faulty:hang", {"seconds": 0.5}, session_id="s")
+    )
+    busy.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    assert pool.execute("faulty:pid", session_id="s") == home
+    assert time.monotonic() - started > 0.25
+    busy.join()
+
+
+def test_strict_session_is_lost_when_its_worker_dies(make_pool):
+    pool = make_pool(bridge=FAULTY, size=2, session_mode="strict")
+    pool.execute("faulty:pid", session_id="s")
+    with pytest.raises(WorkerCrashedError):
+        pool.execute("faulty:kill_self", session_id="s")
+    with pytest.raises(SessionLostError, match="state is lost"):
+        pool.execute("faulty:pid", session_id="s")
+    pool.execute("faulty:pid", session_id="s")  # a new session starts on any worker
+
+
+def test_sessions_expire_and_are_capped(make_pool):
+    pool = make_pool(bridge="echo", size=1, session_ttl_s=0.3, max_sessions=3)
+    for i in range(5):
+        pool.execute("echo:noop", session_id=f"s{i}")
+    assert pool.stats()["sessions"] == 3
+    time.sleep(0.4)
+    pool.check_health()
+    assert pool.stats()["sessions"] == 0
+
+
+def test_unknown_bridge_is_rejected_before_any_worker_starts(registry_dir):
+    with pytest.raises(BridgeError, match="neither a registered name"):
+        WorkerPool(bridge="nope", registry_dir=registry_dir)
+    with pytest.raises(BridgeError, match="cannot import module"):
+        WorkerPool(bridge="no_such_module:Thing", registry_dir=registry_dir)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        WorkerPool(bridge="echo", size=0, registry_dir=registry_dir)
+
+
+def test_bridge_failing_at_start_is_reported(make_pool):
+    with pytest.raises(WorkerStartError, match="setup refused on purpose"):
+        make_pool(bridge=FAULTY, size=1, bridge_options={"fail_setup": True}, max_start_failures=2)
+
+
+def test_stats_report_latency_percentiles(make_pool):
+    pool = make_pool(bridge="echo", size=2)
+    for _ in range(200):
+        pool.execute("echo:noop")
+    stats = pool.stats()
+    assert stats["requests"] == 200 and stats["succeeded"] == 200
+    latency = stats["latency"]
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] < 1000
+    assert stats["workers_alive"] == 2 and stats["queue_depth"] == 0
+    assert sum(r["requests"] for r in pool.workers()) == 200
+
+
+def test_close_stops_every_worker(registry_dir):
+    from worker_helpers import alive
+
+    pool = WorkerPool(
+        bridge="echo", size=2, registry_dir=registry_dir, health_interval_s=None
+    ).start()
+    pids = pool.worker_pids()
+    assert list(registry_dir.glob("pool-*.json"))
+    pool.close()
+    assert not any(alive(pid) for pid in pids)
+    assert not list(registry_dir.glob("pool-*.json"))
+    from flowstone.workers.errors import PoolClosedError
+
+    with pytest.raises(PoolClosedError):
+        pool.execute("echo:noop")

@@ -1,0 +1,320 @@
+"""The hybrid codec: one self-describing, checksummed byte format for every stored object.
+
+Why our own envelope: an object read back months later (or from another tier) must say how it
+was written and prove it was not truncated or corrupted. Every blob is
+
+    b"FSO1" | uint32 header length (big endian) | header JSON | payload
+
+where the header records ``format`` (json, parquet, safetensors, bytes, pickle),
+``compression`` (``zstd`` or none), ``sha256`` and ``size`` of the payload as stored,
+``created_at``, the FlowStone version and the Python type. ``decode`` verifies size and checksum
+before it parses anything, and raises :class:`ChecksumError` naming the key on mismatch.
+
+Formats are chosen JSON first (readable, portable), Parquet for pandas DataFrames,
+safetensors for tensors / arrays and dicts of them, raw bytes for ``bytes``, and pickle only
+when the caller says the store is trusted: unpickling runs code, so it is off by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import hashlib
+import io
+import json
+import pickle
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from flowstone import __version__
+from flowstone.storage.errors import ChecksumError, CodecError
+
+MAGIC = b"FSO1"
+_LEN = struct.Struct(">I")
+FORMATS = ("json", "parquet", "safetensors", "bytes", "pickle")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a stored object says about itself (the decoded header)."""
+
+    format: str
+    compression: str | None
+    sha256: str
+    size: int
+    raw_size: int
+    created_at: str
+    flowstone_version: str
+    python_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Bytes ready to store, plus the envelope written into them."""
+
+    data: bytes
+    envelope: Envelope
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_default(obj: Any) -> Any:
+    """Encode the types FlowStone assets commonly return; tag the ones we revive on load."""
+    import numpy as np  # numpy is a hard dependency of pandas; cheap once loaded
+
+    if isinstance(obj, np.ndarray):
+        return {"__fs__": "ndarray", "dtype": str(obj.dtype), "shape": list(obj.shape),
+                "data": obj.ravel().tolist()}  # fmt: skip
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dt.datetime):
+        return {"__fs__": "datetime", "v": obj.isoformat()}
+    if isinstance(obj, dt.date):
+        return {"__fs__": "date", "v": obj.isoformat()}
+    if isinstance(obj, dt.time):
+        return {"__fs__": "time", "v": obj.isoformat()}
+    if isinstance(obj, dt.timedelta):
+        return {"__fs__": "timedelta", "v": obj.total_seconds()}
+    if isinstance(obj, decimal.Decimal):
+        return {"__fs__": "decimal", "v": str(obj)}
+    if isinstance(obj, uuid.UUID):
+        return {"__fs__": "uuid", "v": str(obj)}
+    if isinstance(obj, bytes | bytearray):
+        return {"__fs__": "bytes", "v": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump") and callable(obj.model_dump):  # pydantic v2 models
+        return obj.model_dump(mode="json")
+    raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} is not JSON serialisable")
+
+
+def _json_revive(d: dict[str, Any]) -> Any:
+    tag = d.get("__fs__")
+    if tag is None:
+        return d
+    if tag == "ndarray":
+        import numpy as np
+
+        return np.asarray(d["data"], dtype=d["dtype"]).reshape(d["shape"])
+    if tag == "datetime":
+        return dt.datetime.fromisoformat(d["v"])
+    if tag == "date":
+        return dt.date.fromisoformat(d["v"])
+    if tag == "time":
+        return dt.time.fromisoformat(d["v"])
+    if tag == "timedelta":
+        return dt.timedelta(seconds=d["v"])
+    if tag == "decimal":
+        return decimal.Decimal(d["v"])
+    if tag == "uuid":
+        return uuid.UUID(d["v"])
+    if tag == "bytes":
+        return base64.b64decode(d["v"])
+    return d
+
+
+def to_json_bytes(obj: Any) -> bytes:
+    """JSON with FlowStone's type extensions (also used for REST bodies)."""
+    return json.dumps(obj, default=_json_default, ensure_ascii=False, allow_nan=True).encode()
+
+
+def from_json_bytes(data: bytes) -> Any:
+    return json.loads(data, object_hook=_json_revive)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _is_dataframe(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and type(obj).__name__ == "DataFrame"
+
+
+def _is_tensor(obj: Any) -> bool:
+    # Checked by module name so that torch is never imported just to inspect an object.
+    return type(obj).__module__.startswith("torch") and type(obj).__name__ in (
+        "Tensor",
+        "Parameter",
+    )
+
+
+def _is_ndarray(obj: Any) -> bool:
+    return type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray"
+
+
+def _tensor_dict_kind(obj: Any) -> str | None:
+    """'torch' or 'numpy' when obj is a non-empty dict[str, tensor|array] (a state dict)."""
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        return None
+    if all(_is_tensor(v) for v in obj.values()):
+        return "torch"
+    if all(_is_ndarray(v) for v in obj.values()):
+        return "numpy"
+    return None
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def _encode_payload(obj: Any, trusted: bool) -> tuple[str, bytes, str]:
+    """Return (format, payload, kind) where kind tells decode how to rebuild the object."""
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return "bytes", bytes(obj), "bytes"
+    if _is_dataframe(obj):
+        buf = io.BytesIO()
+        obj.to_parquet(buf, engine="pyarrow", index=True)
+        return "parquet", buf.getvalue(), "dataframe"
+    if _is_tensor(obj):
+        from safetensors.torch import save
+
+        return "safetensors", save({"tensor": obj.detach().contiguous()}), "torch_tensor"
+    if _is_ndarray(obj) and obj.dtype.kind in "biuf":
+        import numpy as np
+        from safetensors.numpy import save as np_save
+
+        return "safetensors", np_save({"array": np.ascontiguousarray(obj)}), "numpy_array"
+    kind = _tensor_dict_kind(obj)
+    if kind == "torch":
+        from safetensors.torch import save
+
+        return (
+            "safetensors",
+            save({k: v.detach().contiguous() for k, v in obj.items()}),
+            "torch_dict",
+        )
+    if kind == "numpy" and all(v.dtype.kind in "biuf" for v in obj.values()):
+        import numpy as np
+        from safetensors.numpy import save as np_save
+
+        return (
+            "safetensors",
+            np_save({k: np.ascontiguousarray(v) for k, v in obj.items()}),
+            "numpy_dict",
+        )
+    try:
+        return "json", to_json_bytes(obj), "json"
+    except (TypeError, ValueError) as json_error:
+        if not trusted:
+            raise CodecError(
+                f"cannot store {_type_name(obj)}: it is not JSON, a DataFrame, a tensor or "
+                f"bytes ({json_error}), and pickle is disabled because this store is not "
+                "trusted. Return a supported type, or set trusted_pickle=True on a store only "
+                "your own code reads."
+            ) from json_error
+        return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+
+
+def _decode_payload(fmt: str, kind: str, payload: bytes) -> Any:
+    if fmt == "bytes":
+        return payload
+    if fmt == "json":
+        return from_json_bytes(payload)
+    if fmt == "parquet":
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(payload), engine="pyarrow")
+    if fmt == "safetensors":
+        if kind.startswith("torch"):
+            from safetensors.torch import load
+
+            tensors = load(payload)
+            return tensors["tensor"] if kind == "torch_tensor" else tensors
+        from safetensors.numpy import load as np_load
+
+        arrays = np_load(payload)
+        return arrays["array"] if kind == "numpy_array" else arrays
+    if fmt == "pickle":
+        return pickle.loads(payload)  # noqa: S301 - only reached for trusted stores
+    raise CodecError(f"unknown stored format {fmt!r}")
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def encode(obj: Any, *, trusted: bool = False, compression: str | None = None) -> Encoded:
+    """Serialise ``obj`` into a checksummed envelope.
+
+    ``compression`` is ``None`` or ``"zstd"``. ``trusted`` allows pickle as the last resort.
+    """
+    fmt, payload, kind = _encode_payload(obj, trusted)
+    raw_size = len(payload)
+    if compression == "zstd":
+        import zstandard
+
+        payload = zstandard.ZstdCompressor(level=3).compress(payload)
+    elif compression not in (None, "none"):
+        raise CodecError(f"unknown compression {compression!r}; use 'zstd' or none")
+    envelope = Envelope(
+        format=fmt,
+        compression="zstd" if compression == "zstd" else None,
+        sha256=hashlib.sha256(payload).hexdigest(),
+        size=len(payload),
+        raw_size=raw_size,
+        created_at=dt.datetime.now(dt.UTC).isoformat(),
+        flowstone_version=__version__,
+        python_type=kind,
+    )
+    header = json.dumps(envelope.as_dict(), separators=(",", ":")).encode()
+    return Encoded(MAGIC + _LEN.pack(len(header)) + header + payload, envelope)
+
+
+def read_envelope(data: bytes, key: str = "<object>") -> tuple[Envelope, memoryview]:
+    """Parse the header and return it with a view of the payload (no checksum check)."""
+    if len(data) < 8 or data[:4] != MAGIC:
+        raise ChecksumError(
+            f"object '{key}' is not a FlowStone object (bad magic bytes); it was written by "
+            "something else or is corrupted. Re-materialize the asset."
+        )
+    (header_len,) = _LEN.unpack_from(data, 4)
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+        envelope = Envelope(**header)
+    except (ValueError, TypeError) as exc:
+        raise ChecksumError(
+            f"object '{key}' has an unreadable header ({exc}); it is corrupted. "
+            "Re-materialize the asset."
+        ) from exc
+    return envelope, memoryview(data)[8 + header_len :]
+
+
+def decode(data: bytes, key: str = "<object>", *, trusted: bool = False) -> Any:
+    """Verify size and sha256, then rebuild the object. Errors name ``key``."""
+    envelope, payload = read_envelope(data, key)
+    if len(payload) != envelope.size:
+        raise ChecksumError(
+            f"object '{key}' is truncated or padded: header says {envelope.size} payload bytes, "
+            f"found {len(payload)}. Re-materialize the asset."
+        )
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != envelope.sha256:
+        raise ChecksumError(
+            f"checksum mismatch for object '{key}': expected sha256 {envelope.sha256}, got "
+            f"{digest}. The stored bytes are corrupted; re-materialize the asset."
+        )
+    if envelope.format == "pickle" and not trusted:
+        raise CodecError(
+            f"object '{key}' is a pickle, and this store is not trusted to unpickle (unpickling "
+            "runs code). Set trusted_pickle=True only if you wrote the object yourself."
+        )
+    raw = bytes(payload)
+    if envelope.compression == "zstd":
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=envelope.raw_size)
+    return _decode_payload(envelope.format, envelope.python_type, raw)

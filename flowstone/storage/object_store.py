@@ -1,0 +1,44 @@
+"""The one object-store interface every backend implements.
+
+Assets should not care whether their bytes live in a local folder, S3 or a tiered set of both,
+so every backend offers the same six operations over plain ``bytes``. Serialisation and
+checksums live in :mod:`flowstone.storage.codec`, above this layer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from flowstone.storage.keys import validate_partition_key
+
+
+def validate_object_key(key: str) -> str:
+    """Object keys are relative, slash-separated names without ``..`` or control characters."""
+    return validate_partition_key(key, what="object key")
+
+
+class ObjectStore(ABC):
+    """put/get/exists/delete/list/uri over bytes. ``get`` raises ObjectNotFoundError on a miss."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> str:
+        """Store ``data`` atomically under ``key`` (a reader sees old or new, never torn); return the URI."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the bytes under ``key``."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix``, sorted."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Where a person (or another tool) finds the object: file:// or s3:// URI."""

@@ -1,0 +1,42 @@
+"""Save and load Python objects in any ObjectStore through the checksummed codec.
+
+This is the layer the object-store I/O manager (and any plain-Python caller) uses: it ties the
+codec's envelope to a key, and returns what was written so that callers can report the URI,
+size, format and checksum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flowstone.storage import codec
+from flowstone.storage.object_store import ObjectStore
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Where an object went and what it was written as."""
+
+    key: str
+    uri: str
+    envelope: codec.Envelope
+    stored_bytes: int
+
+
+def save_object(
+    store: ObjectStore,
+    key: str,
+    obj: Any,
+    *,
+    trusted: bool = False,
+    compression: str | None = None,
+) -> StoredObject:
+    encoded = codec.encode(obj, trusted=trusted, compression=compression)
+    uri = store.put(key, encoded.data)
+    return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=len(encoded.data))
+
+
+def load_object(store: ObjectStore, key: str, *, trusted: bool = False) -> Any:
+    """Fetch and decode ``key``; a corrupted object raises ChecksumError naming the key."""
+    return codec.decode(store.get(key), key, trusted=trusted)

@@ -1,0 +1,150 @@
+"""Dagster I/O manager that keeps asset values in an object store (local folder, S3 or tiered).
+
+Thin wiring over :mod:`flowstone.storage`: it picks the object key from the asset key and the
+partition(s), encodes the value with the checksummed codec and reports URI, bytes, format and
+checksum as output metadata. Several partitions in one run (a single-run backfill) are written
+from a dict keyed by partition key, and loaded back as such a dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import dagster as dg
+from dagster._utils.cached_method import cached_method
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from flowstone.paths import outputs_dir
+from flowstone.storage.errors import StorageError
+from flowstone.storage.keys import object_key_for
+from flowstone.storage.local_store import LocalObjectStore
+from flowstone.storage.object_store import ObjectStore
+from flowstone.storage.objects import load_object, save_object
+from flowstone.storage.s3_store import S3ObjectStore
+from flowstone.storage.tiered_store import BoundedCacheStore, TieredObjectStore
+from io_managers._partitions import partition_specs, split_multi_partition_output
+
+
+class ObjectStoreIOManager(dg.ConfigurableIOManager):
+    """Stores each asset (partition) as one checksummed object; see flowstone.storage.codec."""
+
+    backend: Literal["local", "s3", "tiered"] = Field(
+        default="local",
+        description="'local' folder, 's3' bucket, or 'tiered' (S3 primary + local cache + archive).",
+    )
+    base_path: str | None = Field(
+        default=None,
+        description="Folder of the local backend; defaults to <outputs>/objects.",
+    )
+    prefix: str = Field(default="flowstone", description="Key prefix in front of every asset path.")
+    s3: S3Resource | None = Field(
+        default=None,
+        description="dagster-aws S3Resource (set endpoint_url for MinIO/moto); needed for s3/tiered.",
+    )
+    bucket: str | None = Field(default=None, description="Bucket for the s3 and tiered backends.")
+    cache_path: str | None = Field(
+        default=None, description="Local cache folder of the tiered backend (None: no cache)."
+    )
+    cache_max_bytes: int = Field(default=1 << 30, description="Cache size bound in bytes.")
+    cache_ttl_seconds: float = Field(default=86400.0, description="Cache entry lifetime.")
+    archive_path: str | None = Field(
+        default=None, description="Local archive folder of the tiered backend."
+    )
+    archive_bucket: str | None = Field(
+        default=None, description="Second bucket (same endpoint) used as archive instead."
+    )
+    write_strategy: Literal["primary_only", "primary_with_cache", "replicate_all"] = Field(
+        default="primary_with_cache",
+        description="Which tiers a write goes to; only a primary failure fails the write.",
+    )
+    compression: Literal["none", "zstd"] = Field(default="none", description="Payload compression.")
+    trusted_pickle: bool = Field(
+        default=False,
+        description="Allow pickle for values no other format can hold. Only for stores that "
+        "nobody else writes to: unpickling runs code.",
+    )
+
+    @cached_method
+    def build_store(self) -> ObjectStore:
+        """Built once per I/O manager instance: a boto3 client costs ~100 ms to create."""
+        if self.backend == "local":
+            return LocalObjectStore(self.base_path or outputs_dir() / "objects")
+        if self.s3 is None or not self.bucket:
+            raise StorageError(
+                f"backend '{self.backend}' needs both 's3' (an S3Resource) and 'bucket' set on "
+                "ObjectStoreIOManager"
+            )
+        client = self.s3.get_client()
+        primary = S3ObjectStore(client, self.bucket)
+        if self.backend == "s3":
+            return primary
+        cache = (
+            BoundedCacheStore(
+                self.cache_path, max_bytes=self.cache_max_bytes, ttl_seconds=self.cache_ttl_seconds
+            )
+            if self.cache_path
+            else None
+        )
+        archive: ObjectStore | None = None
+        if self.archive_bucket:
+            archive = S3ObjectStore(client, self.archive_bucket)
+        elif self.archive_path:
+            archive = LocalObjectStore(self.archive_path)
+        return TieredObjectStore(
+            primary, cache=cache, archive=archive, write_strategy=self.write_strategy
+        )
+
+    def _key(self, context: dg.InputContext | dg.OutputContext, spec: Any) -> str:
+        return object_key_for(self.prefix, context.asset_key.path, spec)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None and context.dagster_type.is_nothing:
+            return
+        store = self.build_store()
+        specs = partition_specs(context)
+        items = split_multi_partition_output(context, obj, specs) if specs else [(None, None, obj)]
+        written = []
+        for partition_key, spec, value in items:
+            key = self._key(context, spec)
+            compression = None if self.compression == "none" else self.compression
+            written.append(
+                (
+                    partition_key,
+                    save_object(
+                        store, key, value, trusted=self.trusted_pickle, compression=compression
+                    ),
+                )
+            )
+        if len(written) == 1:
+            stored = written[0][1]
+            context.add_output_metadata(
+                {
+                    "uri": dg.MetadataValue.path(stored.uri),
+                    "bytes": stored.stored_bytes,
+                    "format": stored.envelope.format,
+                    "compression": stored.envelope.compression or "none",
+                    "sha256": stored.envelope.sha256,
+                }
+            )
+            return
+        context.add_output_metadata(
+            {
+                "objects": len(written),
+                "bytes": sum(s.stored_bytes for _, s in written),
+                "format": ", ".join(sorted({s.envelope.format for _, s in written})),
+                "uris": dg.MetadataValue.json({pk: s.uri for pk, s in written}),
+                "sha256": dg.MetadataValue.json({pk: s.envelope.sha256 for pk, s in written}),
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        store = self.build_store()
+        specs = partition_specs(context)
+        if not specs:
+            return load_object(store, self._key(context, None), trusted=self.trusted_pickle)
+        values = {
+            pk: load_object(store, self._key(context, spec), trusted=self.trusted_pickle)
+            for pk, spec in specs
+        }
+        return next(iter(values.values())) if len(values) == 1 else values

@@ -1,0 +1,134 @@
+"""Partition-key validation and the checksummed codec."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+
+import numpy as np
+import pandas as pd
+import pydantic
+import pytest
+
+from flowstone.storage import codec
+from flowstone.storage.errors import ChecksumError, CodecError, UnsafeKeyError
+from flowstone.storage.keys import object_key_for, validate_partition_key
+
+ATTACKS = ["../x", "/etc/passwd", "a\x00b", "a/../../b", "..", "C:\\windows", "\\\\server\\share",
+           "ok\nnewline", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ATTACKS)
+def test_unsafe_partition_keys_are_rejected_with_a_reason(key):
+    with pytest.raises(UnsafeKeyError) as err:
+        object_key_for("flowstone", ["scores"], key)
+    assert "partition key" in str(err.value)
+
+
+def test_sql_injection_text_is_a_plain_key_that_stays_under_the_prefix():
+    key = object_key_for("flowstone", ["scores"], "x'; DROP TABLE t;--")
+    assert key.startswith("flowstone/scores/partition=")
+    assert "/" not in key.removeprefix("flowstone/scores/")
+
+
+def test_layout_for_single_multi_and_unpartitioned_assets():
+    assert object_key_for("p", ["a", "b"], None) == "p/a/b/__asset__.fso"
+    assert object_key_for("p", ["a"], "2024-01-01") == "p/a/partition=2024-01-01.fso"
+    assert object_key_for("p", ["a"], "org/model") == "p/a/partition=org%2Fmodel.fso"
+    multi = object_key_for("p", ["a"], {"system": "s1", "suite": "qa"})
+    assert multi == "p/a/suite=qa/system=s1.fso"
+    assert validate_partition_key("org/model-v1.2") == "org/model-v1.2"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Model(pydantic.BaseModel):
+    name: str
+    score: float
+
+
+def test_json_round_trip_of_common_python_types():
+    obj = {
+        "arr": np.arange(6, dtype=np.int32).reshape(2, 3),
+        "np_scalar": np.float64(1.5),
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "day": dt.date(2024, 1, 2),
+        "money": decimal.Decimal("1.10"),
+        "blob": b"\x00\x01",
+        "nested": [1, "two", None],
+    }
+    enc = codec.encode(obj)
+    assert enc.envelope.format == "json"
+    back = codec.decode(enc.data, "k")
+    assert back["arr"].dtype == np.int32 and back["arr"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back["when"] == obj["when"] and back["day"] == obj["day"]
+    assert back["money"] == decimal.Decimal("1.10") and back["blob"] == b"\x00\x01"
+    assert back["np_scalar"] == 1.5 and back["nested"] == [1, "two", None]
+    assert codec.decode(codec.encode(Point(1, 2.0)).data) == {"x": 1, "y": 2.0}
+    assert codec.decode(codec.encode(Model(name="a", score=0.5)).data) == {
+        "name": "a",
+        "score": 0.5,
+    }
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_dataframe_goes_to_parquet_and_back(compression):
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", None, "z"], "c": [0.5, np.nan, 1.0]})
+    enc = codec.encode(df, compression=compression)
+    assert enc.envelope.format == "parquet"
+    assert enc.envelope.compression == compression
+    pd.testing.assert_frame_equal(codec.decode(enc.data, "k"), df)
+
+
+def test_tensors_and_arrays_use_safetensors():
+    import torch
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    enc = codec.encode(state)
+    assert enc.envelope.format == "safetensors"
+    back = codec.decode(enc.data)
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
+    t = torch.ones(4, dtype=torch.int64)
+    assert torch.equal(codec.decode(codec.encode(t).data), t)
+    arr = np.linspace(0, 1, 10)
+    enc = codec.encode(arr)
+    assert enc.envelope.format == "safetensors"
+    np.testing.assert_array_equal(codec.decode(enc.data), arr)
+
+
+def test_pickle_only_when_trusted():
+    class Opaque:
+        def __init__(self):
+            self.v = 7
+
+    obj = {"o": complex(1, 2)}
+    with pytest.raises(CodecError, match="pickle is disabled"):
+        codec.encode(obj)
+    enc = codec.encode(obj, trusted=True)
+    assert enc.envelope.format == "pickle"
+    with pytest.raises(CodecError, match="not trusted"):
+        codec.decode(enc.data, "models/x")
+    assert codec.decode(enc.data, trusted=True) == obj
+
+
+def test_envelope_records_provenance():
+    env = codec.encode({"a": 1}).envelope
+    assert len(env.sha256) == 64 and env.size > 0 and env.flowstone_version
+    assert dt.datetime.fromisoformat(env.created_at).tzinfo is not None
+
+
+def test_corruption_truncation_and_foreign_bytes_are_checksum_errors_naming_the_key():
+    data = bytearray(codec.encode({"values": list(range(100))}).data)
+    data[-5] ^= 0xFF
+    with pytest.raises(ChecksumError, match="checksum mismatch for object 'scores/p1'"):
+        codec.decode(bytes(data), "scores/p1")
+    good = codec.encode({"a": 1}).data
+    with pytest.raises(ChecksumError, match="truncated.*|'k' is truncated"):
+        codec.decode(good[:-2], "k")
+    with pytest.raises(ChecksumError, match="not a FlowStone object"):
+        codec.decode(b"PK\x03\x04 zip file", "k")

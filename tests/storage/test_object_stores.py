@@ -1,0 +1,181 @@
+"""Local, S3 (moto server on loopback) and tiered object stores, including their faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from flowstone.storage import codec
+from flowstone.storage.errors import (
+    ChecksumError,
+    ObjectNotFoundError,
+    StorageError,
+    UnsafeKeyError,
+)
+from flowstone.storage.local_store import TEMP_MARKER, LocalObjectStore
+from flowstone.storage.objects import load_object, save_object
+from flowstone.storage.s3_store import S3ObjectStore
+from flowstone.storage.tiered_store import BoundedCacheStore, TieredObjectStore
+
+
+def _exercise(store):
+    uri = store.put("a/b/one.fso", b"1")
+    store.put("a/two.fso", b"22")
+    store.put("c/three.fso", b"333")
+    assert store.get("a/b/one.fso") == b"1"
+    assert store.exists("a/two.fso") and not store.exists("a/none.fso")
+    assert store.list("a/") == ["a/b/one.fso", "a/two.fso"]
+    assert uri == store.uri("a/b/one.fso")
+    store.delete("a/two.fso")
+    store.delete("a/two.fso")  # idempotent
+    assert store.list() == ["a/b/one.fso", "c/three.fso"]
+    with pytest.raises(ObjectNotFoundError, match="a/two.fso"):
+        store.get("a/two.fso")
+    with pytest.raises(UnsafeKeyError):
+        store.put("../escape", b"x")
+
+
+def test_local_store_contract(tmp_path):
+    store = LocalObjectStore(tmp_path / "objs")
+    _exercise(store)
+    assert store.uri("c/three.fso").startswith("file://")
+
+
+def test_s3_store_contract(s3, bucket):
+    store = S3ObjectStore(s3, bucket, prefix="team")
+    _exercise(store)
+    assert store.uri("c/three.fso") == f"s3://{bucket}/team/c/three.fso"
+
+
+def test_corrupted_s3_object_names_the_key(s3, bucket):
+    client = s3
+    store = S3ObjectStore(client, bucket)
+    save_object(store, "scores/partition=p1.fso", {"values": list(range(50))})
+    raw = bytearray(client.get_object(Bucket=bucket, Key="scores/partition=p1.fso")["Body"].read())
+    raw[-3] ^= 0x01
+    client.put_object(Bucket=bucket, Key="scores/partition=p1.fso", Body=bytes(raw))
+    with pytest.raises(ChecksumError, match="scores/partition=p1.fso"):
+        load_object(store, "scores/partition=p1.fso")
+
+
+def _dead_s3(endpoint, max_attempts=1):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="x",
+        aws_secret_access_key="x", region_name="us-east-1",
+        config=Config(retries={"max_attempts": max_attempts}, connect_timeout=1),
+    )  # fmt: skip
+
+
+def test_s3_endpoint_down_fails_loudly(dead_endpoint):
+    store = S3ObjectStore(_dead_s3(dead_endpoint), "bucket")
+    with pytest.raises(StorageError, match="S3 put of s3://bucket/k.fso failed at endpoint"):
+        store.put("k.fso", b"data")
+
+
+def test_tiered_reads_fall_back_to_cache_then_archive_when_primary_is_down(tmp_path, dead_endpoint):
+    cache = BoundedCacheStore(tmp_path / "cache", max_bytes=10_000, ttl_seconds=60)
+    archive = LocalObjectStore(tmp_path / "archive")
+    cache.put("hot.fso", b"from-cache")
+    archive.put("cold.fso", b"from-archive")
+    primary = S3ObjectStore(_dead_s3(dead_endpoint), "b")
+    tiered = TieredObjectStore(primary, cache=cache, archive=archive)
+    assert tiered.get("hot.fso") == b"from-cache"
+    assert tiered.get("cold.fso") == b"from-archive"
+    assert cache.get("cold.fso") == b"from-archive"  # warmed
+    with pytest.raises(StorageError, match="primary failed"):
+        tiered.get("nowhere.fso")
+    with pytest.raises(StorageError, match="S3 put"):
+        tiered.put("new.fso", b"x")  # a failing primary fails the write
+    assert not archive.exists("new.fso") and not cache.exists("new.fso")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "in_cache", "in_archive"),
+    [
+        ("primary_only", False, False),
+        ("primary_with_cache", True, False),
+        ("replicate_all", True, True),
+    ],  # fmt: skip
+)
+def test_write_strategies(tmp_path, s3, bucket, strategy, in_cache, in_archive):
+    primary = S3ObjectStore(s3, bucket)
+    cache = BoundedCacheStore(tmp_path / "cache", max_bytes=10_000, ttl_seconds=60)
+    archive = LocalObjectStore(tmp_path / "archive")
+    tiered = TieredObjectStore(primary, cache=cache, archive=archive, write_strategy=strategy)
+    assert tiered.put("k.fso", b"v") == f"s3://{bucket}/k.fso"
+    assert primary.get("k.fso") == b"v"
+    assert cache.exists("k.fso") is in_cache
+    assert archive.exists("k.fso") is in_archive
+    primary.delete("k.fso")
+    if in_cache:
+        assert tiered.get("k.fso") == b"v"
+
+
+def test_failing_secondary_never_fails_an_accepted_write(tmp_path, s3, bucket):
+    blocker = tmp_path / "archive-is-a-file"
+    blocker.write_text("not a folder")
+    primary = S3ObjectStore(s3, bucket)
+    tiered = TieredObjectStore(
+        primary, archive=LocalObjectStore(blocker), write_strategy="replicate_all"
+    )
+    tiered.put("k.fso", b"v")
+    assert primary.get("k.fso") == b"v"
+    assert [f.tier for f in tiered.secondary_failures] == ["archive"]
+
+
+def test_cache_is_bounded_by_size_and_ttl(tmp_path):
+    cache = BoundedCacheStore(tmp_path, max_bytes=250, ttl_seconds=60)
+    for i in range(4):
+        cache.put(f"k{i}", bytes(100))
+        old = time.time() - 100 + i
+        os.utime(cache.path_for(f"k{i}"), (old, time.time()))
+    cache.put("k4", bytes(100))
+    assert sum(cache.exists(f"k{i}") for i in range(5)) == 2  # 250-byte bound
+    assert cache.exists("k4")
+    cache.put("huge", bytes(1000))
+    assert not cache.exists("huge")
+    os.utime(cache.path_for("k4"), (time.time(), time.time() - 120))
+    with pytest.raises(ObjectNotFoundError, match="expired"):
+        cache.get("k4")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from flowstone.storage.local_store import LocalObjectStore
+    from flowstone.storage.objects import save_object
+    store = LocalObjectStore(sys.argv[1])
+    i = 0
+    while True:
+        i += 1
+        save_object(store, "big/partition=p.fso", {"version": i, "pad": "x" * (8_000_000 + i)})
+        print(i, flush=True)
+    """
+)
+
+
+def test_killed_writer_never_leaves_a_torn_object(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    save_object(store, "big/partition=p.fso", {"version": 0, "pad": ""})
+    for delay in (0.05, 0.25, 0.6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(0.8 + delay)  # interpreter start, then somewhere inside a write loop
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        value = load_object(store, "big/partition=p.fso")  # verifies the checksum
+        assert value["pad"] == ("x" * (8_000_000 + value["version"]) if value["version"] else "")
+        assert store.list("big/") == ["big/partition=p.fso"]
+    leftovers = list(tmp_path.rglob(f"{TEMP_MARKER}*"))
+    assert store.remove_stale_temp_files(older_than_seconds=0) == len(leftovers)
+    assert codec.read_envelope(store.get("big/partition=p.fso"))[0].format == "json"

@@ -1,0 +1,75 @@
+"""Completing many prompts at once with bounded concurrency.
+
+A suite's cases go out in parallel up to ``concurrency`` threads (the provider rate limits
+still pace them). Results keep the input order. The first failure cancels what has not
+started and is raised naming the item, so a partition is never half-written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING
+
+from flowstone.llm.errors import LLMError
+from flowstone.llm.pricing import CostTotals
+from flowstone.llm.types import Completion, Params, Prompt
+
+if TYPE_CHECKING:
+    from flowstone.llm.client import LLMClient
+
+
+class BatchItemError(LLMError):
+    """One item of a batch failed; ``label`` names it (a case id) and ``cause`` says why."""
+
+    def __init__(self, label: str, cause: Exception):
+        self.label = label
+        self.cause = cause
+        super().__init__(f"LLM call for '{label}' failed: {cause}")
+
+
+def complete_many(
+    client: LLMClient,
+    prompts: Sequence[Prompt],
+    *,
+    params: Params | dict | None = None,
+    use_cache: bool = True,
+    concurrency: int = 8,
+    progress: Callable[[int], None] | None = None,
+    labels: Sequence[str] | None = None,
+    totals: CostTotals | None = None,
+) -> list[Completion]:
+    """One completion per prompt, in order; ``progress(done)`` after each finishes."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    labels = list(labels) if labels is not None else [f"item {i}" for i in range(len(prompts))]
+    if len(labels) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(labels)} labels")
+    results: list[Completion | None] = [None] * len(prompts)
+    done = 0
+    lock = threading.Lock()
+
+    def run(index: int) -> None:
+        nonlocal done
+        results[index] = client.complete(
+            prompts[index], params=params, use_cache=use_cache, totals=totals
+        )
+        with lock:
+            done += 1
+            count = done
+        if progress is not None:
+            progress(count)
+
+    with ThreadPoolExecutor(
+        max_workers=min(concurrency, max(1, len(prompts))), thread_name_prefix="llm-batch"
+    ) as pool:
+        futures = {pool.submit(run, i): i for i in range(len(prompts))}
+        finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            for future in pending:
+                future.cancel()
+            first = min(failed, key=lambda f: futures[f])
+            raise BatchItemError(labels[futures[first]], first.exception()) from first.exception()
+    return [r for r in results if r is not None]

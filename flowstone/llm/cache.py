@@ -1,0 +1,96 @@
+"""A durable response cache, so re-materializing a partition makes no provider calls.
+
+The key is a hash of provider name, model, messages and sampling parameters: anything that
+can change the reply. The default store is a SQLite file in the Dagster instance folder
+(``$DAGSTER_HOME`` or ``<repo>/.dagster_home``) in WAL mode, which several step processes on
+one host can share. Deployments spread over hosts plug in another ``ResponseCache`` (e.g. one
+over the object store) behind the same two methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from flowstone.llm.types import Completion, Message, Params
+from flowstone.paths import instance_dir
+
+CACHE_FILE_NAME = "llm_cache.sqlite"
+
+
+def cache_key(provider: str, model: str, messages: Sequence[Message], params: Params) -> str:
+    blob = json.dumps(
+        {
+            "provider": provider,
+            "model": model,
+            "messages": [m.to_dict() for m in messages],
+            "params": params.to_dict(),
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResponseCache(abc.ABC):
+    @abc.abstractmethod
+    def get(self, key: str) -> Completion | None: ...
+
+    @abc.abstractmethod
+    def put(self, key: str, completion: Completion) -> None: ...
+
+
+def default_cache_path() -> Path:
+    return instance_dir() / CACHE_FILE_NAME
+
+
+class SQLiteResponseCache(ResponseCache):
+    """Completions by key in one SQLite table; safe for threads and for processes on one host."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_responses ("
+            " key TEXT PRIMARY KEY, provider TEXT NOT NULL, model TEXT NOT NULL,"
+            " completion TEXT NOT NULL, created_at REAL NOT NULL)"
+        )
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT completion FROM llm_responses WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Completion(**json.loads(row[0]))
+
+    def put(self, key: str, completion: Completion) -> None:
+        record = json.dumps(asdict(completion))
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO llm_responses (key, provider, model, completion, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, completion.provider, completion.model, record, time.time()),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM llm_responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

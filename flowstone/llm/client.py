@@ -1,0 +1,308 @@
+"""``LLMClient``: the one object the rest of FlowStone calls to talk to a model.
+
+Per request: normalise the prompt, look every candidate provider up in the cache, then walk
+the router's order; for each provider claim its breaker, retry transient failures (each
+attempt waits for the provider+model rate limit), and on success price, cache and account the
+completion. A provider that fails after its retries (or has no key) falls through to the next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from flowstone.llm.breaker import breaker_for
+from flowstone.llm.cache import ResponseCache, SQLiteResponseCache, cache_key
+from flowstone.llm.config import ClientConfig, ProviderConfig
+from flowstone.llm.errors import (
+    CircuitOpenError,
+    LLMError,
+    NoProviderAvailableError,
+    ProviderCallError,
+    RetryExhaustedError,
+)
+from flowstone.llm.pricing import CostTotals, Price, PriceTable
+from flowstone.llm.providers import build_provider
+from flowstone.llm.providers.base import Health, Provider
+from flowstone.llm.ratelimit import RateLimiter, limiter_for
+from flowstone.llm.redaction import get_logger, install_log_redaction
+from flowstone.llm.retry import call_with_retry
+from flowstone.llm.router import Router
+from flowstone.llm.types import (
+    Completion,
+    Message,
+    Params,
+    Prompt,
+    StreamChunk,
+    as_messages,
+    estimate_tokens,
+)
+
+log = get_logger(__name__)
+
+
+class LLMClient:
+    def __init__(
+        self,
+        providers: Sequence[ProviderConfig],
+        config: ClientConfig | None = None,
+        *,
+        prices: PriceTable | None = None,
+        cache: ResponseCache | None = None,
+    ):
+        if not providers:
+            raise ValueError("an LLM client needs at least one provider")
+        names = [p.name for p in providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique, got {names}")
+        install_log_redaction()
+        self.config = config or ClientConfig()
+        self.prices = prices or PriceTable()
+        for p in providers:
+            if p.input_price_per_mtok is not None and p.output_price_per_mtok is not None:
+                self.prices.set(p.model, Price(p.input_price_per_mtok, p.output_price_per_mtok))
+        self.providers: list[Provider] = [build_provider(p) for p in providers]
+        self.breakers = {p.name: breaker_for(p.name, self.config.breaker) for p in self.providers}
+        self.router = Router(self.providers, self.breakers, self.prices, self.config.strategy)
+        self._cache = cache
+        self.totals = CostTotals()
+
+    # -- plumbing -------------------------------------------------------------------------
+    @property
+    def cache(self) -> ResponseCache | None:
+        """Opened lazily so that building a client (e.g. at definitions load) touches no file."""
+        if not self.config.cache_enabled:
+            return None
+        if self._cache is None:
+            self._cache = SQLiteResponseCache(self.config.cache_path)
+        return self._cache
+
+    def _limiter(self, provider: Provider) -> RateLimiter | None:
+        limits = provider.config.limits
+        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+            return None
+        return limiter_for(provider.name, provider.model, limits)
+
+    def _price(self, completion: Completion, configured_model: str) -> tuple[Completion, bool]:
+        """The completion with its cost, and whether a price was known. The model the server
+        reports (often a dated id) is looked up first, then the model configured."""
+        price = self.prices.lookup(completion.model) or self.prices.lookup(configured_model)
+        if price is None:
+            self.prices.cost(configured_model, 0, 0)  # logs the missing price once
+            return completion.with_cost(0.0), False
+        return completion.with_cost(
+            price.cost(completion.input_tokens, completion.output_tokens)
+        ), True
+
+    def _account(
+        self, completion: Completion, totals: CostTotals | None, priced: bool = True
+    ) -> None:
+        for target in (self.totals, totals):
+            if target is not None:
+                target.add(
+                    completion.provider,
+                    completion.input_tokens,
+                    completion.output_tokens,
+                    completion.cost_usd if priced else None,
+                    cache_hit=completion.cache_hit,
+                )
+
+    def _cached(self, candidates: Sequence[Provider], messages, params) -> Completion | None:
+        cache = self.cache
+        if cache is None:
+            return None
+        start = time.perf_counter()
+        for provider in candidates:
+            hit = cache.get(cache_key(provider.name, provider.model, messages, params))
+            if hit is not None:
+                return Completion(
+                    hit.text,
+                    hit.model,
+                    hit.input_tokens,
+                    hit.output_tokens,
+                    0.0,
+                    time.perf_counter() - start,
+                    hit.provider,
+                    cache_hit=True,
+                    stop_reason=hit.stop_reason,
+                )
+        return None
+
+    # -- the interface ----------------------------------------------------------------------
+    def complete(
+        self,
+        prompt: Prompt,
+        *,
+        params: Params | dict | None = None,
+        use_cache: bool = True,
+        provider: str | None = None,
+        required_capabilities: Sequence[str] = (),
+        totals: CostTotals | None = None,
+    ) -> Completion:
+        """One completion, from the cache or the first provider in the route that succeeds."""
+        messages = as_messages(prompt)
+        params = params if isinstance(params, Params) else Params.from_mapping(params)
+        everyone, skipped = self.router.order(
+            messages, params, only=provider, required_capabilities=required_capabilities
+        )
+        if use_cache:
+            # Any provider that could serve this request may have answered it before, even
+            # one whose breaker is open now: a stored answer costs nothing.
+            cached_from = [
+                p
+                for p in self.providers
+                if (provider is None or p.name == provider)
+                and all(c in p.capabilities for c in required_capabilities)
+            ]
+            hit = self._cached(cached_from, messages, params)
+            if hit is not None:
+                self._account(hit, totals)
+                return hit
+        failures: dict[str, str] = dict(skipped)
+        errors: list[LLMError] = []
+        for candidate in everyone:
+            try:
+                completion, priced = self._call(candidate, messages, params)
+            except LLMError as exc:
+                failures[candidate.name] = str(exc)
+                errors.append(exc)
+                log.warning("provider '%s' failed, trying the next one: %s", candidate.name, exc)
+                continue
+            if use_cache and self.cache is not None:
+                self.cache.put(
+                    cache_key(candidate.name, candidate.model, messages, params), completion
+                )
+            self._account(completion, totals, priced)
+            return completion
+        if len(errors) == 1 and len(failures) == 1:
+            raise errors[0]
+        raise NoProviderAvailableError(failures)
+
+    def _call(
+        self, provider: Provider, messages: Sequence[Message], params: Params
+    ) -> tuple[Completion, bool]:
+        breaker = self.breakers[provider.name]
+        if not breaker.try_acquire():
+            raise CircuitOpenError(provider.name, breaker.retry_in_s())
+        limiter = self._limiter(provider)
+        estimate = estimate_tokens("".join(m.content for m in messages)) + params.max_tokens
+        try:
+            completion = call_with_retry(
+                lambda: provider.complete(messages, params),
+                provider=provider.name,
+                model=provider.model,
+                policy=self.config.retry,
+                before_attempt=(lambda: limiter.acquire(estimate)) if limiter else None,
+            )
+        except RetryExhaustedError:
+            breaker.record_failure()
+            raise
+        except ProviderCallError:
+            breaker.release()  # a 4xx says nothing about the provider's health
+            raise
+        except LLMError:
+            breaker.release()
+            raise
+        breaker.record_success()
+        if limiter is not None:
+            limiter.settle(estimate, completion.input_tokens + completion.output_tokens)
+        self.router.record_latency(provider.name, completion.latency_s)
+        return self._price(completion, provider.model)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        params: Params | dict | None = None,
+        provider: str | None = None,
+        totals: CostTotals | None = None,
+    ) -> Iterator[StreamChunk]:
+        """Stream text; failures before the first chunk are retried and fall back, later ones raise."""
+        messages = as_messages(prompt)
+        params = params if isinstance(params, Params) else Params.from_mapping(params)
+        candidates, skipped = self.router.order(messages, params, only=provider)
+        failures = dict(skipped)
+        estimate = estimate_tokens("".join(m.content for m in messages)) + params.max_tokens
+        for candidate in candidates:
+            breaker = self.breakers[candidate.name]
+            if not breaker.try_acquire():
+                failures[candidate.name] = "circuit breaker open"
+                continue
+            limiter = self._limiter(candidate)
+
+            def start(candidate=candidate):
+                chunks = candidate.stream(messages, params)
+                return next(chunks), chunks
+
+            try:
+                first, rest = call_with_retry(
+                    start,
+                    provider=candidate.name,
+                    model=candidate.model,
+                    policy=self.config.retry,
+                    before_attempt=(lambda limiter=limiter: limiter.acquire(estimate))
+                    if limiter
+                    else None,
+                )
+            except RetryExhaustedError as exc:
+                breaker.record_failure()
+                failures[candidate.name] = str(exc)
+                continue
+            except LLMError as exc:
+                breaker.release()
+                failures[candidate.name] = str(exc)
+                continue
+            try:
+                chunk = first
+                while True:
+                    if chunk.completion is not None:
+                        completion, priced = self._price(chunk.completion, candidate.model)
+                        self._account(completion, totals, priced)
+                        self.router.record_latency(candidate.name, completion.latency_s)
+                        yield StreamChunk(chunk.text, completion)
+                    else:
+                        yield chunk
+                    chunk = next(rest)
+            except StopIteration:
+                breaker.record_success()
+                return
+            except ProviderCallError:
+                breaker.record_failure()
+                raise
+        raise NoProviderAvailableError(failures)
+
+    def health(self) -> dict[str, Health]:
+        """Check every provider now and remember the result for routing."""
+        out = {}
+        for provider in self.providers:
+            result = provider.health()
+            self.router.mark_health(provider.name, result.ok, result.detail)
+            out[provider.name] = result
+        return out
+
+    def breaker_states(self) -> dict[str, str]:
+        return {name: str(b.state) for name, b in self.breakers.items()}
+
+    def complete_many(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        params: Params | dict | None = None,
+        use_cache: bool = True,
+        concurrency: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        labels: Sequence[str] | None = None,
+        totals: CostTotals | None = None,
+    ) -> list[Completion]:
+        from flowstone.llm.batch import complete_many
+
+        return complete_many(
+            self,
+            prompts,
+            params=params,
+            use_cache=use_cache,
+            concurrency=concurrency or self.config.max_concurrency,
+            progress=progress,
+            labels=labels,
+            totals=totals,
+        )

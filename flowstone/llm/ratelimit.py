@@ -1,0 +1,128 @@
+"""Client-side rate limits: token buckets for requests and tokens per minute.
+
+Limits belong to a provider and model, not to a client object, so the buckets live in a
+process-wide registry: every thread and every client in the process that talks to the same
+provider+model draws from the same buckets. (Across processes, each process gets its own
+share: divide the provider's limit by the number of step processes, or use a pool.)
+
+The request bucket holds one request by default, which paces calls evenly at the limit; a
+bucket that starts full at a minute's worth would burst past a server that also counts in
+windows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from flowstone.llm.redaction import get_logger
+
+log = get_logger(__name__)
+
+
+class TokenBucket:
+    """Refills ``rate_per_s`` tokens a second up to ``capacity``; ``acquire`` blocks until it can
+    take what it asked for. A request larger than the capacity waits for a full bucket and
+    leaves it in debt, so it is served rather than refused."""
+
+    def __init__(self, rate_per_s: float, capacity: float, clock=time.monotonic, sleep=time.sleep):
+        if rate_per_s <= 0 or capacity <= 0:
+            raise ValueError(
+                f"token bucket needs a positive rate and capacity, got {rate_per_s}, {capacity}"
+            )
+        self.rate_per_s = rate_per_s
+        self.capacity = capacity
+        self._level = capacity
+        self._clock, self._sleep = clock, sleep
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self, now: float) -> None:
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate_per_s)
+        self._stamp = now
+
+    def acquire(self, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens, waiting as needed; returns the seconds waited."""
+        waited = 0.0
+        need = min(amount, self.capacity)
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._refill(now)
+                if self._level >= need:
+                    self._level -= amount
+                    return waited
+                delay = (need - self._level) / self.rate_per_s
+            self._sleep(delay)
+            waited += delay
+
+    def adjust(self, delta: float) -> None:
+        """Give back (negative ``delta``) or charge more once the true amount is known."""
+        with self._lock:
+            self._refill(self._clock())
+            self._level = min(self.capacity, self._level - delta)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Limits for one provider+model; None means unlimited on that axis."""
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    request_burst: float = 1.0
+
+
+class RateLimiter:
+    """The request and token buckets of one provider+model."""
+
+    def __init__(self, key: str, limits: RateLimits):
+        self.key = key
+        self.limits = limits
+        self.requests = (
+            TokenBucket(limits.requests_per_minute / 60.0, max(1.0, limits.request_burst))
+            if limits.requests_per_minute
+            else None
+        )
+        self.tokens = (
+            TokenBucket(limits.tokens_per_minute / 60.0, max(1.0, limits.tokens_per_minute / 60.0))
+            if limits.tokens_per_minute
+            else None
+        )
+
+    def acquire(self, estimated_tokens: int) -> float:
+        """Wait for a request slot and the estimated tokens; returns seconds waited."""
+        waited = 0.0
+        if self.requests is not None:
+            waited += self.requests.acquire(1.0)
+        if self.tokens is not None:
+            waited += self.tokens.acquire(float(estimated_tokens))
+        if waited > 1.0:
+            log.info("rate limit for %s held a request for %.1fs", self.key, waited)
+        return waited
+
+    def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
+        """Correct the token bucket once the provider has counted the tokens."""
+        if self.tokens is not None and actual_tokens != estimated_tokens:
+            self.tokens.adjust(actual_tokens - estimated_tokens)
+
+
+_registry: dict[str, RateLimiter] = {}
+_registry_lock = threading.Lock()
+
+
+def limiter_for(provider: str, model: str, limits: RateLimits) -> RateLimiter:
+    """The process-wide limiter for provider+model; new limits replace old ones."""
+    key = f"{provider}/{model}"
+    with _registry_lock:
+        current = _registry.get(key)
+        if current is None or current.limits != limits:
+            current = RateLimiter(key, limits)
+            _registry[key] = current
+        return current
+
+
+def reset_limiters() -> None:
+    """Forget every limiter (tests and benchmarks start from full buckets)."""
+    with _registry_lock:
+        _registry.clear()

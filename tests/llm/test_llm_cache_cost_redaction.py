@@ -1,0 +1,139 @@
+"""Response cache, cost accounting and secret redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from flowstone.llm.cache import SQLiteResponseCache
+from flowstone.llm.errors import LLMError, MissingSecretError
+from flowstone.llm.pricing import CostTotals
+from flowstone.llm.redaction import MASK, redact, redact_mapping
+from flowstone.llm.retry import RetryPolicy
+from flowstone.llm.secrets import resolve_secret
+
+
+def test_rerun_is_served_from_the_durable_cache(stub, make_client, provider, tmp_path):
+    first = make_client(provider("anthropic"))
+    prompts = [f"question {i}" for i in range(5)]
+    originals = first.complete_many(prompts)
+    assert stub.calls == 5
+    stub.reset()
+    second = make_client(provider("anthropic"))  # a new client: a new step process, same file
+    rerun = second.complete_many(prompts)
+    assert stub.calls == 0
+    assert [c.text for c in rerun] == [c.text for c in originals]
+    assert all(c.cache_hit and c.cost_usd == 0.0 for c in rerun)
+    assert second.totals.cache_hits == 5 and second.totals.calls == 0
+    assert len(SQLiteResponseCache(tmp_path / "llm_cache.sqlite")) == 5
+
+
+def test_cache_key_covers_params_and_opt_out_bypasses_it(stub, make_client, provider):
+    client = make_client(provider("openai"))
+    client.complete("same", params={"max_tokens": 10})
+    client.complete("same", params={"max_tokens": 10})
+    assert stub.calls == 1
+    client.complete("same", params={"max_tokens": 11})
+    assert stub.calls == 2
+    client.complete("same", params={"max_tokens": 10}, use_cache=False)
+    assert stub.calls == 3
+
+
+def test_cost_totals_sum_tokens_and_prices(stub, make_client, provider):
+    client = make_client(provider("anthropic"), provider("openai"), cache=False)
+    totals = CostTotals()
+    a = client.complete("one two three", provider="anthropic", totals=totals)
+    b = client.complete("four five", provider="openai", totals=totals)
+    # claude-haiku-4-5: $1 / $5 per Mtok; gpt-4o-mini: $0.15 / $0.60 per Mtok.
+    assert a.cost_usd == pytest.approx((a.input_tokens * 1.0 + a.output_tokens * 5.0) / 1e6)
+    assert b.cost_usd == pytest.approx((b.input_tokens * 0.15 + b.output_tokens * 0.6) / 1e6)
+    meta = totals.as_metadata()
+    assert meta["llm_calls"] == 2
+    assert meta["llm_input_tokens"] == a.input_tokens + b.input_tokens
+    assert meta["llm_cost_usd"] == pytest.approx(a.cost_usd + b.cost_usd, abs=1e-6)
+    assert set(meta["llm_cost_by_provider"]) == {"anthropic", "openai"}
+
+
+def test_unknown_model_is_counted_unpriced_not_free(stub, make_client, provider):
+    client = make_client(provider("openai", model="my-finetune"), cache=False)
+    client.complete("hello")
+    assert client.totals.unpriced_calls == 1 and client.totals.cost_usd == 0.0
+
+
+def test_keys_never_reach_logs_errors_or_metadata(stub, make_client, provider, keys, caplog):
+    stub.state.expected_key = "a-different-key"  # every request is refused with 401
+    client = make_client(provider("anthropic"), provider("openai"), provider("gemini"), cache=False)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(LLMError) as info:
+        client.complete("leak nothing")
+    text = str(info.value) + repr(info.value) + caplog.text
+    for key in keys.values():
+        assert key not in text
+    assert "401" in str(info.value)
+    # Keys did reach the server (so the test could have leaked them).
+    seen = [{k.lower(): v for k, v in r["headers"].items()} for r in stub.state.requests]
+    assert any(
+        keys["anthropic"] in (h.get("x-api-key", ""), h.get("authorization", "")[7:]) for h in seen
+    )
+    assert any(h.get("authorization") == f"Bearer {keys['openai']}" for h in seen)
+
+
+def test_redact_masks_registered_secrets_headers_and_key_shapes():
+    resolve_secret("env:PATH", purpose="test")  # registers the value
+    import os
+
+    assert os.environ["PATH"] not in redact(f"path={os.environ['PATH']}")
+    assert redact("Authorization: Bearer abcdefghijklmnop") == f"Authorization: {MASK}"
+    assert "sk-live-0123456789abc" not in redact("key sk-live-0123456789abc failed")
+    assert redact_mapping({"api_key": "x", "note": "x-api-key: sk-ant-00000000000"}) == {
+        "api_key": MASK,
+        "note": f"x-api-key: {MASK}",
+    }
+
+
+def test_missing_secret_names_the_variable_and_the_owner(monkeypatch):
+    monkeypatch.delenv("FLOWSTONE_TEST_ABSENT_KEY", raising=False)
+    with pytest.raises(
+        MissingSecretError, match="FLOWSTONE_TEST_ABSENT_KEY not set for system qa-x"
+    ):
+        resolve_secret("env:FLOWSTONE_TEST_ABSENT_KEY", purpose="system qa-x")
+
+
+def test_aws_secrets_manager_backend_through_moto_server(monkeypatch):
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_SECRETS_ENDPOINT_URL": url,
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("secretsmanager", endpoint_url=url).create_secret(
+            Name="llm/keys", SecretString='{"openai": "sk-from-aws-1234567890"}'
+        )
+        assert (
+            resolve_secret("aws:llm/keys#openai", purpose="provider 'openai'")
+            == "sk-from-aws-1234567890"
+        )
+        assert "sk-from-aws-1234567890" not in redact("echo sk-from-aws-1234567890")
+        with pytest.raises(MissingSecretError, match="aws:llm/missing"):
+            resolve_secret("aws:llm/missing", purpose="provider 'openai'")
+    finally:
+        server.stop()
+
+
+def test_retry_logs_are_redacted(stub, make_client, provider, keys, caplog):
+    client = make_client(provider("openai"), retry=RetryPolicy(2, 0.01, 0.01), cache=False)
+    caplog.set_level(logging.DEBUG)
+    stub.inject("500")
+    client.complete("log me")
+    assert "retrying provider 'openai'" in caplog.text
+    assert keys["openai"] not in caplog.text

@@ -1,0 +1,121 @@
+"""A gated asset: promote an evaluated system only after a human approved its report.
+
+``build_promotion_asset`` makes the gated asset for any partitioned upstream (by default the
+evaluation ``report``, partitioned suite x system). Its body refuses to run unless the run was
+launched by the approval decisions sensor for an approved request of this very partition and
+of the upstream's current data version, so a manual "Materialize" in the UI cannot skip the
+gate.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from flowstone.approvals.flow import APPROVAL_REQUEST_TAG
+from flowstone.approvals.machine import State
+from flowstone.paths import outputs_dir
+from resources.approvals import ApprovalsResource
+
+REPORT_KEY = dg.AssetKey(["evaluation", "report"])
+PROMOTED_SYSTEM_KEY = dg.AssetKey("promoted_system")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_promotion_asset(
+    partitions_def: dg.PartitionsDefinition | None,
+    upstream_key: dg.AssetKey = REPORT_KEY,
+    key: dg.AssetKey = PROMOTED_SYSTEM_KEY,
+    group_name: str = "promotion",
+    approvals_resource_key: str = "approvals",
+) -> dg.AssetsDefinition:
+    """The gated asset ``key``, downstream of ``upstream_key`` with the same partitions."""
+    gated = key.to_user_string()
+
+    @dg.asset(
+        key=key,
+        deps=[upstream_key],
+        partitions_def=partitions_def,
+        group_name=group_name,
+        kinds={"python"},
+        owners=["team:ml-platform"],
+        required_resource_keys={approvals_resource_key},
+        description=f"Promotion of an approved {upstream_key.to_user_string()} partition. Runs "
+        "only when launched by the approval sensor (it refuses manual launches).",
+    )
+    def _promoted(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        approvals: ApprovalsResource = getattr(context.resources, approvals_resource_key)
+        partition = context.partition_key if context.has_partition_key else ""
+        request_id = context.run.tags.get(APPROVAL_REQUEST_TAG)
+        if not request_id:
+            raise dg.Failure(
+                f"{gated} [{partition}] is gated on human approval and this run has no "
+                f"'{APPROVAL_REQUEST_TAG}' tag. Approve its request (`flowstone approvals list`, "
+                "then `flowstone approvals approve ID --by NAME`); the approval sensor launches it."
+            )
+        request = approvals.store().get(request_id)
+        if request.state != State.APPROVED:
+            raise dg.Failure(
+                f"{gated} [{partition}]: approval request {request_id} is {request.state.value}, "
+                "not approved; nothing is promoted."
+            )
+        if request.asset != gated or request.partition != partition:
+            raise dg.Failure(
+                f"{gated} [{partition}]: approval request {request_id} is for "
+                f"{request.asset} [{request.partition}], not this partition."
+            )
+        latest = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=upstream_key, asset_partitions=[partition] if partition else None
+            ),
+            limit=1,
+        ).records
+        current = (
+            (latest[0].asset_materialization.tags or {}).get("dagster/data_version")
+            if latest
+            else None
+        )
+        if current is not None and current != request.data_version:
+            raise dg.Failure(
+                f"{gated} [{partition}]: approval {request_id} covers data version "
+                f"{request.data_version} of {upstream_key.to_user_string()}, but its current "
+                f"version is {current}; the approval sensor has opened a request for the new one."
+            )
+        record = {
+            "asset": gated,
+            "partition": partition,
+            "upstream": upstream_key.to_user_string(),
+            "upstream_data_version": request.data_version,
+            "approval_request": request.id,
+            "approved_by": request.decided_by,
+            "approved_at": request.decided_at.isoformat() if request.decided_at else None,
+            "comment": request.comment,
+            "summary": request.summary,
+        }
+        safe = partition.replace("|", "__").replace("/", "_") or "default"
+        path = outputs_dir() / "promotions" / key.to_python_identifier() / f"{safe}.json"
+        _write_atomically(path, json.dumps(record, indent=2, sort_keys=True, default=str))
+        return dg.MaterializeResult(
+            metadata={
+                "approval_request": request.id,
+                "approved_by": request.decided_by or "",
+                "comment": request.comment or "",
+                "upstream_data_version": request.data_version,
+                "promotion_record": dg.MetadataValue.path(str(path)),
+            }
+        )
+
+    return _promoted

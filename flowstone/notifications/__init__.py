@@ -1,0 +1,1 @@
+"""Notifications: channel-neutral events, a durable outbox, and Slack / email / log channels."""

@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flowstone import paths
+from flowstone.approvals import cli as approvals_cli
+from flowstone.workers import cli as pool_cli
 
 app = typer.Typer(
     help="FlowStone: evaluation, model baking and approvals on Dagster.", no_args_is_help=True
@@ -27,6 +29,16 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 # Step-by-step Dagster logs belong in the UI; the terminal shows progress and warnings.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+app.add_typer(
+    pool_cli.app, name="pool", help="The warm Python worker pool: serve, status, stats, stop, reap."
+)
+app.add_typer(
+    approvals_cli.app,
+    name="approvals",
+    help="Approval requests: list, show, approve, reject, serve.",
+)
 
 
 @app.callback()

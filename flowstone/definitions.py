@@ -10,10 +10,16 @@ import warnings
 
 import dagster as dg
 
-from assets.evaluation import build_evaluation_assets
-from flowstone import paths
+from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_partitions
+from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from flowstone.evaluation.catalog import load_catalog
-from io_managers.local_fs import LocalPickleIOManager
+from io_managers.object_store import ObjectStoreIOManager
+from resources.approvals import approvals_resource_from_env
+from resources.llm import LLMResource
+from resources.notifications import notifications_resource_from_env
+from resources.worker_pool import PythonWorkerPoolResource
+from sensors.approvals import build_approval_sensors
+from sensors.notifications import build_notification_sensors
 
 # Observable sources and multi-to-single partition mappings are beta in Dagster 1.13; we rely on
 # them on purpose (per-partition staleness) and pin the minor version.
@@ -23,17 +29,26 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 def build_definitions() -> dg.Definitions:
     catalog = load_catalog()
     evaluation_assets = build_evaluation_assets(catalog)
+    promotion = build_promotion_asset(evaluation_partitions(catalog), upstream_key=REPORT_KEY)
     return dg.Definitions(
-        assets=evaluation_assets,
+        assets=[*evaluation_assets, promotion],
         jobs=[
             dg.define_asset_job(
                 "evaluation_job",
                 selection=dg.AssetSelection.groups("evaluation"),
-                description="Suite -> predictions -> scores -> report for one suite x system partition.",
+                description="Suite -> predictions -> scores -> report for suite x system partitions.",
             )
         ],
+        sensors=[
+            *build_approval_sensors(PROMOTED_SYSTEM_KEY, REPORT_KEY),
+            *build_notification_sensors(),
+        ],
         resources={
-            "io_manager": LocalPickleIOManager(base_dir=str(paths.outputs_dir() / "storage")),
+            "io_manager": ObjectStoreIOManager(),
+            "llm": LLMResource(),
+            "worker_pool": PythonWorkerPoolResource(),
+            "approvals": approvals_resource_from_env(),
+            "notifications": notifications_resource_from_env(),
         },
     )
 

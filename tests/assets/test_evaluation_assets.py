@@ -20,7 +20,7 @@ from assets.evaluation import build_evaluation_assets
 from flowstone.evaluation.catalog import load_catalog
 from flowstone.systems.base import Prediction, System, SystemRegistry
 from flowstone.systems.baselines import EchoSystem, LeadSummariser
-from io_managers.local_fs import LocalPickleIOManager
+from io_managers.object_store import ObjectStoreIOManager
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 REPORT = dg.AssetKey(["evaluation", "report"])
@@ -91,7 +91,7 @@ def env(tmp_path, monkeypatch):
         jobs=[
             dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.groups("evaluation"))
         ],
-        resources={"io_manager": LocalPickleIOManager(base_dir=str(tmp_path / "storage"))},
+        resources={"io_manager": ObjectStoreIOManager(base_path=str(tmp_path / "objects"))},
     )
     with dg.instance_for_test() as instance:
         yield {

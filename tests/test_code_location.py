@@ -1,0 +1,95 @@
+"""The code location as Dagster and a user's shell see it: fast to load, valid, and loud about
+bad input at load time."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+BIN = os.path.dirname(sys.executable)
+
+
+def run(args, env_extra=None, timeout=120):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_loads_fast_without_torch():
+    code = (
+        "import time, sys; t = time.perf_counter(); import flowstone.definitions as d; "
+        "d.defs.resolve_asset_graph(); "
+        "print(time.perf_counter() - t, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)"
+    )
+    out = run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    seconds, torch_loaded, st_loaded = out.stdout.split()
+    assert float(seconds) < 3.0
+    assert torch_loaded == "False" and st_loaded == "False"
+
+
+def test_dagster_validates_the_workspace():
+    out = run([os.path.join(BIN, "dagster"), "definitions", "validate", "-w", "workspace.yaml"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Validation successful for code location flowstone" in out.stdout + out.stderr
+
+
+def test_every_suite_and_system_is_a_partition():
+    from flowstone.definitions import defs
+
+    keys = defs.resolve_job_def("evaluation_job").partitions_def.get_partition_keys()
+    assert "qa|nearest-sentence" in keys and "summarisation|lead-1" in keys
+    assert len(keys) == 9
+    groups = {
+        defs.resolve_assets_def(k).group_names_by_key[k]
+        for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
+    assert groups == {"evaluation", "promotion"}
+
+
+@pytest.mark.parametrize(
+    ("env_key", "content", "expected"),
+    [
+        (
+            "FLOWSTONE_SUITES_DIR",
+            '{"id": "a", "input": "x", "expected": "y"}\n{"id": "b", "input": "x"}\n',
+            ["bad.jsonl", "line 2", "'expected'"],
+        ),
+        (
+            "FLOWSTONE_SUITES_DIR",
+            '{"id": "a", "input": "x", "expected": "y"}\n{"id": "a", "input": "x", "expected": "y"}\n',
+            ["line 2", "duplicate id 'a'"],
+        ),
+        (
+            "FLOWSTONE_EVAL_CONFIG",
+            json.dumps({"defaults": {"metrics": {"bleu": {}}, "thresholds": {"bleu": 1.5}}}),
+            ["defaults.thresholds.bleu.min_mean", "[0, 1]"],
+        ),
+        (
+            "FLOWSTONE_EVAL_CONFIG",
+            json.dumps({"defaults": {"metrics": {"meteor": {}}}}),
+            ["defaults.metrics.meteor", "unknown metric"],
+        ),
+    ],
+)
+def test_bad_input_stops_the_code_location_with_its_place(tmp_path, env_key, content, expected):
+    if env_key == "FLOWSTONE_SUITES_DIR":
+        (tmp_path / "bad.jsonl").write_text(content)
+        extra = {env_key: str(tmp_path), "FLOWSTONE_EVAL_CONFIG": str(tmp_path / "eval.yaml")}
+        (tmp_path / "eval.yaml").write_text(json.dumps({"defaults": {"metrics": {"bleu": {}}}}))
+    else:
+        (tmp_path / "eval.yaml").write_text(content)
+        extra = {env_key: str(tmp_path / "eval.yaml")}
+    out = run(
+        [os.path.join(BIN, "dagster"), "definitions", "validate", "-w", "workspace.yaml"], extra
+    )
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    for fragment in expected:
+        assert fragment in text, text[-2000:]

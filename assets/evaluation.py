@@ -69,6 +69,19 @@ class PartitionBatch:
     def record(self, key: str, metadata: dict) -> None:
         self.context.add_asset_metadata(to_metadata(metadata), partition_key=key)
 
+    def run(self, step, **inputs):
+        """Call ``step(suite, system, **inputs_for_that_partition)`` for each partition and
+        record its metadata on that partition."""
+        values = {}
+        for key in self.keys:
+            suite_name, system_name = self.dims(key)
+            result = step(
+                suite_name, system_name, **{n: self.input(v, key) for n, v in inputs.items()}
+            )
+            self.record(key, result.metadata)
+            values[key] = result.value
+        return self.output(values)
+
 
 def previous_means(context: dg.AssetExecutionContext, partition_key: str) -> dict[str, float]:
     """Metric means recorded by the last materialization of the same partition."""
@@ -208,13 +221,9 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         description="The suite, loaded and validated, as a table of cases.",
     )
     def suite(context: dg.AssetExecutionContext):
-        batch = PartitionBatch(context)
-        values = {}
-        for key in batch.keys:
-            step = pipeline.load_suite(catalog, batch.dims(key)[0])
-            batch.record(key, step.metadata)
-            values[key] = step.value
-        return batch.output(values)
+        return PartitionBatch(context).run(
+            lambda suite_name, _system: pipeline.load_suite(catalog, suite_name)
+        )
 
     @dg.asset(
         **common,
@@ -222,14 +231,12 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         description="The system's output for every case of the suite.",
     )
     def predictions(context: dg.AssetExecutionContext, suite):
-        batch = PartitionBatch(context)
-        values = {}
-        for key in batch.keys:
-            suite_name, system_name = batch.dims(key)
-            step = pipeline.predict(catalog, suite_name, system_name, batch.input(suite, key))
-            batch.record(key, step.metadata)
-            values[key] = step.value
-        return batch.output(values)
+        return PartitionBatch(context).run(
+            lambda suite_name, system_name, suite: pipeline.predict(
+                catalog, suite_name, system_name, suite
+            ),
+            suite=suite,
+        )
 
     @dg.asset(
         **common,
@@ -237,15 +244,13 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         description="Per-case scores, one column a metric, recomputed from stored predictions.",
     )
     def scores(context: dg.AssetExecutionContext, suite, predictions):
-        batch = PartitionBatch(context)
-        values = {}
-        for key in batch.keys:
-            step = pipeline.score(
-                catalog, batch.dims(key)[0], batch.input(suite, key), batch.input(predictions, key)
-            )
-            batch.record(key, step.metadata)
-            values[key] = step.value
-        return batch.output(values)
+        return PartitionBatch(context).run(
+            lambda suite_name, _system, suite, predictions: pipeline.score(
+                catalog, suite_name, suite, predictions
+            ),
+            suite=suite,
+            predictions=predictions,
+        )
 
     @dg.asset(
         **common,

@@ -40,13 +40,9 @@ os.environ.update(
 (WORK / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 import dagster as dg  # noqa: E402
-from dagster._core.storage.tags import (  # noqa: E402
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 warnings.filterwarnings("ignore")
-from flowstone.cli import QUIET_RUN_CONFIG  # noqa: E402
+from flowstone.cli import execute_partitions  # noqa: E402
 from flowstone.definitions import defs  # noqa: E402
 from flowstone.evaluation import embedding, pipeline  # noqa: E402
 from flowstone.evaluation.catalog import load_catalog  # noqa: E402
@@ -69,25 +65,11 @@ def main() -> None:
             pipeline.run_partition(catalog, suite, system, reports_dir=WORK / "plain-reports")
 
     def single_run():
-        result = job.execute_in_process(
-            instance=instance,
-            run_config=QUIET_RUN_CONFIG,
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: keys[-1],
-            },
-            raise_on_error=False,
-        )
-        assert result.get_step_success_events(), "no step succeeded"
+        outcomes = execute_partitions(job, instance, keys, single_run=True)
+        assert len(outcomes) == len(keys)
 
     def run_per_partition():
-        for key in keys:
-            job.execute_in_process(
-                partition_key=key,
-                instance=instance,
-                run_config=QUIET_RUN_CONFIG,
-                raise_on_error=False,
-            )
+        execute_partitions(job, instance, keys)
 
     timings = {}
     for name, fn in (

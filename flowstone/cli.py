@@ -58,22 +58,57 @@ def ensure_instance() -> Path:
     return home
 
 
+def execute_partitions(
+    job,
+    instance,
+    keys: Sequence[str],
+    single_run: bool = False,
+    on_done: Callable[[str, bool, float], None] | None = None,
+) -> dict[str, bool]:
+    """Run ``job`` in this process over ``keys``: a run each, or one run over the key range
+    (what a single-run backfill does). Returns success per partition key."""
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    runs = (
+        [
+            (
+                f"{len(keys)} partitions",
+                keys,
+                {
+                    "tags": {
+                        ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                        ASSET_PARTITION_RANGE_END_TAG: keys[-1],
+                    }
+                },
+            )
+        ]
+        if single_run
+        else [(key, [key], {"partition_key": key}) for key in keys]
+    )
+    outcomes = {}
+    for label, covered, target in runs:
+        start = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False, **target
+        )
+        outcomes.update(dict.fromkeys(covered, result.success))
+        if on_done:
+            on_done(label, result.success, time.perf_counter() - start)
+    return outcomes
+
+
 def materialize_partitions(
     partition_keys: Sequence[str] | None = None,
     single_run: bool = False,
     on_done: Callable[[str, bool, float], None] | None = None,
 ):
-    """Observe the evaluation sources, then run the evaluation job in this process.
-
-    One run per partition by default (each gets its own checks in the UI); ``single_run`` runs
-    them all in one, the way a single-run backfill does. Returns the instance used.
-    """
+    """Observe the evaluation sources, then run the evaluation job in this process against
+    the instance under DAGSTER_HOME. Returns the instance and success per partition."""
     import dagster as dg
     from dagster._core.definitions.observe import observe  # not re-exported by Dagster 1.13
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -84,30 +119,7 @@ def materialize_partitions(
     for key in _source_keys(defs):  # one at a time: their partitions differ (suite vs system)
         observe([defs.resolve_assets_def(key)], instance=instance, run_config=QUIET_RUN_CONFIG)
     keys = list(partition_keys or job.partitions_def.get_partition_keys())
-    if single_run:
-        start = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance,
-            run_config=QUIET_RUN_CONFIG,
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: keys[-1],
-            },
-            raise_on_error=False,
-        )
-        if on_done:
-            on_done(f"{len(keys)} partitions", result.success, time.perf_counter() - start)
-        return instance, {k: result.success for k in keys}
-    outcomes = {}
-    for key in keys:
-        start = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
-        outcomes[key] = result.success
-        if on_done:
-            on_done(key, result.success, time.perf_counter() - start)
-    return instance, outcomes
+    return instance, execute_partitions(job, instance, keys, single_run, on_done)
 
 
 def _source_keys(defs):

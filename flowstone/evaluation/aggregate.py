@@ -78,6 +78,22 @@ class Report:
     def passed(self) -> bool:
         return all(v.passed for v in self.thresholds.values())
 
+    def summary_frame(self) -> pd.DataFrame:
+        """One row a metric: the figures a person compares first."""
+        return pd.DataFrame(
+            [
+                {
+                    "metric": s.metric,
+                    "mean": s.mean,
+                    "median": s.median,
+                    "p95": s.p95,
+                    "min": s.min,
+                    "pass_rate": s.pass_rate,
+                }
+                for s in self.metrics.values()
+            ]
+        )
+
     def to_dict(self) -> dict:
         return {
             "suite": self.suite,

@@ -80,25 +80,12 @@ class ReportResult:
     html_path: Path
 
     def metadata(self) -> dict:
-        summary = pd.DataFrame(
-            [
-                {
-                    "metric": s.metric,
-                    "mean": s.mean,
-                    "median": s.median,
-                    "p95": s.p95,
-                    "min": s.min,
-                    "pass_rate": s.pass_rate,
-                }
-                for s in self.report.metrics.values()
-            ]
-        )
         return {
             "cases": self.report.cases,
             **{f"mean/{name}": value for name, value in self.report.means.items()},
             "passed": self.report.passed,
             "regressions": len(self.regressions),
-            "summary": summary,
+            "summary": self.report.summary_frame(),
             "report_path": str(self.html_path),
         }
 

@@ -78,27 +78,15 @@ def render_report(
     run_url: str | None = None,
 ) -> str:
     chart = metric_charts(scores, report)
-    summary = pd.DataFrame(
-        [
-            {
-                "metric": s.metric,
-                "mean": s.mean,
-                "median": s.median,
-                "p95": s.p95,
-                "min": s.min,
-                "pass rate": s.pass_rate,
-                "threshold": report.thresholds[s.metric].min_mean
-                if s.metric in report.thresholds
-                else None,
-                "verdict": (
-                    ("pass" if report.thresholds[s.metric].passed else "FAIL")
-                    if s.metric in report.thresholds
-                    else ""
-                ),
-            }
-            for s in report.metrics.values()
-        ]
-    )
+    summary = report.summary_frame()
+    verdicts = report.thresholds
+    summary["threshold"] = [
+        verdicts[m].min_mean if m in verdicts else None for m in summary["metric"]
+    ]
+    summary["verdict"] = [
+        ("pass" if verdicts[m].passed else "FAIL") if m in verdicts else ""
+        for m in summary["metric"]
+    ]
     first = next(iter(report.metrics))
     worst = scores.sort_values(first).head(5)[["case_id", "expected", "output", *report.metrics]]
     title = f"{html.escape(report.suite)} × {html.escape(report.system)}"

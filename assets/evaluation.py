@@ -13,6 +13,7 @@ import pandas as pd
 from flowstone.evaluation import pipeline
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
+from resources.worker_pool import PythonWorkerPoolResource
 
 GROUP = "evaluation"
 PREFIX = "evaluation"
@@ -243,10 +244,13 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         deps=[dg.AssetDep(scoring_config, partition_mapping=by_suite)],
         description="Per-case scores, one column a metric, recomputed from stored predictions.",
     )
-    def scores(context: dg.AssetExecutionContext, suite, predictions):
+    def scores(
+        context: dg.AssetExecutionContext, worker_pool: PythonWorkerPoolResource, suite, predictions
+    ):
+        context.log.info(f"scoring with the worker pool in '{worker_pool.mode}' mode")
         return PartitionBatch(context).run(
             lambda suite_name, _system, suite, predictions: pipeline.score(
-                catalog, suite_name, suite, predictions
+                catalog, suite_name, suite, predictions, worker_pool.compute_metric
             ),
             suite=suite,
             predictions=predictions,

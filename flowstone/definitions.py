@@ -17,7 +17,7 @@ from io_managers.object_store import ObjectStoreIOManager
 from resources.approvals import approvals_resource_from_env
 from resources.llm import LLMResource
 from resources.notifications import notifications_resource_from_env
-from resources.worker_pool import PythonWorkerPoolResource
+from resources.worker_pool import worker_pool_resource_from_env
 from sensors.approvals import build_approval_sensors
 from sensors.notifications import build_notification_sensors
 
@@ -46,7 +46,7 @@ def build_definitions() -> dg.Definitions:
         resources={
             "io_manager": ObjectStoreIOManager(),
             "llm": LLMResource(),
-            "worker_pool": PythonWorkerPoolResource(),
+            "worker_pool": worker_pool_resource_from_env(),
             "approvals": approvals_resource_from_env(),
             "notifications": notifications_resource_from_env(),
         },

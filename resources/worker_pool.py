@@ -2,16 +2,20 @@
 
 With ``socket_path`` set, every step connects to the pool server (``flowstone pool serve``) that
 already holds the model, so a backfill of many partitions loads it once. Without it, the step
-gets a private pool that starts with the step and stops when the step ends.
+either gets a private pool that starts and stops with the step (``private_pool``: isolation and
+memory caps) or, by default, runs metrics in its own process.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
+
+POOL_SOCKET_ENV = "FLOWSTONE_POOL_SOCKET"
 
 
 class PythonWorkerPoolResource(dg.ConfigurableResource):
@@ -19,7 +23,12 @@ class PythonWorkerPoolResource(dg.ConfigurableResource):
 
     socket_path: str | None = Field(
         default=None,
-        description="Unix socket of a running `flowstone pool serve`. Unset: a private pool per step.",
+        description="Unix socket of a running `flowstone pool serve`. Unset: private_pool decides.",
+    )
+    private_pool: bool = Field(
+        default=False,
+        description="Without a server, start a private pool for the step (isolation, memory caps). "
+        "False: metrics run in the step's own process, which keeps the model warm for that process.",
     )
     fallback_to_private_pool: bool = Field(
         default=False,
@@ -80,6 +89,9 @@ class PythonWorkerPoolResource(dg.ConfigurableResource):
                     log.warning(
                         f"worker pool: no server on {self.socket_path}; starting a private pool"
                     )
+        elif not self.private_pool:
+            self._mode = "in_process"
+            return
         config = PoolConfig(
             bridge=self.bridge,
             size=self.workers,
@@ -104,7 +116,8 @@ class PythonWorkerPoolResource(dg.ConfigurableResource):
 
     @property
     def mode(self) -> str:
-        """``server`` (shared pool), ``private`` (this step's pool) or ``unset`` (not set up)."""
+        """``server`` (shared pool), ``private`` (this step's pool), ``in_process`` (no pool) or
+        ``unset`` (not set up)."""
         return self._mode
 
     def _require(self) -> Any:
@@ -140,7 +153,12 @@ class PythonWorkerPoolResource(dg.ConfigurableResource):
     def compute_metric(
         self, metric: str, predictions: list[str], references: list[Any], **options: Any
     ) -> list[float]:
-        """Per-case scores from the ``metrics`` bridge (the encoder stays loaded between calls)."""
+        """Per-case scores from the ``metrics`` bridge (the encoder stays loaded between calls),
+        or from this process when no pool is configured."""
+        if self._mode == "in_process":
+            from flowstone.evaluation.metrics import compute
+
+            return compute(metric, predictions, references, **options)
         return self.execute(
             "metrics:compute",
             {
@@ -156,3 +174,15 @@ class PythonWorkerPoolResource(dg.ConfigurableResource):
 
     def worker_list(self) -> list[dict[str, Any]]:
         return self._require().workers()
+
+
+def worker_pool_resource_from_env(**config: Any) -> PythonWorkerPoolResource:
+    """The pool the code location uses: the shared server named by ``FLOWSTONE_POOL_SOCKET``
+    when that variable is set (`flowstone pool serve` prints it), else scoring in-process.
+
+    The variable becomes a ``dg.EnvVar`` only when set, since an EnvVar of a missing variable
+    fails resource initialisation.
+    """
+    if os.environ.get(POOL_SOCKET_ENV) and "socket_path" not in config:
+        config["socket_path"] = dg.EnvVar(POOL_SOCKET_ENV)
+    return PythonWorkerPoolResource(**config)

@@ -58,10 +58,19 @@ def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataF
 
 
 def score(
-    catalog: Catalog, suite_name: str, suite: pd.DataFrame, predictions: pd.DataFrame
+    catalog: Catalog,
+    suite_name: str,
+    suite: pd.DataFrame,
+    predictions: pd.DataFrame,
+    compute_metric=scoring.compute,
 ) -> StepResult:
     settings = catalog.settings.for_suite(suite_name)
-    table = scoring.score_suite(suite_io.suite_from_frame(suite_name, suite), predictions, settings)
+    table = scoring.score_suite(
+        suite_io.suite_from_frame(suite_name, suite),
+        predictions,
+        settings,
+        compute_metric=compute_metric,
+    )
     metrics = list(settings.metrics)
     return StepResult(
         table,

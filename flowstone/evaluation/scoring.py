@@ -6,7 +6,7 @@ already said without calling the system again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -48,8 +48,13 @@ def score_suite(
     predictions: pd.DataFrame,
     settings: SuiteSettings,
     metrics: Sequence[str] | None = None,
+    compute_metric: Callable[..., list[float]] = compute,
 ) -> pd.DataFrame:
-    """One row per case: id, tags, expected, output and one column per metric."""
+    """One row per case: id, tags, expected, output and one column per metric.
+
+    ``compute_metric`` has the signature of `flowstone.evaluation.metrics.compute`; the worker
+    pool passes its own so that a shared server with a warm encoder does the scoring.
+    """
     outputs = align_outputs(suite, predictions)
     references = [case.expected for case in suite.cases]
     table = pd.DataFrame(
@@ -63,7 +68,7 @@ def score_suite(
     for name in metrics or list(settings.metrics):
         setting = settings.metrics[name]
         try:
-            scores = compute(name, outputs, references, **setting.options)
+            scores = compute_metric(name, outputs, references, **setting.options)
         except (ValueError, TypeError) as exc:
             raise ScoringError(f"metric '{name}' failed on suite '{suite.name}': {exc}") from exc
         table[name] = scores

@@ -21,6 +21,7 @@ from flowstone.evaluation.catalog import load_catalog
 from flowstone.systems.base import Prediction, System, SystemRegistry
 from flowstone.systems.baselines import EchoSystem, LeadSummariser
 from io_managers.object_store import ObjectStoreIOManager
+from resources.worker_pool import PythonWorkerPoolResource
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 REPORT = dg.AssetKey(["evaluation", "report"])
@@ -91,7 +92,10 @@ def env(tmp_path, monkeypatch):
         jobs=[
             dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.groups("evaluation"))
         ],
-        resources={"io_manager": ObjectStoreIOManager(base_path=str(tmp_path / "objects"))},
+        resources={
+            "io_manager": ObjectStoreIOManager(base_path=str(tmp_path / "objects")),
+            "worker_pool": PythonWorkerPoolResource(),
+        },
     )
     with dg.instance_for_test() as instance:
         yield {
@@ -226,3 +230,40 @@ def test_predictions_missing_a_case_fail_without_writing_scores(env):
     settings = load_catalog(env["suites"], env["tmp"] / "evaluation.yaml").settings.for_suite("qa")
     with pytest.raises(ScoringError, match="no output for 3 case"):
         score_suite(suite, partial, settings)
+
+
+def test_scores_come_from_a_shared_pool_server(env, tmp_path):
+    """With a pool server configured, scoring runs in its warm workers and gives the same scores."""
+    import tempfile
+    from pathlib import Path
+
+    from flowstone.workers.pool import WorkerPool
+    from flowstone.workers.server import PoolServer
+
+    in_process = env["job"].execute_in_process(partition_key="qa|lead-1", instance=env["instance"])
+    expected = latest_report_metadata(env["instance"], "qa|lead-1")
+
+    with tempfile.TemporaryDirectory(prefix="fse-", dir="/tmp") as short:
+        pool = WorkerPool(bridge="metrics", size=1, registry_dir=tmp_path, health_interval_s=None)
+        with PoolServer(pool, Path(short) / "pool.sock") as server:
+            defs = dg.Definitions(
+                assets=env["assets"],
+                jobs=[
+                    dg.define_asset_job(
+                        "evaluation_job", selection=dg.AssetSelection.groups("evaluation")
+                    )
+                ],
+                resources={
+                    "io_manager": ObjectStoreIOManager(base_path=str(env["tmp"] / "objects")),
+                    "worker_pool": PythonWorkerPoolResource(socket_path=str(server.socket_path)),
+                },
+            )
+            result = defs.resolve_job_def("evaluation_job").execute_in_process(
+                partition_key="qa|lead-1", instance=env["instance"]
+            )
+            served = pool.stats()["requests"]
+    assert in_process.success and result.success
+    assert served >= 3  # exact_match, fuzzy_match, rouge1 went through the server
+    pooled = latest_report_metadata(env["instance"], "qa|lead-1")
+    for metric in ("exact_match", "fuzzy_match", "rouge1"):
+        assert pooled[f"mean/{metric}"] == pytest.approx(expected[f"mean/{metric}"])

@@ -31,7 +31,7 @@ def _materialize(resource: PythonWorkerPoolResource) -> dg.ExecuteInProcessResul
 
 def test_private_pool_lives_for_the_step_only(monkeypatch, tmp_path):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    result = _materialize(PythonWorkerPoolResource(bridge="echo", workers=2))
+    result = _materialize(PythonWorkerPoolResource(bridge="echo", workers=2, private_pool=True))
     assert result.success
     metadata = result.asset_materializations_for_node("echoed")[0].metadata
     assert metadata["sum"].value == 45 and metadata["mode"].value == "private"

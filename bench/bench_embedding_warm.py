@@ -91,7 +91,10 @@ def main() -> None:
         assert result.success
         return time.perf_counter() - started
 
-    cold = [materialize(PythonWorkerPoolResource(bridge="metrics", workers=1, private_pool=True)) for _ in range(2)]
+    cold = [
+        materialize(PythonWorkerPoolResource(bridge="metrics", workers=1, private_pool=True))
+        for _ in range(2)
+    ]
 
     sock = home / "emb.sock"
     pool = WorkerPool(

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flowstone import paths
+from flowstone import progress as case_progress
 from flowstone.approvals import cli as approvals_cli
 from flowstone.workers import cli as pool_cli
 
@@ -195,9 +196,24 @@ def demo(
         def start(total: int) -> None:
             progress.update(task, total=total)
 
+        case_task = progress.add_task("cases", total=1, visible=False)
+
+        def on_cases(label: str, done: int, total: int) -> None:
+            progress.update(
+                case_task,
+                description=f"  {label}",
+                completed=done,
+                total=total,
+                visible=done < total,
+            )
+
+        case_progress.set_listener(on_cases)
+
         from flowstone.evaluation.catalog import load_catalog
 
         catalog = load_catalog()
+        for name, reason in catalog.systems.skipped.items():
+            progress.console.print(f"  [yellow]skipped[/] system {name}: {reason}")
         keys = [
             f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
         ]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from flowstone.evaluation.config import SuiteSettings
+from flowstone.evaluation.metrics import METRICS
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class MetricSummary:
     pass_rate: float
     pass_score: float
     cases: int
+    invalid: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,22 @@ class ThresholdVerdict:
     blocking: bool
 
 
-def summarize_metric(name: str, scores: pd.Series, pass_score: float) -> MetricSummary:
+def summarize_metric(
+    name: str, scores: pd.Series, pass_score: float, may_be_invalid: bool = False
+) -> MetricSummary:
+    """Statistics over the valid scores. Only an LLM judge may leave invalid (NaN) scores;
+    they are counted, never averaged in as 0.0."""
     values = scores.to_numpy(dtype=float)
-    if values.size == 0 or np.isnan(values).any():
+    missing = np.isnan(values)
+    if values.size == 0 or (missing.any() and not may_be_invalid):
         raise ValueError(f"metric '{name}' has missing scores; refusing to summarise them as 0.0")
+    if missing.all():
+        raise ValueError(
+            f"all {values.size} judgements of '{name}' are invalid; see the "
+            f"'{name}_invalid_reply' column of the scores"
+        )
+    invalid = int(missing.sum())
+    values = values[~missing]
     return MetricSummary(
         metric=name,
         mean=float(values.mean()),
@@ -46,6 +60,7 @@ def summarize_metric(name: str, scores: pd.Series, pass_score: float) -> MetricS
         pass_rate=float((values >= pass_score).mean()),
         pass_score=pass_score,
         cases=int(values.size),
+        invalid=invalid,
     )
 
 
@@ -89,6 +104,7 @@ class Report:
                     "p95": s.p95,
                     "min": s.min,
                     "pass_rate": s.pass_rate,
+                    "invalid": s.invalid,
                 }
                 for s in self.metrics.values()
             ]
@@ -107,7 +123,10 @@ class Report:
 
 def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> Report:
     metrics = [m for m in settings.metrics if m in scores.columns]
-    summaries = {m: summarize_metric(m, scores[m], settings.metrics[m].pass_score) for m in metrics}
+    summaries = {
+        m: summarize_metric(m, scores[m], settings.metrics[m].pass_score, METRICS[m].judge)
+        for m in metrics
+    }
     verdicts = {}
     for name, threshold in settings.thresholds.items():
         mean = summaries[name].mean

@@ -178,14 +178,63 @@ def embedding_similarity(
     return [max(0.0, s) for s in sims]
 
 
+class JudgedScores(list):
+    """Scores from an LLM judge: NaN where a judgement was invalid (never 0.0), with the raw
+    reply of each invalid one and what the judging cost."""
+
+    def __init__(self, scores: list[float], replies: list[str | None], cost_usd: float = 0.0):
+        super().__init__(scores)
+        self.replies = replies
+        self.cost_usd = cost_usd
+
+    @property
+    def invalid(self) -> int:
+        return sum(1 for s in self if s != s)  # NaN is the only value unequal to itself
+
+
+def _judge(kind: str) -> MetricFn:
+    def judge(
+        predictions: Sequence[str],
+        references: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | None = None,
+        provider: str = "anthropic",
+        model: str = "claude-haiku-4-5",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_attempts: int = 3,
+        concurrency: int = 4,
+    ) -> JudgedScores:
+        from flowstone.llm.judge_metric import judge_scores
+
+        _check_lengths(predictions, references)
+        return judge_scores(
+            kind,
+            predictions,
+            references,
+            contexts,
+            provider,
+            model,
+            base_url,
+            api_key,
+            max_attempts,
+            concurrency,
+        )
+
+    judge.__name__ = f"llm_{kind}"
+    judge.__doc__ = f"LLM-judge {kind.replace('_', ' ')} (rubric prompt, 0-1, invalid kept as NaN)."
+    return judge
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: its function, the options it accepts and whether it is heavy."""
+    """A registered metric: its function, the options it accepts and how it must be run."""
 
     name: str
     fn: MetricFn
     description: str
     heavy: bool = False
+    judge: bool = False  # may return invalid (NaN) scores; needs the cases' contexts; in-process
 
     @property
     def options(self) -> dict[str, object]:
@@ -193,7 +242,7 @@ class Metric:
         return {
             name: param.default
             for name, param in inspect.signature(self.fn).parameters.items()
-            if param.kind is inspect.Parameter.KEYWORD_ONLY
+            if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "contexts"
         }
 
 
@@ -207,6 +256,8 @@ METRICS: dict[str, Metric] = {
         Metric("rouge2", _rouge("rouge2"), "ROUGE-2 F"),
         Metric("rougeL", _rouge("rougeL"), "ROUGE-L F"),
         Metric("embedding_similarity", embedding_similarity, "MiniLM cosine", heavy=True),
+        Metric("llm_semantic_similarity", _judge("semantic_similarity"), "LLM judge", judge=True),
+        Metric("llm_faithfulness", _judge("faithfulness"), "LLM judge vs context", judge=True),
     )
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowstone import paths
+from flowstone import paths, progress
 from flowstone.evaluation import aggregate, report_html, scoring
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
@@ -40,7 +40,12 @@ def load_suite(catalog: Catalog, suite_name: str) -> StepResult:
 
 def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataFrame) -> StepResult:
     system = catalog.systems.get(system_name)
-    preds = system.predict(suite_io.suite_from_frame(suite_name, suite).cases)
+    cases = suite_io.suite_from_frame(suite_name, suite).cases
+    preds = system.predict(
+        cases,
+        progress=progress.reporter(f"{suite_name} × {system_name}", len(cases)),
+        suite=suite_name,
+    )
     table = pd.DataFrame([p.to_dict() for p in preds])
     return StepResult(
         table,
@@ -77,6 +82,10 @@ def score(
         {
             "cases": len(table),
             **{f"mean/{m}": float(table[m].mean()) for m in metrics},
+            **{
+                f"invalid/{m}": int(table[m].isna().sum()) for m in metrics if table[m].isna().any()
+            },
+            "judge_cost_usd": float(table.attrs.get("judge_cost_usd", 0.0)),
             "preview": table[["case_id", *metrics]].head(10),
         },
     )
@@ -92,6 +101,7 @@ class ReportResult:
         return {
             "cases": self.report.cases,
             **{f"mean/{name}": value for name, value in self.report.means.items()},
+            **{f"invalid/{n}": m.invalid for n, m in self.report.metrics.items() if m.invalid},
             "passed": self.report.passed,
             "regressions": len(self.regressions),
             "summary": self.report.summary_frame(),

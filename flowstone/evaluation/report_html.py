@@ -39,7 +39,12 @@ def metric_charts(scores: pd.DataFrame, report: Report) -> str:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names, strict=False):
         summary = report.metrics[name]
-        ax.hist(scores[name], bins=[i / 20 for i in range(21)], color="#4c72b0", edgecolor="white")
+        ax.hist(
+            scores[name].dropna(),
+            bins=[i / 20 for i in range(21)],
+            color="#4c72b0",
+            edgecolor="white",
+        )
         ax.axvline(summary.mean, color="#222", linewidth=1.5, label=f"mean {summary.mean:.3f}")
         ax.axvline(
             summary.pass_score,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from flowstone.errors import FlowStoneError
 from flowstone.evaluation.config import SuiteSettings
-from flowstone.evaluation.metrics import compute
+from flowstone.evaluation.metrics import compute, get_metric
 from flowstone.evaluation.suites import Suite
 
 
@@ -65,11 +65,21 @@ def score_suite(
             "output": outputs,
         }
     )
+    judge_cost = 0.0
     for name in metrics or list(settings.metrics):
         setting = settings.metrics[name]
+        metric = get_metric(name)
         try:
-            scores = compute_metric(name, outputs, references, **setting.options)
+            if metric.judge:  # network-bound, needs contexts: always in this process
+                contexts = [case.context for case in suite.cases]
+                scores = metric.fn(outputs, references, contexts=contexts, **setting.options)
+            else:
+                scores = compute_metric(name, outputs, references, **setting.options)
         except (ValueError, TypeError) as exc:
             raise ScoringError(f"metric '{name}' failed on suite '{suite.name}': {exc}") from exc
         table[name] = scores
+        if metric.judge:
+            table[f"{name}_invalid_reply"] = scores.replies
+            judge_cost += scores.cost_usd
+    table.attrs["judge_cost_usd"] = judge_cost
     return table

@@ -31,9 +31,13 @@ def systems_config_path() -> Path:
 
 @dataclass(frozen=True)
 class LLMSystemSpec:
+    """``template_path`` serves any suite; ``suite_templates`` name the template per suite
+    (every suite is a different task: answer, summarise, paraphrase)."""
+
     name: str
-    template_path: Path
+    template_path: Path | None
     providers: tuple[ProviderConfig, ...]
+    suite_templates: dict[str, Path] = field(default_factory=dict)
     params: Params = field(default_factory=Params)
     system_prompt: str | None = None
     description: str = ""
@@ -47,12 +51,11 @@ class PromptTemplateSystem(System):
     def __init__(self, spec: LLMSystemSpec, client_config: ClientConfig | None = None, client=None):
         self.spec = spec
         self.name = spec.name
-        self.description = (
-            spec.description
-            or f"LLM system: {spec.template_path.name} on "
-            + ", ".join(f"{p.kind}/{p.model}" for p in spec.providers)
+        self.description = spec.description or "LLM system on " + ", ".join(
+            f"{p.kind}/{p.model}" for p in spec.providers
         )
-        self.template = PromptTemplate(spec.template_path)
+        self.template = PromptTemplate(spec.template_path) if spec.template_path else None
+        self.suite_templates = {k: PromptTemplate(v) for k, v in spec.suite_templates.items()}
         self.client_config = client_config or ClientConfig()
         self._client = client
 
@@ -68,20 +71,38 @@ class PromptTemplateSystem(System):
     def params(self) -> dict:
         # Everything that changes outputs; base URLs and keys do not, so they stay out.
         return {
-            "template": self.template.path.name,
-            "template_sha256": self.template.sha256,
+            "template_sha256": self.template.sha256 if self.template else None,
+            "suite_templates": {k: t.sha256 for k, t in sorted(self.suite_templates.items())},
             "system_prompt": self.spec.system_prompt,
             "providers": [f"{p.kind}/{p.model}" for p in self.spec.providers],
             "strategy": self.client_config.strategy,
             "sampling": self.spec.params.to_dict(),
         }
 
-    def render(self, case: Case) -> list[Message]:
-        user = self.template.render(
+    def template_for(self, suite: str | None) -> PromptTemplate:
+        template = self.suite_templates.get(suite) if suite else None
+        template = template or self.template
+        if template is None:
+            raise SystemUnderTestError(
+                f"system '{self.name}' has no prompt template for suite '{suite}': add "
+                f"templates.{suite} (or a default template) to its entry in systems.yaml"
+            )
+        return template
+
+    def render(self, case: Case, suite: str | None = None) -> list[Message]:
+        user = self.template_for(suite).render(
             input=case.input, context=case.context, id=case.id, tags=list(case.tags)
         )
         messages = [Message("system", self.spec.system_prompt)] if self.spec.system_prompt else []
         return [*messages, Message("user", user)]
+
+    def unavailable_reason(self) -> str | None:
+        """Why no provider of this system can be called here (a missing key), else None."""
+        try:
+            self.check_keys()
+        except MissingSecretError as exc:
+            return str(exc)
+        return None
 
     def check_keys(self) -> None:
         """Raise the first missing-key error when no provider of the system has its key."""
@@ -98,10 +119,15 @@ class PromptTemplateSystem(System):
             raise errors[0]
 
     def predict(
-        self, cases: Sequence[Case], progress: Progress | None = None, *, use_cache: bool = True
+        self,
+        cases: Sequence[Case],
+        progress: Progress | None = None,
+        *,
+        suite: str | None = None,
+        use_cache: bool = True,
     ) -> list[Prediction]:
         self.check_keys()
-        prompts = [self.render(case) for case in cases]
+        prompts = [self.render(case, suite) for case in cases]
         try:
             completions = self.client.complete_many(
                 prompts,
@@ -145,6 +171,7 @@ _PROVIDER_KEYS = {
 _SYSTEM_KEYS = {
     "name",
     "template",
+    "templates",
     "providers",
     "params",
     "system_prompt",
@@ -197,6 +224,32 @@ def _client_config(source: Path, raw: dict, strategy: str | None) -> ClientConfi
         raise ConfigError(source, "defaults", str(exc)) from None
 
 
+def _template_file(source: Path, where: str, relative: object) -> Path:
+    if not isinstance(relative, str) or not relative:
+        raise ConfigError(source, where, "must be a path to a template file")
+    path = (source.parent / relative).resolve()
+    if not path.is_file():
+        raise ConfigError(source, where, f"template file {path} not found")
+    return path
+
+
+def _templates(source: Path, where: str, raw: dict) -> tuple[Path | None, dict[str, Path]]:
+    """The default template and the per-suite ones; at least one must be given."""
+    default = (
+        _template_file(source, f"{where}.template", raw["template"]) if "template" in raw else None
+    )
+    per_suite = raw.get("templates") or {}
+    if not isinstance(per_suite, dict):
+        raise ConfigError(source, f"{where}.templates", "must map suite names to template files")
+    suite_templates = {
+        suite: _template_file(source, f"{where}.templates.{suite}", path)
+        for suite, path in per_suite.items()
+    }
+    if default is None and not suite_templates:
+        raise ConfigError(source, f"{where}.template", "give a template, or templates per suite")
+    return default, suite_templates
+
+
 def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSystem]:
     """Build every system listed in the YAML file; a missing file means no LLM systems."""
     import yaml
@@ -221,9 +274,7 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
                 f"unknown key; allowed: {sorted(_SYSTEM_KEYS)}",
             )
         name = raw["name"]
-        template = (source.parent / raw.get("template", "")).resolve()
-        if not raw.get("template") or not template.is_file():
-            raise ConfigError(source, f"{where}.template", f"template file {template} not found")
+        template, suite_templates = _templates(source, where, raw)
         providers = raw.get("providers") or []
         if not providers:
             raise ConfigError(source, f"{where}.providers", "list at least one provider")
@@ -234,6 +285,7 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
         spec = LLMSystemSpec(
             name=name,
             template_path=template,
+            suite_templates=suite_templates,
             providers=tuple(
                 _provider(source, f"{where}.providers[{i}]", p, name)
                 for i, p in enumerate(providers)

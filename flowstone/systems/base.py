@@ -54,8 +54,11 @@ class System(abc.ABC):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @abc.abstractmethod
-    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
-        """One prediction per case, in order."""
+    def predict(
+        self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
+    ) -> list[Prediction]:
+        """One prediction per case, in order. ``suite`` names the suite the cases come from,
+        for systems whose behaviour depends on the task (an LLM system's prompt)."""
 
 
 class SystemRegistry:
@@ -63,6 +66,7 @@ class SystemRegistry:
 
     def __init__(self, systems: Iterable[System] = ()):
         self._systems: dict[str, System] = {}
+        self.skipped: dict[str, str] = {}  # configured but not runnable here: name -> why
         for system in systems:
             self.register(system)
 

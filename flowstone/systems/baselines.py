@@ -82,7 +82,9 @@ class EchoSystem(System):
     def params(self) -> dict:
         return {"version": 1}
 
-    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+    def predict(
+        self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
+    ) -> list[Prediction]:
         return _run(cases, lambda case: case.input, progress)
 
 
@@ -100,7 +102,9 @@ class LeadSummariser(System):
     def params(self) -> dict:
         return {"version": 1, "n": self.n}
 
-    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+    def predict(
+        self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
+    ) -> list[Prediction]:
         def answer(case: Case) -> str:
             source = case.context or case.input
             return " ".join(sentences(source)[: self.n]) or source
@@ -142,7 +146,9 @@ class NearestSentenceAnswerer(System):
     def params(self) -> dict:
         return {"version": 1, "stopwords": len(STOPWORDS)}
 
-    def predict(self, cases: Sequence[Case], progress: Progress | None = None) -> list[Prediction]:
+    def predict(
+        self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
+    ) -> list[Prediction]:
         def answer(case: Case) -> str:
             source = case.context or case.input
             return best_sentence(case.input, sentences(source) or [source])

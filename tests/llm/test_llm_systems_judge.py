@@ -50,12 +50,19 @@ systems:
 
 def test_repo_systems_yaml_loads_without_keys(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     systems = load_llm_systems(REPO / "systems.yaml")
-    assert {s.name for s in systems} >= {"qa-claude", "qa-gpt"}
-    claude = next(s for s in systems if s.name == "qa-claude")
+    assert {s.name for s in systems} >= {"local-llm", "claude-haiku", "gpt-4o-mini"}
+    claude = next(s for s in systems if s.name == "claude-haiku")
     assert isinstance(claude, System) and claude.kind == "llm"
-    with pytest.raises(MissingSecretError, match="ANTHROPIC_API_KEY not set for system qa-claude"):
-        claude.predict(CASES)
+    assert claude.unavailable_reason() == "ANTHROPIC_API_KEY not set for system claude-haiku"
+    with pytest.raises(
+        MissingSecretError, match="ANTHROPIC_API_KEY not set for system claude-haiku"
+    ):
+        claude.predict(CASES, suite="qa")
+    local = next(s for s in systems if s.name == "local-llm")
+    assert local.unavailable_reason() is None
+    assert set(local.suite_templates) == {"qa", "summarisation", "paraphrase"}
 
 
 def test_system_predicts_through_the_stub_and_reruns_from_cache(stub, tmp_path, monkeypatch, keys):

@@ -1,0 +1,141 @@
+"""LLM systems and LLM judges inside the evaluation assets, against the stub provider server
+over HTTP through the official SDKs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.evaluation import REPORT_KEY, build_evaluation_assets
+from flowstone.evaluation.catalog import load_catalog
+from flowstone.systems.registry import default_systems
+from io_managers.object_store import ObjectStoreIOManager
+from resources.worker_pool import PythonWorkerPoolResource
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = [
+    {
+        "id": f"q{i}",
+        "input": f"Which city is number {i}?",
+        "expected": f"city {i}",
+        "context": f"The list says city {i} is number {i}.",
+    }
+    for i in range(4)
+]
+
+
+@pytest.fixture
+def llm_env(tmp_path, stub, monkeypatch, keys):
+    monkeypatch.setenv("FLOWSTONE_TEST_OPENAI_KEY", keys["openai"])
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))  # the judges' response cache
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "qa.jsonl").write_text("\n".join(json.dumps(c) for c in CASES))
+    systems = tmp_path / "systems.yaml"
+    systems.write_text(
+        f"""
+defaults:
+  cache_path: {tmp_path / "llm-cache.sqlite"}
+  retry: {{max_attempts: 2, initial_backoff_s: 0.01, max_backoff_s: 0.02}}
+systems:
+  - name: stub-gpt
+    templates: {{qa: {REPO / "prompts" / "qa_answer.j2"}}}
+    params: {{max_tokens: 16}}
+    providers:
+      - {{kind: openai, model: gpt-4o-mini, base_url: "{stub.openai_url}", api_key: "env:FLOWSTONE_TEST_OPENAI_KEY"}}
+  - name: keyless-claude
+    template: {REPO / "prompts" / "qa_answer.j2"}
+    providers:
+      - {{kind: anthropic, model: claude-haiku-4-5, api_key: "env:ANTHROPIC_API_KEY"}}
+"""
+    )
+    monkeypatch.setenv("FLOWSTONE_SYSTEMS_CONFIG", str(systems))
+    judge = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "base_url": stub.openai_url,
+        "api_key": "env:FLOWSTONE_TEST_OPENAI_KEY",
+        "max_attempts": 2,
+    }
+    settings = tmp_path / "evaluation.yaml"
+    settings.write_text(
+        json.dumps({"defaults": {"metrics": {"rouge1": {}, "llm_semantic_similarity": judge}}})
+    )
+
+    def build():
+        catalog = load_catalog(suites, settings, default_systems())
+        defs = dg.Definitions(
+            assets=build_evaluation_assets(catalog),
+            jobs=[
+                dg.define_asset_job(
+                    "evaluation_job", selection=dg.AssetSelection.groups("evaluation")
+                )
+            ],
+            resources={
+                "io_manager": ObjectStoreIOManager(base_path=str(tmp_path / "objects")),
+                "worker_pool": PythonWorkerPoolResource(),
+            },
+        )
+        return catalog, defs.resolve_job_def("evaluation_job")
+
+    with dg.instance_for_test() as instance:
+        yield build, instance
+
+
+def metadata(instance, key, partition):
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records[0]
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def test_llm_system_is_a_partition_and_reruns_from_cache(llm_env, stub, monkeypatch):
+    build, instance = llm_env
+    monkeypatch.setattr(stub.state, "reply", lambda p: "SCORE: 0.9" if "SCORE" in p else "city 1")
+    catalog, job = build()
+    assert "stub-gpt" in catalog.systems.names
+    assert "keyless-claude" not in catalog.systems.names
+    assert (
+        catalog.systems.skipped["keyless-claude"]
+        == "ANTHROPIC_API_KEY not set for system keyless-claude"
+    )
+
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    predictions = metadata(instance, dg.AssetKey(["evaluation", "predictions"]), "qa|stub-gpt")
+    assert predictions["cases"] == 4 and predictions["output_tokens"] > 0
+    assert predictions["cost_usd"] > 0  # gpt-4o-mini has a price in the table
+    calls = stub.calls
+
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    again = metadata(instance, dg.AssetKey(["evaluation", "predictions"]), "qa|stub-gpt")
+    assert again["cache_hits"] == 4
+    assert stub.calls == calls  # neither the system nor the judge called the provider again
+
+
+def test_invalid_judgement_is_counted_not_scored_zero(llm_env, stub, monkeypatch):
+    build, instance = llm_env
+
+    # Judge prompts quote the prediction; the one for "city 0", and its follow-up asking again
+    # for a score, never get a readable score.
+    def reply(prompt: str) -> str:
+        if "could not be read as a score" in prompt or ("SCORE" in prompt and "city 0" in prompt):
+            return "I would rather not say."
+        if "SCORE" in prompt:
+            return "SCORE: 0.8"
+        return "city 0" if "number 0" in prompt else "city 2"
+
+    monkeypatch.setattr(stub.state, "reply", reply)
+    _, job = build()
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    report = metadata(instance, REPORT_KEY, "qa|stub-gpt")
+    assert report["invalid/llm_semantic_similarity"] == 1
+    assert report["mean/llm_semantic_similarity"] == pytest.approx(0.8)  # not (0.8 * 3 + 0) / 4
+    scores = metadata(instance, dg.AssetKey(["evaluation", "scores"]), "qa|stub-gpt")
+    assert scores["invalid/llm_semantic_similarity"] == 1
+    assert not math.isnan(scores["mean/llm_semantic_similarity"])

@@ -102,7 +102,9 @@ class LLMResource(dg.ConfigurableResource):
     )
     cache_path: str | None = Field(
         default=None,
-        description="SQLite cache file; default <DAGSTER_HOME or .dagster_home>/llm_cache.sqlite",
+        description="Where responses are cached: a SQLite file (default "
+        "<DAGSTER_HOME or .dagster_home>/llm_cache.sqlite), file:///shared/folder or "
+        "s3://bucket/prefix (shared by every host; endpoint from AWS_ENDPOINT_URL).",
     )
     max_concurrency: int = Field(default=8, description="Parallel requests in a batch.")
 

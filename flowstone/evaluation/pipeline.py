@@ -57,6 +57,7 @@ def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataF
             "output_tokens": int(table["output_tokens"].sum()),
             "cost_usd": float(table["cost_usd"].sum()),
             "cache_hits": int(table["cached"].sum()),
+            **system.run_metadata(),
             "preview": table[["case_id", "output"]].head(5),
         },
     )

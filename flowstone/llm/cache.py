@@ -94,3 +94,47 @@ class SQLiteResponseCache(ResponseCache):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class ObjectStoreResponseCache(ResponseCache):
+    """Responses as small JSON objects in an object store (a shared folder or S3), so that every
+    host of a scaled-out deployment reads the same cache; SQLite stays the one-host default."""
+
+    def __init__(self, store, prefix: str = "llm-cache"):
+        self.store = store
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> Completion | None:
+        from flowstone.storage.errors import ObjectNotFoundError
+
+        try:
+            data = self.store.get(self._key(key))
+        except ObjectNotFoundError:
+            return None
+        return Completion(**json.loads(data))
+
+    def put(self, key: str, completion: Completion) -> None:
+        self.store.put(self._key(key), json.dumps(asdict(completion)).encode())
+
+
+def open_cache(location: str | None) -> ResponseCache:
+    """The cache at ``location``: ``s3://bucket/prefix`` (boto3 reads AWS_ENDPOINT_URL and the
+    usual credentials), ``file:///folder`` (an object store in a shared folder), or a SQLite file
+    path; None means SQLite under the instance folder."""
+    if location and location.startswith("s3://"):
+        import boto3
+
+        from flowstone.storage.s3_store import S3ObjectStore
+
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        return ObjectStoreResponseCache(
+            S3ObjectStore(boto3.client("s3"), bucket), prefix or "llm-cache"
+        )
+    if location and location.startswith("file://"):
+        from flowstone.storage.local_store import LocalObjectStore
+
+        return ObjectStoreResponseCache(LocalObjectStore(location[len("file://") :]))
+    return SQLiteResponseCache(location)

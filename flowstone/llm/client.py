@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from flowstone.llm.breaker import breaker_for
-from flowstone.llm.cache import ResponseCache, SQLiteResponseCache, cache_key
+from flowstone.llm.cache import ResponseCache, cache_key, open_cache
 from flowstone.llm.config import ClientConfig, ProviderConfig
 from flowstone.llm.errors import (
     CircuitOpenError,
@@ -74,7 +74,7 @@ class LLMClient:
         if not self.config.cache_enabled:
             return None
         if self._cache is None:
-            self._cache = SQLiteResponseCache(self.config.cache_path)
+            self._cache = open_cache(self.config.cache_path)
         return self._cache
 
     def _limiter(self, provider: Provider) -> RateLimiter | None:

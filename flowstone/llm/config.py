@@ -71,7 +71,9 @@ class ClientConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     cache_enabled: bool = True
-    cache_path: str | None = None  # default: <instance>/llm_cache.sqlite
+    cache_path: str | None = (
+        None  # SQLite path, file:///dir or s3://bucket/prefix; default <instance>/llm_cache.sqlite
+    )
     max_concurrency: int = 8
 
     def __post_init__(self) -> None:

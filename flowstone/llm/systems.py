@@ -79,6 +79,15 @@ class PromptTemplateSystem(System):
             "sampling": self.spec.params.to_dict(),
         }
 
+    def run_metadata(self) -> dict:
+        """Calls, cache hits, tokens and cost so far, and each provider's breaker state."""
+        if self._client is None:
+            return {}
+        return {
+            **self._client.totals.as_metadata(),
+            "breakers": {name: b.state.value for name, b in self._client.breakers.items()},
+        }
+
     def template_for(self, suite: str | None) -> PromptTemplate:
         template = self.suite_templates.get(suite) if suite else None
         template = template or self.template

@@ -53,6 +53,10 @@ class System(abc.ABC):
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def run_metadata(self) -> dict:
+        """Figures about the last ``predict`` worth showing on the asset (calls, breakers)."""
+        return {}
+
     @abc.abstractmethod
     def predict(
         self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None

@@ -137,3 +137,51 @@ def test_retry_logs_are_redacted(stub, make_client, provider, keys, caplog):
     client.complete("log me")
     assert "retrying provider 'openai'" in caplog.text
     assert keys["openai"] not in caplog.text
+
+
+def test_object_store_cache_on_s3_is_shared_by_new_clients(stub, provider, monkeypatch, tmp_path):
+    """The cache on moto's S3 server: a second client (another host, say) makes no calls."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    from flowstone.llm.cache import ObjectStoreResponseCache
+    from flowstone.llm.client import LLMClient
+    from flowstone.llm.config import ClientConfig
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket="llm")
+        config = ClientConfig(cache_path="s3://llm/responses")
+        first = LLMClient([provider("openai")], config)
+        prompts = [f"shared question {i}" for i in range(3)]
+        originals = first.complete_many(prompts)
+        assert isinstance(first.cache, ObjectStoreResponseCache) and stub.calls == 3
+        stub.reset()
+        rerun = LLMClient([provider("openai")], config).complete_many(prompts)
+        assert stub.calls == 0 and all(c.cache_hit for c in rerun)
+        assert [c.text for c in rerun] == [c.text for c in originals]
+        listed = boto3.client("s3").list_objects_v2(Bucket="llm", Prefix="responses/")
+        assert listed["KeyCount"] == 3
+    finally:
+        server.stop()
+
+
+def test_object_store_cache_in_a_shared_folder(stub, provider, tmp_path):
+    from flowstone.llm.client import LLMClient
+    from flowstone.llm.config import ClientConfig
+
+    config = ClientConfig(cache_path=f"file://{tmp_path / 'shared-cache'}")
+    LLMClient([provider("anthropic")], config).complete_many(["folder question"])
+    stub.reset()
+    again = LLMClient([provider("anthropic")], config).complete_many(["folder question"])
+    assert stub.calls == 0 and again[0].cache_hit
+    assert len(list((tmp_path / "shared-cache").rglob("*.json"))) == 1

@@ -110,6 +110,7 @@ def test_llm_system_is_a_partition_and_reruns_from_cache(llm_env, stub, monkeypa
     predictions = metadata(instance, dg.AssetKey(["evaluation", "predictions"]), "qa|stub-gpt")
     assert predictions["cases"] == 4 and predictions["output_tokens"] > 0
     assert predictions["cost_usd"] > 0  # gpt-4o-mini has a price in the table
+    assert predictions["llm_calls"] == 4 and predictions["breakers"] == {"openai": "closed"}
     calls = stub.calls
 
     assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success

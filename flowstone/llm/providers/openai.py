@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from flowstone.llm.errors import ProviderCallError
-from flowstone.llm.providers.base import Health, Provider, classify_http_failure, status_error
+from flowstone.llm.providers.base import Health, Provider
 from flowstone.llm.types import Completion, Message, Params, StreamChunk
 
 
@@ -43,22 +43,7 @@ class OpenAIProvider(Provider):
     def _error(self, exc: Exception) -> ProviderCallError:
         import openai
 
-        if isinstance(exc, openai.APIStatusError):
-            return status_error(
-                self.name, self.model, exc.status_code, exc.message, exc.response.headers
-            )
-        if isinstance(exc, openai.APIResponseValidationError | ValueError):
-            return ProviderCallError(
-                self.name,
-                self.model,
-                "malformed",
-                f"unreadable reply ({type(exc).__name__})",
-                retryable=True,
-            )
-        classified = classify_http_failure(self.name, self.model, exc)
-        if classified is not None:
-            return classified
-        raise exc
+        return self.sdk_error(exc, openai)
 
     def complete(self, messages: Sequence[Message], params: Params) -> Completion:
         client = self.sdk_client()

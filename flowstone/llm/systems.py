@@ -186,6 +186,7 @@ _SYSTEM_KEYS = {
     "system_prompt",
     "description",
     "strategy",
+    "cache",
 }
 
 
@@ -304,6 +305,13 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
             description=raw.get("description", ""),
         )
         systems.append(
-            PromptTemplateSystem(spec, _client_config(source, defaults, raw.get("strategy")))
+            PromptTemplateSystem(
+                spec,
+                _client_config(
+                    source,
+                    {**defaults, **({"cache": raw["cache"]} if "cache" in raw else {})},
+                    raw.get("strategy"),
+                ),
+            )
         )
     return systems

@@ -185,3 +185,51 @@ def test_object_store_cache_in_a_shared_folder(stub, provider, tmp_path):
     again = LLMClient([provider("anthropic")], config).complete_many(["folder question"])
     assert stub.calls == 0 and again[0].cache_hit
     assert len(list((tmp_path / "shared-cache").rglob("*.json"))) == 1
+
+
+def test_vault_backend_through_a_kv2_http_server(monkeypatch):
+    """hvac reads a KV v2 secret from a loopback server speaking Vault's HTTP API."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str | None]] = []
+    secrets = {"/v1/secret/data/llm/keys": {"anthropic": "sk-ant-from-vault-0123456789"}}
+
+    class Vault(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            seen.append((self.path.split("?")[0], self.headers.get("X-Vault-Token")))
+            data = secrets.get(self.path.split("?")[0])
+            if self.headers.get("X-Vault-Token") != "root-token" or data is None:
+                body, status = _json.dumps({"errors": []}).encode(), 404 if data is None else 403
+            else:
+                payload = {"data": {"data": data, "metadata": {"version": 1, "deletion_time": ""}}}
+                body, status = _json.dumps(payload).encode(), 200
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Vault)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("VAULT_TOKEN", "root-token")
+        value = resolve_secret(
+            "vault:secret/data/llm/keys#anthropic", purpose="provider 'anthropic'"
+        )
+        assert value == "sk-ant-from-vault-0123456789"
+        assert seen[0] == ("/v1/secret/data/llm/keys", "root-token")
+        assert "sk-ant-from-vault-0123456789" not in redact("key=sk-ant-from-vault-0123456789")
+        with pytest.raises(MissingSecretError, match="vault:secret/data/llm/missing"):
+            resolve_secret("vault:secret/data/llm/missing#x", purpose="provider 'anthropic'")
+        monkeypatch.setenv("VAULT_TOKEN", "wrong")
+        with pytest.raises(MissingSecretError) as denied:
+            resolve_secret("vault:secret/data/llm/keys#anthropic", purpose="provider 'anthropic'")
+        assert "sk-ant-from-vault" not in str(denied.value)
+    finally:
+        server.shutdown()

@@ -140,3 +140,27 @@ def test_invalid_judgement_is_counted_not_scored_zero(llm_env, stub, monkeypatch
     scores = metadata(instance, dg.AssetKey(["evaluation", "scores"]), "qa|stub-gpt")
     assert scores["invalid/llm_semantic_similarity"] == 1
     assert not math.isnan(scores["mean/llm_semantic_similarity"])
+
+
+def test_a_system_can_opt_out_of_the_cache(tmp_path, stub, monkeypatch, keys):
+    from flowstone.evaluation.suites import Case
+    from flowstone.llm.systems import load_llm_systems
+
+    monkeypatch.setenv("FLOWSTONE_TEST_OPENAI_KEY", keys["openai"])
+    path = tmp_path / "systems.yaml"
+    path.write_text(
+        f"""
+defaults: {{cache: true, cache_path: {tmp_path / "c.sqlite"}}}
+systems:
+  - name: fresh-every-time
+    cache: false
+    template: {REPO / "prompts" / "generic.j2"}
+    providers:
+      - {{kind: openai, model: gpt-4o-mini, base_url: "{stub.openai_url}", api_key: "env:FLOWSTONE_TEST_OPENAI_KEY"}}
+"""
+    )
+    (system,) = load_llm_systems(path)
+    cases = [Case("a", "Say hi.", "hi")]
+    system.predict(cases)
+    again = system.predict(cases)
+    assert stub.calls == 2 and not again[0].cached

@@ -21,9 +21,41 @@ from flowstone.storage.keys import object_key_for
 from flowstone.storage.local_store import LocalObjectStore
 from flowstone.storage.object_store import ObjectStore
 from flowstone.storage.objects import load_object, save_object
-from flowstone.storage.s3_store import S3ObjectStore
+from flowstone.storage.s3_store import S3ObjectStore, client_config
 from flowstone.storage.tiered_store import BoundedCacheStore, TieredObjectStore
 from io_managers._partitions import partition_specs, split_multi_partition_output
+
+
+def s3_client_for_codec(resource: S3Resource) -> Any:
+    """A boto3 S3 client built from the resource's settings, minus redundant CRC32 work.
+
+    Same session, credentials, endpoint, SSL and retry settings as ``S3Resource.get_client()``
+    (whose client config cannot be extended), merged with
+    :func:`flowstone.storage.s3_store.client_config`: our codec verifies a sha256 over every
+    payload on load, so botocore's CRC32 over the same bytes only costs time.
+    """
+    import boto3
+    from dagster_aws.utils import construct_boto_client_retry_config
+
+    config = construct_boto_client_retry_config(resource.max_attempts).merge(
+        client_config(resource.endpoint_url, signed=not resource.use_unsigned_session)
+    )
+    client = boto3.session.Session(profile_name=resource.profile_name).client(
+        "s3",
+        region_name=resource.region_name,
+        use_ssl=resource.use_ssl,
+        verify=resource.verify,
+        endpoint_url=resource.endpoint_url,
+        aws_access_key_id=resource.aws_access_key_id,
+        aws_secret_access_key=resource.aws_secret_access_key,
+        aws_session_token=resource.aws_session_token,
+        config=config,
+    )
+    if resource.use_unsigned_session:
+        from botocore.handlers import disable_signing
+
+        client.meta.events.register("choose-signer.s3.*", disable_signing)
+    return client
 
 
 class ObjectStoreIOManager(dg.ConfigurableIOManager):
@@ -75,7 +107,7 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
                 f"backend '{self.backend}' needs both 's3' (an S3Resource) and 'bucket' set on "
                 "ObjectStoreIOManager"
             )
-        client = self.s3.get_client()
+        client = s3_client_for_codec(self.s3)
         primary = S3ObjectStore(client, self.bucket)
         if self.backend == "s3":
             return primary

@@ -9,6 +9,9 @@ where the header records ``format`` (json, parquet, safetensors, bytes, pickle),
 ``compression`` (``zstd`` or none), ``sha256`` and ``size`` of the payload as stored,
 ``created_at``, the FlowStone version and the Python type. ``decode`` verifies size and checksum
 before it parses anything, and raises :class:`ChecksumError` naming the key on mismatch.
+``decode_stream`` does the same from a readable stream (an S3 response body, a file): it reads
+the header first and then exactly ``size`` payload bytes in one read, so a large payload is never
+copied out of a bigger buffer on its way back to the caller.
 
 Formats are chosen JSON first (readable, portable), Parquet for pandas DataFrames,
 safetensors for tensors / arrays and dicts of them, raw bytes for ``bytes``, and pickle only
@@ -29,13 +32,15 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
 from flowstone import __version__
 from flowstone.storage.errors import ChecksumError, CodecError
 
 MAGIC = b"FSO1"
 _LEN = struct.Struct(">I")
+_PREFIX = len(MAGIC) + _LEN.size
+_MAX_HEADER = 1 << 20  # a real header is ~300 bytes; more means a corrupted length field
 FORMATS = ("json", "parquet", "safetensors", "bytes", "pickle")
 
 
@@ -172,14 +177,20 @@ def _tensor_dict_kind(obj: Any) -> str | None:
 # --------------------------------------------------------------------------- payloads
 
 
-def _encode_payload(obj: Any, trusted: bool) -> tuple[str, bytes, str]:
-    """Return (format, payload, kind) where kind tells decode how to rebuild the object."""
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return "bytes", bytes(obj), "bytes"
+def _encode_payload(obj: Any, trusted: bool) -> tuple[str, Any, str]:
+    """Return (format, payload, kind) where kind tells decode how to rebuild the object.
+
+    ``payload`` is any bytes-like object: it is hashed and joined into the stored blob without
+    an intermediate copy (a Parquet buffer is passed as a view, not ``getvalue()``d).
+    """
+    if isinstance(obj, bytes):
+        return "bytes", obj, "bytes"
+    if isinstance(obj, bytearray | memoryview):
+        return "bytes", memoryview(obj).cast("B"), "bytes"
     if _is_dataframe(obj):
         buf = io.BytesIO()
         obj.to_parquet(buf, engine="pyarrow", index=True)
-        return "parquet", buf.getvalue(), "dataframe"
+        return "parquet", buf.getbuffer(), "dataframe"
     if _is_tensor(obj):
         from safetensors.torch import save
 
@@ -220,15 +231,19 @@ def _encode_payload(obj: Any, trusted: bool) -> tuple[str, bytes, str]:
         return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
 
 
-def _decode_payload(fmt: str, kind: str, payload: bytes) -> Any:
+def _decode_payload(fmt: str, kind: str, payload: bytes | memoryview) -> Any:
+    """Rebuild the object; ``payload`` is copied only where the target type needs ``bytes``."""
     if fmt == "bytes":
-        return payload
-    if fmt == "json":
-        return from_json_bytes(payload)
+        return payload if isinstance(payload, bytes) else bytes(payload)
     if fmt == "parquet":
         import pandas as pd
+        import pyarrow as pa
 
-        return pd.read_parquet(io.BytesIO(payload), engine="pyarrow")
+        return pd.read_parquet(pa.BufferReader(payload), engine="pyarrow")  # zero-copy
+    if not isinstance(payload, bytes):
+        payload = bytes(payload)
+    if fmt == "json":
+        return from_json_bytes(payload)
     if fmt == "safetensors":
         if kind.startswith("torch"):
             from safetensors.torch import load
@@ -253,7 +268,7 @@ def encode(obj: Any, *, trusted: bool = False, compression: str | None = None) -
     ``compression`` is ``None`` or ``"zstd"``. ``trusted`` allows pickle as the last resort.
     """
     fmt, payload, kind = _encode_payload(obj, trusted)
-    raw_size = len(payload)
+    raw_size = memoryview(payload).nbytes
     if compression == "zstd":
         import zstandard
 
@@ -264,42 +279,68 @@ def encode(obj: Any, *, trusted: bool = False, compression: str | None = None) -
         format=fmt,
         compression="zstd" if compression == "zstd" else None,
         sha256=hashlib.sha256(payload).hexdigest(),
-        size=len(payload),
+        size=memoryview(payload).nbytes,
         raw_size=raw_size,
         created_at=dt.datetime.now(dt.UTC).isoformat(),
         flowstone_version=__version__,
         python_type=kind,
     )
     header = json.dumps(envelope.as_dict(), separators=(",", ":")).encode()
-    return Encoded(MAGIC + _LEN.pack(len(header)) + header + payload, envelope)
+    # one copy of the payload: straight into the blob
+    return Encoded(b"".join((MAGIC, _LEN.pack(len(header)), header, payload)), envelope)
 
 
-def read_envelope(data: bytes, key: str = "<object>") -> tuple[Envelope, memoryview]:
-    """Parse the header and return it with a view of the payload (no checksum check)."""
-    if len(data) < 8 or data[:4] != MAGIC:
+def _not_ours(key: str) -> ChecksumError:
+    return ChecksumError(
+        f"object '{key}' is not a FlowStone object (bad magic bytes); it was written by "
+        "something else or is corrupted. Re-materialize the asset."
+    )
+
+
+def _header_length(prefix: bytes | memoryview, key: str) -> int:
+    if len(prefix) < _PREFIX or bytes(prefix[: len(MAGIC)]) != MAGIC:
+        raise _not_ours(key)
+    (header_len,) = _LEN.unpack_from(prefix, len(MAGIC))
+    if header_len > _MAX_HEADER:
         raise ChecksumError(
-            f"object '{key}' is not a FlowStone object (bad magic bytes); it was written by "
-            "something else or is corrupted. Re-materialize the asset."
+            f"object '{key}' claims a {header_len}-byte header; it is corrupted. "
+            "Re-materialize the asset."
         )
-    (header_len,) = _LEN.unpack_from(data, 4)
+    return header_len
+
+
+def _parse_header(header: bytes | memoryview, header_len: int, key: str) -> Envelope:
     try:
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        envelope = Envelope(**header)
+        if len(header) != header_len:
+            raise ValueError(f"header cut short at {len(header)} of {header_len} bytes")
+        return Envelope(**json.loads(bytes(header)))
     except (ValueError, TypeError) as exc:
         raise ChecksumError(
             f"object '{key}' has an unreadable header ({exc}); it is corrupted. "
             "Re-materialize the asset."
         ) from exc
-    return envelope, memoryview(data)[8 + header_len :]
 
 
-def decode(data: bytes, key: str = "<object>", *, trusted: bool = False) -> Any:
-    """Verify size and sha256, then rebuild the object. Errors name ``key``."""
-    envelope, payload = read_envelope(data, key)
-    if len(payload) != envelope.size:
+def read_envelope(data: bytes, key: str = "<object>") -> tuple[Envelope, memoryview]:
+    """Parse the header and return it with a view of the payload (no checksum check)."""
+    view = memoryview(data)
+    header_len = _header_length(view[:_PREFIX], key)
+    envelope = _parse_header(view[_PREFIX : _PREFIX + header_len], header_len, key)
+    return envelope, view[_PREFIX + header_len :]
+
+
+def _verified(
+    envelope: Envelope, payload: bytes | memoryview, key: str, trusted: bool, extra: bool = False
+) -> Any:
+    """Check size and sha256 of ``payload`` against the envelope, then rebuild the object.
+
+    ``extra`` is True when a stream had bytes left after the payload.
+    """
+    if len(payload) != envelope.size or extra:
+        found = f"more than {envelope.size}" if extra else str(len(payload))
         raise ChecksumError(
             f"object '{key}' is truncated or padded: header says {envelope.size} payload bytes, "
-            f"found {len(payload)}. Re-materialize the asset."
+            f"found {found}. Re-materialize the asset."
         )
     digest = hashlib.sha256(payload).hexdigest()
     if digest != envelope.sha256:
@@ -312,9 +353,42 @@ def decode(data: bytes, key: str = "<object>", *, trusted: bool = False) -> Any:
             f"object '{key}' is a pickle, and this store is not trusted to unpickle (unpickling "
             "runs code). Set trusted_pickle=True only if you wrote the object yourself."
         )
-    raw = bytes(payload)
     if envelope.compression == "zstd":
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=envelope.raw_size)
-    return _decode_payload(envelope.format, envelope.python_type, raw)
+        payload = zstandard.ZstdDecompressor().decompress(
+            payload, max_output_size=envelope.raw_size
+        )
+    return _decode_payload(envelope.format, envelope.python_type, payload)
+
+
+def decode(data: bytes, key: str = "<object>", *, trusted: bool = False) -> Any:
+    """Verify size and sha256, then rebuild the object. Errors name ``key``."""
+    envelope, payload = read_envelope(data, key)
+    return _verified(envelope, payload, key, trusted)
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at end of stream; one read (no copy) unless the stream is short."""
+    data = stream.read(n)
+    if len(data) >= n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := stream.read(n - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def decode_stream(stream: BinaryIO, key: str = "<object>", *, trusted: bool = False) -> Any:
+    """Like :func:`decode`, reading from ``stream`` (which the caller closes).
+
+    The payload arrives as one ``bytes`` object of exactly ``size`` bytes, which is what a
+    ``bytes`` value is returned as and what the other formats parse without slicing.
+    """
+    header_len = _header_length(_read_exactly(stream, _PREFIX), key)
+    envelope = _parse_header(_read_exactly(stream, header_len), header_len, key)
+    payload = _read_exactly(stream, envelope.size)
+    extra = len(payload) == envelope.size and bool(stream.read(1))
+    return _verified(envelope, payload, key, trusted, extra)

@@ -10,11 +10,13 @@ MultiPartitionsDefinition; a single configurable column, ``partition_key`` by de
 one-dimensional partitions). The partition columns are added by the store; a frame may carry
 them only with exactly the partition's value.
 
-Speed: SQLAlchemy owns the URL, the connection and the transaction, and the bulk load uses each
-engine's native path inside that transaction: DuckDB scans the registered pandas frame
-directly, PostgreSQL gets ``COPY ... FROM STDIN`` fed with CSV written by Arrow, and reads come
-back through DuckDB's Arrow export or ``COPY ... TO STDOUT`` parsed by Arrow. Other dialects
-use SQLAlchemy's executemany.
+Speed: the bulk load uses each engine's native path inside the one transaction. DuckDB is
+driven through its own Python connection (no SQLAlchemy or duckdb_engine in between: their
+connection setup and catalog queries were a fixed cost on every call): the frame is registered
+and scanned in place, and reads use ``SELECT * EXCLUDE (partition columns)`` straight into
+``.df()``, with no catalog lookup first. PostgreSQL (through SQLAlchemy) gets
+``COPY ... FROM STDIN`` fed with CSV written by Arrow, and reads come back through
+``COPY ... TO STDOUT`` parsed by Arrow. Other dialects use SQLAlchemy's executemany.
 
 Schema: a frame whose columns or types differ from the table raises SchemaChangeError unless
 ``allow_schema_evolution`` is on, in which case new columns are added (existing columns are
@@ -23,12 +25,14 @@ never dropped or retyped; writing ints into a float column is always allowed).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -131,6 +135,66 @@ def _compatible(frame_family: str, table_family: str, all_null: bool) -> bool:
     return frame_family == "integer" and table_family in ("float", "decimal")
 
 
+# --------------------------------------------------------------------------- sessions
+
+_COLUMNS_SQL = (
+    "SELECT column_name, data_type FROM information_schema.columns "
+    "WHERE table_schema = {schema} AND table_name = {table} ORDER BY ordinal_position"
+)
+
+
+class _Session(Protocol):
+    """What the schema check needs from a connection, so one check serves both drivers."""
+
+    dialect: sa.Dialect
+
+    def columns(self, table: str) -> dict[str, str] | None: ...
+
+    def run(self, statement: str | sa.schema.ExecutableDDLElement) -> None: ...
+
+
+@functools.cache
+def _duckdb_dialect() -> sa.Dialect:
+    """duckdb_engine's dialect, only to render DDL types the way the SQLAlchemy path did.
+
+    qmark paramstyle: with its default pyformat, a ``%`` in a column name would be rendered
+    doubled into DDL that is executed without parameters.
+    """
+    from duckdb_engine import Dialect
+
+    return Dialect(paramstyle="qmark")
+
+
+class _SqlAlchemySession:
+    def __init__(self, store: PartitionedTableStore, conn: sa.Connection):
+        self.store, self.conn, self.dialect = store, conn, conn.dialect
+
+    def columns(self, table: str) -> dict[str, str] | None:
+        return self.store._table_columns(self.conn, table)
+
+    def run(self, statement: str | sa.schema.ExecutableDDLElement) -> None:
+        if isinstance(statement, str):
+            self.conn.exec_driver_sql(statement)
+        else:
+            self.conn.execute(statement)
+
+
+class _DuckDBSession:
+    def __init__(self, store: PartitionedTableStore, con: Any):
+        self.store, self.con, self.dialect = store, con, _duckdb_dialect()
+
+    def columns(self, table: str) -> dict[str, str] | None:
+        rows = self.con.execute(
+            _COLUMNS_SQL.format(schema="?", table="?"), [self.store.schema or "main", table]
+        ).fetchall()
+        return {name: str(type_name) for name, type_name in rows} or None
+
+    def run(self, statement: str | sa.schema.ExecutableDDLElement) -> None:
+        if not isinstance(statement, str):
+            statement = str(statement.compile(dialect=self.dialect))
+        self.con.execute(statement)
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -160,6 +224,7 @@ class PartitionedTableStore:
         self.schema = validate_identifier(schema, "schema") if schema else None
         self.allow_schema_evolution = allow_schema_evolution
         self._engine = engine
+        self._engine_given = engine is not None
 
     @property
     def dialect(self) -> str:
@@ -182,6 +247,34 @@ class PartitionedTableStore:
         if self._engine is not None:
             self._engine.dispose()
 
+    @property
+    def _native_duckdb(self) -> bool:
+        """DuckDB files (and :memory:) are driven through duckdb's own connection."""
+        return self.dialect == "duckdb" and not self._engine_given
+
+    @contextlib.contextmanager
+    def _duckdb(self) -> Iterator[Any]:
+        """A fresh DuckDB connection, closed afterwards.
+
+        Not pooled on purpose: DuckDB lets one process hold a file for writing, and Dagster
+        runs steps (and dbt) in other processes that need the file between our operations.
+        URL query parameters become DuckDB config options, as with duckdb_engine.
+        """
+        import duckdb
+
+        database = self.url.database or ":memory:"
+        try:
+            con = duckdb.connect(database, config=dict(self.url.query))
+        except duckdb.IOException as exc:
+            raise StorageError(
+                f"cannot open DuckDB file {database}: {exc}. Another process (a dbt run, another "
+                "step, a notebook) may hold it for writing; retry once it has finished."
+            ) from exc
+        try:
+            yield con
+        finally:
+            con.close()
+
     def qualified(self, table: str) -> str:
         return f"{self.schema}.{table}" if self.schema else table
 
@@ -199,10 +292,7 @@ class PartitionedTableStore:
         if self.dialect in ("duckdb", "postgresql"):
             default_schema = "main" if self.dialect == "duckdb" else "public"
             rows = conn.execute(
-                sa.text(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = :schema AND table_name = :table ORDER BY ordinal_position"
-                ),
+                sa.text(_COLUMNS_SQL.format(schema=":schema", table=":table")),
                 {"schema": self.schema or default_schema, "table": table},
             ).all()
             return {name: str(type_name) for name, type_name in rows} or None
@@ -217,7 +307,7 @@ class PartitionedTableStore:
     # ----------------------------------------------------------------- schema
 
     def _ensure_table(
-        self, conn: sa.Connection, table: str, frame: Any, partition_columns: Sequence[str]
+        self, session: _Session, table: str, frame: Any, partition_columns: Sequence[str]
     ) -> list[str]:
         """Create or check the table; return the data columns in table order."""
         wanted: dict[str, sa.types.TypeEngine] = {}
@@ -227,17 +317,19 @@ class PartitionedTableStore:
                 continue
             wanted[_validate_column(col)] = _sql_type_for(frame[col])
             all_null[col] = bool(frame[col].isna().all()) if len(frame) else True
+        dialect = session.dialect
         if self.schema and self.dialect in ("duckdb", "postgresql"):
-            conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
-        existing = self._table_columns(conn, table)
+            session.run(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        existing = session.columns(table)
         if existing is None:
             columns = [
                 sa.Column(p, sa.Text(), nullable=False, quote=True) for p in partition_columns
             ]
             columns += [sa.Column(c, t, quote=True) for c, t in wanted.items()]
-            sa.Table(table, sa.MetaData(), *columns, schema=self.schema).create(conn)
+            t = sa.Table(table, sa.MetaData(), *columns, schema=self.schema, quote_schema=True)
+            session.run(sa.schema.CreateTable(t))
             return list(wanted)
-        frame_types = {c: str(t.compile(dialect=conn.dialect)) for c, t in wanted.items()}
+        frame_types = {c: str(t.compile(dialect=dialect)) for c, t in wanted.items()}
         problems = []
         missing_partition = [p for p in partition_columns if p not in existing]
         if missing_partition:
@@ -264,8 +356,8 @@ class PartitionedTableStore:
                 "to add new columns, or migrate/drop the table."
             )
         for col in new_cols:
-            type_sql = wanted[col].compile(dialect=conn.dialect)
-            conn.exec_driver_sql(
+            type_sql = wanted[col].compile(dialect=dialect)
+            session.run(
                 f"ALTER TABLE {self._quoted(table)} ADD COLUMN {quote_identifier(col)} {type_sql}"
             )
         return list(wanted)
@@ -284,19 +376,51 @@ class PartitionedTableStore:
         partition_columns = self._partition_columns([p for p, _ in items])
         prepared = [(p, self._check_frame(table, f, p)) for p, f in items]
         total = 0
-        with self.engine.begin() as conn:
-            for partition, frame in prepared:
-                # every frame is checked: a later frame with another schema rolls back all
-                data_columns = self._ensure_table(conn, table, frame, partition_columns)
-                self._delete(conn, table, partition)
-                self._insert(conn, table, frame, data_columns, partition or {})
-                total += len(frame)
+        if self._native_duckdb:
+            data_columns = self._write_duckdb(table, prepared, partition_columns)
+            total = sum(len(f) for _, f in prepared)
+        else:
+            with self.engine.begin() as conn:
+                session = _SqlAlchemySession(self, conn)
+                for partition, frame in prepared:
+                    # every frame is checked: a later frame with another schema rolls back all
+                    data_columns = self._ensure_table(session, table, frame, partition_columns)
+                    self._delete(conn, table, partition)
+                    self._insert(conn, table, frame, data_columns, partition or {})
+                    total += len(frame)
         return WriteResult(
             table=self.qualified(table),
             rows=total,
             partitions=tuple(dict(p) for p, _ in items if p),
             columns=tuple(data_columns),
         )
+
+    def _write_duckdb(
+        self,
+        table: str,
+        prepared: Sequence[tuple[Partition | None, Any]],
+        partition_columns: list[str],
+    ) -> list[str]:
+        """The same delete-then-insert per partition, in one DuckDB transaction."""
+        data_columns: list[str] = []
+        with self._duckdb() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                session = _DuckDBSession(self, con)
+                for partition, frame in prepared:
+                    data_columns = self._ensure_table(session, table, frame, partition_columns)
+                    where, params = self._partition_filter(
+                        [partition] if partition else [], "qmark"
+                    )
+                    con.execute(f"DELETE FROM {self._quoted(table)}{where}", params)
+                    if len(frame):
+                        self._insert_duckdb(con, table, frame, partition or {})
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                raise
+        return data_columns
 
     @staticmethod
     def _partition_columns(partitions: Sequence[Partition | None]) -> list[str]:
@@ -355,17 +479,15 @@ class PartitionedTableStore:
     ) -> None:
         if len(frame) == 0:
             return
-        if self.dialect == "duckdb":
-            self._insert_duckdb(conn, table, frame, partition)
+        if self.dialect == "duckdb":  # a caller-supplied engine: reach the duckdb connection
+            self._insert_duckdb(conn.connection.driver_connection, table, frame, partition)
         elif self.dialect == "postgresql" and self.url.get_driver_name() == "psycopg":
             self._insert_postgres_copy(conn, table, frame, partition)
         else:
             self._insert_generic(conn, table, frame, partition)
 
-    def _insert_duckdb(
-        self, conn: sa.Connection, table: str, frame: Any, partition: Partition
-    ) -> None:
-        raw = conn.connection.driver_connection  # duckdb_engine's wrapper over DuckDBPyConnection
+    def _insert_duckdb(self, raw: Any, table: str, frame: Any, partition: Partition) -> None:
+        """INSERT ... SELECT from the frame registered as a view: DuckDB scans pandas in place."""
         view = f"_fs_frame_{uuid.uuid4().hex}"
         cols = [quote_identifier(c) for c in frame.columns]
         pcols = sorted(partition)
@@ -439,6 +561,8 @@ class PartitionedTableStore:
         keep = (
             keep_partition_columns if keep_partition_columns is not None else len(partitions) != 1
         )
+        if self._native_duckdb:
+            return self._read_duckdb(table, [] if keep else pcols, partitions)
         with self.engine.connect() as conn:
             types = self._table_columns(conn, table)
             if types is None:
@@ -447,8 +571,13 @@ class PartitionedTableStore:
                     f"{self.url.render_as_string(hide_password=True)}; materialize the asset first"
                 )
             names = [n for n in types if keep or n not in pcols]
-            if self.dialect == "duckdb":
-                frame = self._read_duckdb(conn, table, names, partitions)
+            if self.dialect == "duckdb":  # a caller-supplied engine
+                where, params = self._partition_filter(partitions, "qmark")
+                select = ", ".join(quote_identifier(n) for n in names)
+                raw = conn.connection.driver_connection
+                frame = raw.execute(
+                    f"SELECT {select} FROM {self._quoted(table)}{where}", params
+                ).df()
             elif self.dialect == "postgresql" and self.url.get_driver_name() == "psycopg":
                 frame = self._read_postgres_copy(conn, table, names, types, partitions)
             else:
@@ -468,11 +597,34 @@ class PartitionedTableStore:
     def _select_list(self, conn: sa.Connection, names: list[str]) -> str:
         return ", ".join(quote_identifier(n) for n in names)
 
-    def _read_duckdb(self, conn, table, names, partitions) -> Any:
-        raw = conn.connection.driver_connection
+    def _read_duckdb(
+        self, table: str, drop_columns: Sequence[str], partitions: Sequence[Partition]
+    ) -> Any:
+        """One query, no catalog lookup first: a missing table is reported from DuckDB's error."""
+        import duckdb
+
         where, params = self._partition_filter(partitions, "qmark")
-        sql = f"SELECT {self._select_list(conn, names)} FROM {self._quoted(table)}{where}"
-        return raw.execute(sql, params).df()
+        exclude = (
+            f" EXCLUDE ({', '.join(quote_identifier(c) for c in drop_columns)})"
+            if drop_columns
+            else ""
+        )
+        sql = f"SELECT *{exclude} FROM {self._quoted(table)}{where}"
+        with self._duckdb() as con:
+            try:
+                return con.execute(sql, params).df()
+            except duckdb.CatalogException as exc:
+                raise StorageError(
+                    f"table {self.qualified(table)} does not exist in "
+                    f"{self.url.render_as_string(hide_password=True)}; materialize the asset "
+                    f"first ({exc})"
+                ) from exc
+            except duckdb.BinderException as exc:
+                raise StorageError(
+                    f"table {self.qualified(table)} cannot be read by partition "
+                    f"{[dict(p) for p in partitions]}: {exc}. Its partition columns differ from "
+                    "this asset's partitions; migrate or drop the table."
+                ) from exc
 
     def _read_postgres_copy(self, conn, table, names, types, partitions) -> Any:
         import pyarrow as pa
@@ -558,6 +710,12 @@ class PartitionedTableStore:
         return frame
 
     def row_count(self, table: str, partition: Partition | None = None) -> int:
+        validate_identifier(table, "table name")
+        if self._native_duckdb:
+            where, params = self._partition_filter([partition] if partition else [], "qmark")
+            with self._duckdb() as con:
+                sql = f"SELECT count(*) FROM {self._quoted(table)}{where}"
+                return int(con.execute(sql, params).fetchone()[0])
         t = sa.table(
             sa.sql.quoted_name(table, quote=True),
             *(_col(c) for c in (partition or {})),

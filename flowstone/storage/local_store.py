@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from flowstone.storage.errors import ObjectNotFoundError, UnsafeKeyError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
@@ -69,6 +70,12 @@ class LocalObjectStore(ObjectStore):
     def get(self, key: str) -> bytes:
         try:
             return self.path_for(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(key, str(self.root)) from None
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path_for(key), "rb")  # noqa: SIM115 - the caller closes it
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key, str(self.root)) from None
 

@@ -7,7 +7,9 @@ checksums live in :mod:`flowstone.storage.codec`, above this layer.
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
+from typing import BinaryIO
 
 from flowstone.storage.keys import validate_partition_key
 
@@ -27,6 +29,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the bytes under ``key``."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the object, for decoding without holding a second copy.
+
+        Backends that can stream (S3 bodies, files) override this; the default wraps ``get``.
+        The caller closes the stream. A missing key raises ObjectNotFoundError here, not on read.
+        """
+        return io.BytesIO(self.get(key))
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -38,5 +38,10 @@ def save_object(
 
 
 def load_object(store: ObjectStore, key: str, *, trusted: bool = False) -> Any:
-    """Fetch and decode ``key``; a corrupted object raises ChecksumError naming the key."""
-    return codec.decode(store.get(key), key, trusted=trusted)
+    """Fetch and decode ``key``; a corrupted object raises ChecksumError naming the key.
+
+    Streams from the store (header first, then the payload in one read) so that a large
+    payload is not copied out of the whole blob; the sha256 is still verified before decoding.
+    """
+    with store.open(key) as stream:
+        return codec.decode_stream(stream, key, trusted=trusted)

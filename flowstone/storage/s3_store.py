@@ -4,16 +4,72 @@ Takes a ready boto3 client so that credentials and the endpoint URL come from on
 Dagster, dagster-aws's ``S3Resource``). S3 PUTs are atomic per object, so no temp-key dance is
 needed. Transport failures become :class:`StorageError` naming the bucket and key, so that a
 failing primary write is loud and says where it was going.
+
+Checksums: every FlowStone object carries the sha256 of its payload, verified on load
+(:mod:`flowstone.storage.codec`). botocore's own "flexible checksums" would add a CRC32 over
+the same bytes; :func:`client_config` says where that CRC32 is redundant so that callers who
+build the client (the object-store I/O manager does) can skip it. It never removes the only
+integrity check of a transfer: responses are covered by our sha256; on plain-HTTP endpoints
+requests stay covered by SigV4's signed payload hash (which S3 verifies); on HTTPS the request
+CRC32 is kept, because there botocore would otherwise sign the payload with a slower sha256.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, BinaryIO
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def client_config(endpoint_url: str | None, *, signed: bool = True) -> Any:
+    """botocore ``Config`` for an S3 client used only through FlowStone's checksummed codec.
+
+    Response CRC32 validation is dropped (the codec's sha256 checks every payload byte on
+    load). Request CRC32 is dropped only on plain-HTTP endpoints (MinIO, moto, a local
+    gateway) with signed requests, where SigV4 already signs the payload's sha256 and the
+    server verifies it.
+    """
+    from botocore.config import Config
+
+    plain_http = bool(endpoint_url) and endpoint_url.lower().startswith("http://")
+    return Config(
+        response_checksum_validation="when_required",
+        request_checksum_calculation=(
+            "when_required" if plain_http and signed else "when_supported"
+        ),
+    )
+
+
+class _S3Body(io.RawIOBase):
+    """A GetObject body whose read errors name the object, like every other store error."""
+
+    def __init__(self, body: Any, fail: Any):
+        super().__init__()
+        self._body = body
+        self._fail = fail
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
 
 
 class S3ObjectStore(ObjectStore):
@@ -44,18 +100,25 @@ class S3ObjectStore(ObjectStore):
             raise self._fail("put", key, exc) from exc
         return self.uri(key)
 
-    def get(self, key: str) -> bytes:
+    def _get_body(self, key: str) -> Any:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
-            return response["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
                 raise ObjectNotFoundError(key, f"s3://{self.bucket}/{self.prefix}") from None
             raise self._fail("get", key, exc) from exc
         except Exception as exc:
             raise self._fail("get", key, exc) from exc
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as body:
+            return body.read()
+
+    def open(self, key: str) -> BinaryIO:
+        """The response body as a stream: the codec reads header, then payload, no re-slicing."""
+        return _S3Body(self._get_body(key), lambda exc: self._fail("get", key, exc))
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

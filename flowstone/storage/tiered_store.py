@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
 from flowstone.storage.local_store import TEMP_MARKER, LocalObjectStore
@@ -60,6 +60,10 @@ class BoundedCacheStore(LocalObjectStore):
         with contextlib.suppress(FileNotFoundError):
             os.utime(path, (now, path.stat().st_mtime))  # atime marks recent use (LRU)
         return data
+
+    def open(self, key: str) -> BinaryIO:
+        # through get(): a read must honour the TTL and mark the entry as recently used
+        return ObjectStore.open(self, key)
 
     def evict(self) -> int:
         """Drop expired entries, then least recently used ones until under ``max_bytes``."""

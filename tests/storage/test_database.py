@@ -197,3 +197,28 @@ def test_killed_duckdb_writer_leaves_the_old_partition(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert proc.stdout.read() == ""  # it never reached "done"
     _assert_old_data_intact(store)
+
+
+def test_duckdb_whole_table_replace_and_partition_column_mismatch(tmp_path):
+    store = PartitionedTableStore(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    store.write("plain", frame(3, "a"))
+    store.write("plain", frame(2, "b"))  # no partition: the whole table is replaced
+    assert store.read("plain")["note"].tolist() == ["b-0", "b-1"]
+    with pytest.raises(StorageError, match="cannot be read by partition"):
+        store.read("plain", [{"partition_key": "p"}])
+
+
+def test_duckdb_file_locked_by_another_process_is_a_clear_error(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "print('holding', flush=True); time.sleep(30)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(StorageError, match=r"cannot open DuckDB file .*locked\.duckdb.*retry"):
+            PartitionedTableStore(f"duckdb:///{path}").write("t", frame(1, "x"), {"p": "1"})
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

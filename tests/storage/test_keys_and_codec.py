@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import io
 
 import numpy as np
 import pandas as pd
@@ -132,3 +133,44 @@ def test_corruption_truncation_and_foreign_bytes_are_checksum_errors_naming_the_
         codec.decode(good[:-2], "k")
     with pytest.raises(ChecksumError, match="not a FlowStone object"):
         codec.decode(b"PK\x03\x04 zip file", "k")
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that hands out at most 3 bytes per read, like a slow socket."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data[self._pos : self._pos + min(3, len(buffer))]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def test_stream_decode_matches_blob_decode_and_verifies_the_checksum():
+    df = pd.DataFrame({"a": np.arange(5), "s": list("vwxyz")})
+    for value in (b"\x00raw bytes" * 100, {"k": [1, 2]}, df):
+        blob = codec.encode(value, compression="zstd" if value is df else None).data
+        for stream in (io.BytesIO(blob), _Trickle(blob)):
+            back = codec.decode_stream(stream, "k")
+            if value is df:
+                pd.testing.assert_frame_equal(back, df)
+            else:
+                assert back == value and type(back) is type(value)
+    good = codec.encode({"a": 1}).data
+    with pytest.raises(ChecksumError, match="'k' is truncated or padded.*found 6\\."):
+        codec.decode_stream(io.BytesIO(good[:-2]), "k")
+    with pytest.raises(ChecksumError, match="'k' is truncated or padded.*found more than"):
+        codec.decode_stream(io.BytesIO(good + b"x"), "k")
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01
+    with pytest.raises(ChecksumError, match="checksum mismatch for object 'k'"):
+        codec.decode_stream(io.BytesIO(bytes(flipped)), "k")
+    with pytest.raises(ChecksumError, match="claims a .*-byte header"):
+        codec.decode_stream(io.BytesIO(codec.MAGIC + b"\xff\xff\xff\xff{}"), "k")
+    with pytest.raises(ChecksumError, match="unreadable header"):
+        codec.decode_stream(io.BytesIO(good[:12]), "k")

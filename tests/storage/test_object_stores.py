@@ -179,3 +179,31 @@ def test_killed_writer_never_leaves_a_torn_object(tmp_path):
     leftovers = list(tmp_path.rglob(f"{TEMP_MARKER}*"))
     assert store.remove_stale_temp_files(older_than_seconds=0) == len(leftovers)
     assert codec.read_envelope(store.get("big/partition=p.fso"))[0].format == "json"
+
+
+def test_codec_client_skips_only_redundant_crc32(moto_endpoint, bucket):
+    from dagster_aws.s3 import S3Resource
+
+    from flowstone.storage.s3_store import client_config
+    from io_managers.object_store import s3_client_for_codec
+
+    assert client_config("http://127.0.0.1:9000").request_checksum_calculation == "when_required"
+    unsigned = client_config("http://127.0.0.1:9000", signed=False)
+    assert unsigned.request_checksum_calculation == "when_supported"  # CRC32 is all there is
+    https = client_config("https://s3.example.com")
+    assert https.request_checksum_calculation == "when_supported"  # keep CRC32 over TLS
+    assert https.response_checksum_validation == "when_required"  # our sha256 covers reads
+    resource = S3Resource(endpoint_url=moto_endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1",
+                          max_attempts=3)  # fmt: skip
+    client = s3_client_for_codec(resource)
+    assert client.meta.config.request_checksum_calculation == "when_required"
+    # the resource's own settings are kept (same retries as S3Resource.get_client())
+    assert client.meta.config.retries == resource.get_client().meta.config.retries
+    store = S3ObjectStore(client, bucket)
+    save_object(store, "big.fso", bytes(range(256)) * 4096)
+    with store.open("big.fso") as stream:
+        assert stream.read(4) == codec.MAGIC
+    assert load_object(store, "big.fso") == bytes(range(256)) * 4096
+    with pytest.raises(ObjectNotFoundError, match="missing.fso"):
+        store.open("missing.fso")

@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "from assets.dbt import load_dbt_project; load_dbt_project()"  # dbt manifest
 	@touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -38,6 +39,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c "import dagster as dg; from assets.warehouse import ensure_warehouse_pool; ensure_warehouse_pool(dg.DagsterInstance.get())"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)

@@ -8,9 +8,7 @@ metadata still lands on each partition).
 """
 
 import dagster as dg
-import pandas as pd
 
-from flowstone.evaluation import pipeline
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from resources.worker_pool import PythonWorkerPoolResource
@@ -21,6 +19,14 @@ OWNERS = ["team:ml-platform"]
 KIND_TAGS = {"dagster/kind/python": ""}
 MEAN_PREFIX = "mean/"
 REPORT_KEY = dg.AssetKey([PREFIX, "report"])
+
+
+def _pipeline():
+    """The pipeline module, imported on first use: it brings pandas, numpy and matplotlib,
+    which the code location does not need to load."""
+    from flowstone.evaluation import pipeline
+
+    return pipeline
 
 
 def evaluation_partitions(catalog: Catalog) -> dg.MultiPartitionsDefinition:
@@ -36,7 +42,7 @@ def to_metadata(raw: dict) -> dict:
     """Plain values from the core into metadata that reads well in the UI."""
     out = {}
     for key, value in raw.items():
-        if isinstance(value, pd.DataFrame):
+        if hasattr(value, "to_markdown"):  # a DataFrame (pandas stays out of code-location load)
             out[key] = dg.MetadataValue.md(value.to_markdown(index=False, floatfmt=".3f"))
         elif key.endswith("_path") or key == "file":
             out[key] = dg.MetadataValue.path(value)
@@ -126,7 +132,8 @@ def build_check_specs(catalog: Catalog) -> list[dg.AssetCheckSpec]:
     return specs
 
 
-def check_results(catalog: Catalog, outcomes: dict[str, pipeline.ReportResult]):
+def check_results(catalog: Catalog, outcomes: dict):
+    """``outcomes``: partition key -> `flowstone.evaluation.pipeline.ReportResult`."""
     """One result a check: per partition in a one-partition run, combined over a batch."""
     for metric in catalog.settings.thresholded_metrics:
         verdicts = {
@@ -223,7 +230,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
     )
     def suite(context: dg.AssetExecutionContext):
         return PartitionBatch(context).run(
-            lambda suite_name, _system: pipeline.load_suite(catalog, suite_name)
+            lambda suite_name, _system: _pipeline().load_suite(catalog, suite_name)
         )
 
     @dg.asset(
@@ -233,7 +240,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
     )
     def predictions(context: dg.AssetExecutionContext, suite):
         return PartitionBatch(context).run(
-            lambda suite_name, system_name, suite: pipeline.predict(
+            lambda suite_name, system_name, suite: _pipeline().predict(
                 catalog, suite_name, system_name, suite
             ),
             suite=suite,
@@ -249,7 +256,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
     ):
         context.log.info(f"scoring with the worker pool in '{worker_pool.mode}' mode")
         return PartitionBatch(context).run(
-            lambda suite_name, _system, suite, predictions: pipeline.score(
+            lambda suite_name, _system, suite, predictions: _pipeline().score(
                 catalog, suite_name, suite, predictions, worker_pool.compute_metric
             ),
             suite=suite,
@@ -266,7 +273,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         outcomes = {}
         for key in batch.keys:
             suite_name, system_name = batch.dims(key)
-            outcome = pipeline.report(
+            outcome = _pipeline().report(
                 catalog,
                 suite_name,
                 system_name,

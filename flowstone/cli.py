@@ -6,6 +6,8 @@ materializes is there when the Dagster UI opens on the same folder.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -164,6 +166,52 @@ def summary_table(reports: dict[str, dict]) -> Table:
     return table
 
 
+def build_analytics(instance, keys: Sequence[str], failures: list[str]) -> None:
+    """Load the evaluated partitions into the DuckDB warehouse, build the dbt project on it,
+    and print the leaderboard mart."""
+    from assets.analytics import DBT_JOB, WAREHOUSE_JOB, materialize_analytics
+    from flowstone.definitions import defs
+    from flowstone.warehouse.leaderboard import leaderboard
+
+    if not keys:
+        return
+    log_path = paths.outputs_dir() / "logs" / "dbt-demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"Loading {len(keys)} partitions into the warehouse and building the dbt models "
+        f"(dbt's log: {log_path})…"
+    )
+    # dagster-dbt echoes every dbt event to stdout (compute logs in a real run); keep the
+    # terminal for progress and results.
+    # dbt configures the root logger; Dagster's run logger must not echo through it as well.
+    logging.getLogger("dagster.builtin").propagate = False
+    with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        results = materialize_analytics(defs, instance, keys, run_config=QUIET_RUN_CONFIG)
+    for job in (WAREHOUSE_JOB, DBT_JOB):
+        if job in results and not results[job].success:
+            failures.append(job)
+    if DBT_JOB not in results or not results[DBT_JOB].success:
+        return
+    board = leaderboard(paths.warehouse_path())
+    best = board[board["rank"] == 1]
+    table = Table(
+        title=f"Leaderboard: best system per suite and metric (dbt mart in {paths.warehouse_path()})"
+    )
+    for column in ("suite", "metric", "best system(s)", "latest mean", "delta vs previous run"):
+        table.add_column(column)
+    for (suite, metric), group in best.groupby(["suite", "metric"], sort=True):
+        top = group.iloc[0]
+        delta = top.get("delta")
+        table.add_row(
+            suite,
+            metric,
+            ", ".join(group["system"]),
+            f"{top['latest_mean']:.3f}",
+            "—" if delta is None or delta != delta else f"{delta:+.3f}",
+        )
+    console.print(table)
+
+
 @app.command()
 def demo(
     single_run: bool = typer.Option(
@@ -218,8 +266,9 @@ def demo(
             f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
         ]
         start(len(keys))
-        instance, _ = materialize_partitions(keys, single_run=single_run, on_done=on_done)
+        instance, outcomes = materialize_partitions(keys, single_run=single_run, on_done=on_done)
     console.print(summary_table(latest_reports(instance, keys)))
+    build_analytics(instance, [k for k in keys if outcomes.get(k)], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
     console.print(
         "Open the UI: [bold]make ui[/] (or `DAGSTER_HOME=.dagster_home .venv/bin/dagster dev -w workspace.yaml`)"
@@ -227,9 +276,20 @@ def demo(
     )
     if failures:
         console.print(
-            f"[red]{len(failures)} partition(s) failed:[/] {', '.join(failures)}; see the run logs in the UI"
+            f"[red]{len(failures)} run(s) failed:[/] {', '.join(failures)}; see the run logs in the UI"
         )
-        raise typer.Exit(code=1)
+    exit_now(1 if failures else 0)
+
+
+def exit_now(code: int) -> None:
+    """Leave without interpreter teardown, where duckdb 2.0's nanobind bindings print a
+    "leaked functions" report that reads like a failure; everything is written by now."""
+    from multiprocessing import util as mp_util
+
+    mp_util._exit_function()  # release multiprocessing semaphores (dbt makes one) before leaving
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

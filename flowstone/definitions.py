@@ -10,6 +10,7 @@ import warnings
 
 import dagster as dg
 
+from assets.analytics import build_analytics_definitions
 from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_partitions
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from flowstone.evaluation.catalog import load_catalog
@@ -30,15 +31,14 @@ def build_definitions() -> dg.Definitions:
     catalog = load_catalog()
     evaluation_assets = build_evaluation_assets(catalog)
     promotion = build_promotion_asset(evaluation_partitions(catalog), upstream_key=REPORT_KEY)
-    return dg.Definitions(
+    evaluation_job = dg.define_asset_job(
+        "evaluation_job",
+        selection=dg.AssetSelection.groups("evaluation"),
+        description="Suite -> predictions -> scores -> report for suite x system partitions.",
+    )
+    core = dg.Definitions(
         assets=[*evaluation_assets, promotion],
-        jobs=[
-            dg.define_asset_job(
-                "evaluation_job",
-                selection=dg.AssetSelection.groups("evaluation"),
-                description="Suite -> predictions -> scores -> report for suite x system partitions.",
-            )
-        ],
+        jobs=[evaluation_job],
         sensors=[
             *build_approval_sensors(PROMOTED_SYSTEM_KEY, REPORT_KEY),
             *build_notification_sensors(),
@@ -51,6 +51,8 @@ def build_definitions() -> dg.Definitions:
             "notifications": notifications_resource_from_env(),
         },
     )
+
+    return dg.Definitions.merge(core, build_analytics_definitions(catalog, evaluation_job))
 
 
 defs = build_definitions()

@@ -1,0 +1,122 @@
+"""The dbt project as Dagster assets: staging views, history and marts over the warehouse.
+
+Sources carry ``meta.dagster.asset_key`` so the graph links the FlowStone warehouse assets to
+the dbt models; dbt tests become asset checks (a failed test counts its offending rows). The
+daily trend mart is partitioned by day and receives the day range through dbt vars. Every dbt
+invocation runs in the ``warehouse`` pool, the one writer DuckDB allows.
+"""
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+from dagster._utils import run_with_concurrent_update_guard  # what DbtProject's preparer uses
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from assets.warehouse import WAREHOUSE_POOL
+from flowstone.warehouse.project import dbt_executable, dbt_project_dir, manifest_is_stale
+
+GROUP = "analytics"
+DAILY_TAG = "daily"
+DAILY_START = "2026-01-01"
+LOCK_MESSAGE = "Could not set lock on file"
+# end_offset=1: today's partition exists, so a demo run can build today's trend.
+DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date=DAILY_START, end_offset=1)
+
+
+def load_dbt_project() -> DbtProject:
+    """The project, with a manifest that matches its files (``dbt parse`` if stale)."""
+    project = DbtProject(project_dir=dbt_project_dir())
+    if manifest_is_stale(project.project_dir, project.manifest_path):
+        # a file lock: dagster dev loads the code location in several processes at once
+        project.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        run_with_concurrent_update_guard(project.manifest_path, parse_dbt_project, project=project)
+    return project
+
+
+def parse_dbt_project(project: DbtProject) -> None:
+    """``dbt parse``: writes target/manifest.json; reads files only (no warehouse, no network).
+    A parse error (bad YAML, unknown ref) stops the code location with dbt's message."""
+    dbt_resource(project).cli(["parse", "--quiet"], target_path=project.target_path).wait()
+
+
+class FlowStoneDbtTranslator(DagsterDbtTranslator):
+    """Models under ``analytics/<name>`` in the ``analytics`` group, refreshed eagerly."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return super().get_asset_key(dbt_resource_props)
+        return dg.AssetKey([GROUP, dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return GROUP
+
+    def get_automation_condition(
+        self, dbt_resource_props: Mapping[str, Any]
+    ) -> dg.AutomationCondition | None:
+        if dbt_resource_props["resource_type"] != "model":
+            return None
+        return dg.AutomationCondition.eager()
+
+
+def day_vars(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The run's day range as dbt vars (a single-run backfill covers several days)."""
+    window = context.partition_time_window
+    last_day = window.end - timedelta(days=1)
+    return {
+        "day_start": window.start.strftime("%Y-%m-%d"),
+        "day_end": last_day.strftime("%Y-%m-%d"),
+    }
+
+
+def run_dbt(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, args: list[str]
+) -> Iterator[Any]:
+    """``dbt <args>`` with events streamed to Dagster; a DuckDB lock held by another process
+    is retried, any other failure raises dbt's own message."""
+    invocation = dbt.cli(args, context=context, raise_on_error=False)
+    yield from invocation.stream()
+    error = invocation.get_error()
+    if error is None:
+        return
+    if LOCK_MESSAGE in str(error):
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
+    raise error
+
+
+def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
+    """Two dbt multi-assets: the day-partitioned trend mart and everything else."""
+    translator = FlowStoneDbtTranslator()
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        exclude=f"tag:{DAILY_TAG}",
+        name="dbt_models",
+        dagster_dbt_translator=translator,
+        pool=WAREHOUSE_POOL,
+    )
+    def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        yield from run_dbt(context, dbt, ["build"])
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        select=f"tag:{DAILY_TAG}",
+        name="dbt_daily_models",
+        dagster_dbt_translator=translator,
+        partitions_def=DAILY_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+    )
+    def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        yield from run_dbt(context, dbt, ["build", "--vars", json.dumps(day_vars(context))])
+
+    return [dbt_models, dbt_daily_models]
+
+
+def dbt_resource(project: DbtProject) -> DbtCliResource:
+    """The resource under key ``dbt``, running the venv's dbt."""
+    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())

@@ -1,0 +1,145 @@
+"""Warehouse assets: evaluation scores and reports in the DuckDB warehouse that dbt reads.
+
+Long format (one row per case x metric, one row per report x metric) so every suite shares
+one table schema although suites score with different metrics. Same suite x system
+partitions as the evaluation; the database I/O manager replaces exactly the partitions of a
+run in one transaction. DuckDB lets one process write a file at a time, so every asset that
+writes the warehouse (and the dbt build) runs in the ``warehouse`` pool, whose limit must be 1
+(``ensure_warehouse_pool``), and retries a few times when another process holds the file.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from assets.evaluation import MEAN_PREFIX, OWNERS, PREFIX, PartitionBatch, evaluation_partitions
+from flowstone.evaluation.catalog import Catalog
+from flowstone.evaluation.regression import find_regressions
+
+GROUP = "warehouse"
+WAREHOUSE_POOL = "warehouse"
+WAREHOUSE_IO_MANAGER_KEY = "warehouse_io_manager"
+SCORES_KEY = dg.AssetKey([PREFIX, "warehouse_scores"])
+REPORTS_KEY = dg.AssetKey([PREFIX, "warehouse_reports"])
+BAKE_QUALITY_KEY = dg.AssetKey(["baking", "bake_quality"])
+BAKE_PROFILE_KEY = dg.AssetKey(["baking", "bake_profile"])
+
+# Another process (a dbt run outside Dagster, a notebook) may hold the DuckDB file; the pool
+# only serialises Dagster steps. A short backoff covers a lock held for seconds.
+WAREHOUSE_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def ensure_warehouse_pool(instance: dg.DagsterInstance) -> None:
+    """Give the ``warehouse`` pool one slot unless someone configured it already.
+
+    dagster.yaml only sets ``pools.default_limit`` for every pool; a per-pool limit lives in
+    the instance database (``dagster instance concurrency set warehouse 1`` does the same).
+    """
+    storage = instance.event_log_storage
+    if WAREHOUSE_POOL not in storage.get_concurrency_keys():
+        storage.set_concurrency_slots(WAREHOUSE_POOL, 1)
+
+
+def report_history_means(
+    context: dg.AssetExecutionContext, partition_key: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Metric means of the latest and the previous materialization of the report partition."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey([PREFIX, "report"]), asset_partitions=[partition_key]
+        ),
+        limit=2,
+    ).records
+
+    def means(record) -> dict[str, float]:
+        metadata = record.asset_materialization.metadata
+        return {
+            k[len(MEAN_PREFIX) :]: float(v.value)
+            for k, v in metadata.items()
+            if k.startswith(MEAN_PREFIX)
+        }
+
+    return (
+        means(records[0]) if records else {},
+        means(records[1]) if len(records) > 1 else {},
+    )
+
+
+def build_warehouse_assets(catalog: Catalog) -> list:
+    """The two warehouse assets for the catalog's suite x system partitions."""
+    common = dict(
+        key_prefix=[PREFIX],
+        partitions_def=evaluation_partitions(catalog),
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"python", "duckdb"},
+        io_manager_key=WAREHOUSE_IO_MANAGER_KEY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        retry_policy=WAREHOUSE_RETRY,
+        automation_condition=dg.AutomationCondition.eager(),
+        code_version="1",
+    )
+
+    @dg.asset(
+        **common,
+        ins={"scores": dg.AssetIn(key=[PREFIX, "scores"])},
+        description="Per-case scores in long format: suite, system, case_id, tags, metric, score.",
+    )
+    def warehouse_scores(context: dg.AssetExecutionContext, scores):
+        from flowstone.warehouse import frames as warehouse_frames  # pandas: not at load
+
+        batch = PartitionBatch(context)
+        now = datetime.now(UTC)
+        frames = {}
+        for key in batch.keys:
+            suite_name, system_name = batch.dims(key)
+            metrics = list(catalog.settings.for_suite(suite_name).metrics)
+            frame = warehouse_frames.long_scores(
+                batch.input(scores, key), suite_name, system_name, metrics, now, context.run_id
+            )
+            batch.record(key, {"rows": len(frame), "metrics": ", ".join(metrics)})
+            frames[key] = frame
+        return batch.output(frames)
+
+    @dg.asset(
+        **common,
+        ins={"report": dg.AssetIn(key=[PREFIX, "report"])},
+        description="One row per report metric: mean, median, p95, min, pass rate, invalid "
+        "judgements, threshold verdict and the regression flag.",
+    )
+    def warehouse_reports(context: dg.AssetExecutionContext, report):
+        from flowstone.warehouse import frames as warehouse_frames  # pandas: not at load
+
+        batch = PartitionBatch(context)
+        now = datetime.now(UTC)
+        frames = {}
+        for key in batch.keys:
+            suite_name, _system = batch.dims(key)
+            value = batch.input(report, key)
+            _latest, previous = report_history_means(context, key)
+            current = {name: m["mean"] for name, m in value["metrics"].items()}
+            margin = catalog.settings.for_suite(suite_name).regression_margin
+            regressed = [r.metric for r in find_regressions(current, previous, margin)]
+            frame = warehouse_frames.report_rows(value, previous, regressed, now, context.run_id)
+            batch.record(key, {"metrics": len(frame), "regressions": len(regressed)})
+            frames[key] = frame
+        return batch.output(frames)
+
+    return [warehouse_scores, warehouse_reports]
+
+
+def bake_table_specs() -> list[dg.AssetSpec]:
+    """Placeholders for the bake tables dbt reads until the baking line defines the assets
+    that write them (same keys); dbt creates them empty so its models build."""
+    return [
+        dg.AssetSpec(
+            key,
+            group_name="baking",
+            kinds={"duckdb"},
+            description=f"Warehouse table baking.{key.path[-1]}, written by the baking line.",
+        )
+        for key in (BAKE_QUALITY_KEY, BAKE_PROFILE_KEY)
+    ]

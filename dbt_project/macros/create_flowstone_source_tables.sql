@@ -1,0 +1,34 @@
+{#- The tables FlowStone assets write, created empty if absent, with the columns and types the
+    database I/O manager would create. The partition columns (suite/system, model) come first.
+    Why: the dbt build must work on a warehouse before the first evaluation, and bake history
+    models must work before the baking line writes anything. -#}
+{% macro create_flowstone_source_tables() %}
+  {% set ddl %}
+    create schema if not exists evaluation;
+    create table if not exists evaluation.warehouse_scores (
+      suite varchar not null, system varchar not null,
+      case_id varchar, tags varchar, metric varchar, score double, valid boolean,
+      materialized_at timestamp, run_id varchar
+    );
+    create table if not exists evaluation.warehouse_reports (
+      suite varchar not null, system varchar not null,
+      metric varchar, mean double, median double, p95 double, min double,
+      pass_rate double, pass_score double, invalid bigint, cases bigint, passed_cases bigint,
+      threshold double, threshold_passed boolean, regression boolean, previous_mean double,
+      materialized_at timestamp, run_id varchar
+    );
+    create schema if not exists baking;
+    create table if not exists baking.bake_quality (
+      model varchar not null, version varchar, variant varchar,
+      accuracy_original double, accuracy_baked double, fidelity double,
+      materialized_at timestamp, run_id varchar
+    );
+    create table if not exists baking.bake_profile (
+      model varchar not null, version varchar, variant varchar,
+      latency_p50_ms double, latency_p95_ms double, throughput_per_s double,
+      size_bytes bigint, peak_memory_bytes bigint,
+      materialized_at timestamp, run_id varchar
+    );
+  {% endset %}
+  {% do run_query(ddl) %}
+{% endmacro %}

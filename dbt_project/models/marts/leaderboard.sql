@@ -1,0 +1,41 @@
+-- Per suite and metric: each system's latest mean, its best ever, the delta against its
+-- previous run, and its rank among the systems on the suite (1 = best latest mean).
+with ordered as (
+    select
+        *,
+        row_number() over (partition by suite, system, metric order by materialized_at desc) as recency
+    from {{ ref('report_history') }}
+),
+per_system as (
+    select
+        suite,
+        system,
+        metric,
+        max(case when recency = 1 then mean end) as latest_mean,
+        max(case when recency = 2 then mean end) as previous_mean,
+        max(mean) as best_mean,
+        max(case when recency = 1 then pass_rate end) as latest_pass_rate,
+        bool_or(case when recency = 1 then regression end) as regressed,
+        max(case when recency = 1 then materialized_at end) as latest_at,
+        max(case when recency = 1 then run_id end) as latest_run_id,
+        count(*) as runs
+    from ordered
+    group by suite, system, metric
+)
+select
+    suite || '|' || system || '|' || metric as leaderboard_id,
+    suite || '|' || system as partition_id,
+    suite,
+    metric,
+    rank() over (partition by suite, metric order by latest_mean desc) as rank,
+    system,
+    latest_mean,
+    best_mean,
+    previous_mean,
+    latest_mean - previous_mean as delta,
+    latest_pass_rate,
+    regressed,
+    runs,
+    latest_at,
+    latest_run_id
+from per_system

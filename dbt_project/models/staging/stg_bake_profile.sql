@@ -1,0 +1,13 @@
+select
+    model || '|' || coalesce(version, '') || '|' || coalesce(variant, '') as profile_id,
+    model,
+    version,
+    variant,
+    latency_p50_ms,
+    latency_p95_ms,
+    throughput_per_s,
+    size_bytes,
+    peak_memory_bytes,
+    materialized_at,
+    run_id
+from {{ source('baking', 'bake_profile') }}

@@ -1,0 +1,24 @@
+-- One row per metric of each partition's latest report.
+select
+    suite || '|' || system || '|' || metric || '|' || run_id as report_id,
+    suite || '|' || system as partition_id,
+    suite,
+    system,
+    metric,
+    mean,
+    median,
+    p95,
+    min as min_score,
+    pass_rate,
+    pass_score,
+    invalid,
+    cases,
+    passed_cases,
+    threshold,
+    threshold_passed,
+    regression,
+    previous_mean,
+    materialized_at,
+    cast(materialized_at as date) as run_day,
+    run_id
+from {{ source('evaluation', 'warehouse_reports') }}

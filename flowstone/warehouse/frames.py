@@ -1,0 +1,101 @@
+"""Evaluation results reshaped into the warehouse's two tables.
+
+Why long format: every suite scores with its own metrics, so one column per metric would give
+each suite a different table schema. One row per (case, metric) and per (report, metric)
+keeps a single schema that dbt models read across suites.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+import pandas as pd
+
+SCORE_COLUMNS = [
+    "suite", "system", "case_id", "tags", "metric", "score", "valid", "materialized_at", "run_id",
+]  # fmt: skip
+REPORT_COLUMNS = [
+    "suite", "system", "metric", "mean", "median", "p95", "min", "pass_rate", "pass_score",
+    "invalid", "cases", "passed_cases", "threshold", "threshold_passed", "regression",
+    "previous_mean", "materialized_at", "run_id",
+]  # fmt: skip
+
+
+def long_scores(
+    scores: pd.DataFrame,
+    suite: str,
+    system: str,
+    metrics: Iterable[str],
+    materialized_at: datetime,
+    run_id: str,
+) -> pd.DataFrame:
+    """One row per case and metric. An invalid judgement (NaN) stays a NULL score with
+    ``valid = false``: it is counted, never stored as 0.0 (and never as NaN, which DuckDB
+    would sort above 1.0)."""
+    metrics = list(metrics)
+    missing = [m for m in metrics if m not in scores.columns]
+    if missing:
+        raise ValueError(
+            f"scores of {suite}|{system} have no column for metric(s) {missing}; "
+            "re-materialize evaluation/scores for this partition"
+        )
+    if scores["case_id"].duplicated().any():
+        dupes = sorted(scores.loc[scores["case_id"].duplicated(), "case_id"].astype(str).unique())
+        raise ValueError(f"scores of {suite}|{system} repeat case ids {dupes[:5]}")
+    tags = scores["tags"].fillna("") if "tags" in scores.columns else ""
+    base = pd.DataFrame({"case_id": scores["case_id"].astype(str), "tags": tags})
+    frames = []
+    for metric in metrics:
+        values = pd.to_numeric(scores[metric], errors="raise").astype(float)
+        frames.append(base.assign(metric=metric, score=values.where(values.notna(), None)))
+    long = pd.concat(frames, ignore_index=True) if frames else base.iloc[0:0]
+    long["score"] = long["score"].astype("float64")
+    long["valid"] = long["score"].notna()
+    long.insert(0, "system", system)
+    long.insert(0, "suite", suite)
+    long["materialized_at"] = pd.Timestamp(materialized_at).tz_localize(None)
+    long["run_id"] = run_id
+    return long[SCORE_COLUMNS].astype({"tags": "object", "metric": "object"})
+
+
+def report_rows(
+    report: Mapping,
+    previous_means: Mapping[str, float],
+    regressed: Iterable[str],
+    materialized_at: datetime,
+    run_id: str,
+) -> pd.DataFrame:
+    """One row per metric of a report dict (``Report.to_dict()``), with its threshold verdict
+    and whether it regressed against the previous materialization."""
+    regressed = set(regressed)
+    thresholds = report.get("thresholds", {})
+    rows = []
+    for name, m in report["metrics"].items():
+        verdict = thresholds.get(name)
+        previous = previous_means.get(name)
+        rows.append(
+            {
+                "suite": report["suite"],
+                "system": report["system"],
+                "metric": name,
+                "mean": float(m["mean"]),
+                "median": float(m["median"]),
+                "p95": float(m["p95"]),
+                "min": float(m["min"]),
+                "pass_rate": float(m["pass_rate"]),
+                "pass_score": float(m["pass_score"]),
+                "invalid": int(m["invalid"]),
+                "cases": int(m["cases"]),
+                "passed_cases": int(round(m["pass_rate"] * m["cases"])),
+                "threshold": float(verdict["min_mean"]) if verdict else math.nan,
+                "threshold_passed": bool(verdict["passed"]) if verdict else True,
+                "regression": name in regressed,
+                "previous_mean": float(previous) if previous is not None else math.nan,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=REPORT_COLUMNS[:-2])
+    frame["materialized_at"] = pd.Timestamp(materialized_at).tz_localize(None)
+    frame["run_id"] = run_id
+    return frame.astype({"threshold": "float64", "previous_mean": "float64"})

@@ -1,0 +1,159 @@
+"""Evaluation -> warehouse -> dbt, end to end on a throwaway DuckDB warehouse."""
+
+import duckdb
+import pandas as pd
+import pytest
+
+from assets.analytics import DBT_JOB, WAREHOUSE_JOB, materialize_analytics
+from flowstone.warehouse.leaderboard import leaderboard
+
+TEST_CASES = {"qa": 4, "docs": 3}
+METRICS = {"qa": ["exact_match", "fuzzy_match"], "docs": ["fuzzy_match", "rouge1"]}
+
+
+def query(path, sql):
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
+def checks(result) -> dict[str, object]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def step_failure_message(result) -> str:
+    return "\n".join(
+        str(e.event_specific_data.error.message) for e in result.all_events if e.is_step_failure
+    )
+
+
+def test_evaluation_lands_in_warehouse_and_leaderboard(lab_factory):
+    lab = lab_factory()
+    lab.evaluate()
+    results = materialize_analytics(lab.defs, lab.instance, lab.keys)
+    assert results[WAREHOUSE_JOB].success
+    assert results[DBT_JOB].success, step_failure_message(results[DBT_JOB])
+    assert all(c.passed for c in checks(results[DBT_JOB]).values())
+    assert len(checks(results[DBT_JOB])) >= 30
+
+    scores = query(lab.warehouse, "select * from evaluation.warehouse_scores")
+    expected_rows = sum(TEST_CASES[s] * len(METRICS[s]) for s in TEST_CASES) * 2
+    assert len(scores) == expected_rows
+    assert set(scores["metric"]) == {"exact_match", "fuzzy_match", "rouge1"}
+    assert scores["score"].between(0, 1).all()
+
+    board = leaderboard(lab.warehouse)
+    assert len(board) == sum(len(m) for m in METRICS.values()) * 2
+    qa_exact = board[(board.suite == "qa") & (board.metric == "exact_match")]
+    # tunable answers with the expected text: exact match 1.0, rank 1; echo repeats the input.
+    assert qa_exact.iloc[0]["system"] == "tunable"
+    assert qa_exact.iloc[0]["latest_mean"] == pytest.approx(1.0)
+    assert qa_exact.iloc[0]["rank"] == 1
+    assert board["runs"].eq(1).all() and board["delta"].isna().all()
+    reports = query(lab.warehouse, "select * from evaluation.warehouse_reports")
+    echo_docs = reports[(reports.system == "echo") & (reports.suite == "docs")]
+    board_docs = board[(board.system == "echo") & (board.suite == "docs")]
+    assert sorted(echo_docs["mean"].round(6)) == sorted(board_docs["latest_mean"].round(6))
+
+    # A second, worse run: history keeps both, the leaderboard shows the delta and the drop
+    # lands in the regressions mart.
+    lab.tunable.quality = 0.0
+    lab.evaluate()
+    results = materialize_analytics(lab.defs, lab.instance, lab.keys)
+    assert results[DBT_JOB].success, step_failure_message(results[DBT_JOB])
+    board = leaderboard(lab.warehouse, suite="qa")
+    tunable = board[(board.system == "tunable") & (board.metric == "exact_match")].iloc[0]
+    assert tunable["runs"] == 2
+    assert tunable["best_mean"] == pytest.approx(1.0)
+    assert tunable["latest_mean"] == pytest.approx(0.0)
+    assert tunable["delta"] == pytest.approx(-1.0)
+    assert bool(tunable["regressed"])
+    regressions = query(lab.warehouse, "select * from analytics.regressions")
+    assert {("qa", "tunable", "exact_match"), ("docs", "tunable", "rouge1")} <= set(
+        zip(regressions.suite, regressions.system, regressions.metric, strict=True)
+    )
+    assert not (regressions.system == "echo").any()
+    trends = query(lab.warehouse, "select * from analytics.score_trends_daily")
+    assert (trends[trends.system == "tunable"]["runs"] == 2).all()
+    # bake history builds (empty) before the baking line writes anything
+    assert query(lab.warehouse, "select count(*) as n from analytics.bake_history").n[0] == 0
+
+
+def corrupt_warehouse(path) -> None:
+    """What a buggy writer could leave behind: a score above 1 and a repeated case id."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(
+            "update evaluation.warehouse_scores set score = 1.5 "
+            "where suite = 'qa' and system = 'echo' and case_id = 'q0'"
+        )
+        con.execute(
+            "insert into evaluation.warehouse_scores select * from evaluation.warehouse_scores "
+            "where suite = 'docs' and system = 'echo' and case_id = 'd1'"
+        )
+    finally:
+        con.close()
+
+
+def test_bad_scores_fail_dbt_checks_with_row_counts(lab_factory):
+    lab = lab_factory()
+    lab.evaluate()
+    results = materialize_analytics(lab.defs, lab.instance, lab.keys)
+    assert results[DBT_JOB].success
+    corrupt_warehouse(lab.warehouse)
+
+    result = lab.defs.resolve_job_def(DBT_JOB).execute_in_process(
+        instance=lab.instance,
+        raise_on_error=False,
+        partition_key=pd.Timestamp.now("UTC").strftime("%Y-%m-%d"),
+    )
+    assert not result.success
+    found = checks(result)
+    in_range = found["within_range_stg_scores_score__1__0"]
+    assert not in_range.passed
+    # qa has two metrics: q0's exact_match and fuzzy_match rows both became 1.5
+    assert in_range.metadata["dagster_dbt/failed_row_count"].value == 2
+    unique = found["unique_stg_scores_score_id"]
+    assert not unique.passed
+    assert unique.metadata["dagster_dbt/failed_row_count"].value == 2  # d1 x 2 metrics
+    assert unique.asset_key.to_user_string() == "analytics/stg_scores"
+    assert found["not_null_stg_scores_case_id"].passed
+    assert "within_range_stg_scores_score" in step_failure_message(result)
+
+
+def test_dbt_compile_error_fails_with_dbts_message(lab_factory, project_copy):
+    (project_copy / "models" / "marts" / "broken.sql").write_text(
+        "select {{ var('flowstone_missing_var') }} as x from {{ ref('stg_reports') }}\n"
+    )
+    lab = lab_factory(project_copy)
+    lab.evaluate()
+    results = materialize_analytics(lab.defs, lab.instance, lab.keys)
+    assert results[WAREHOUSE_JOB].success
+    assert not results[DBT_JOB].success
+    message = step_failure_message(results[DBT_JOB])
+    assert "Compilation Error in model broken" in message
+    assert "flowstone_missing_var" in message
+
+
+def test_dbt_waits_out_a_warehouse_lock_held_by_another_process(lab_factory):
+    """A writer outside Dagster (here: this test process) holds the DuckDB file; the dbt step
+    sees dbt's lock error, asks for a retry, and succeeds once the file is free."""
+    import threading
+
+    lab = lab_factory()  # dbt builds on an empty warehouse: no evaluation needed here
+    holder = duckdb.connect(str(lab.warehouse))
+    timer = threading.Timer(7.0, holder.close)  # dbt needs ~3 s to start
+    timer.start()
+    try:
+        result = lab.defs.resolve_job_def(DBT_JOB).execute_in_process(
+            instance=lab.instance,
+            raise_on_error=False,
+            partition_key=pd.Timestamp.now("UTC").strftime("%Y-%m-%d"),
+        )
+    finally:
+        timer.join()
+    assert result.success, step_failure_message(result)
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried, "the first dbt attempt should have met the lock"

@@ -90,28 +90,7 @@ class AnthropicProvider(Provider):
             raise
         except Exception as exc:
             raise self._error(exc) from None
-        yield StreamChunk(
-            "",
-            Completion(
-                "".join(parts),
-                model,
-                input_tokens,
-                output_tokens,
-                0.0,
-                time.perf_counter() - start,
-                self.name,
-                stop_reason=stop_reason,
-            ),
-        )
+        yield self.final_chunk(parts, model, input_tokens, output_tokens, start, stop_reason)
 
     def health(self) -> Health:
-        start = time.perf_counter()
-        try:
-            self.sdk_client().models.list(limit=1)
-        except Exception as exc:
-            try:
-                error = self._error(exc)
-            except Exception as other:
-                return Health(False, str(other))
-            return Health(False, str(error), time.perf_counter() - start)
-        return Health(True, "ok", time.perf_counter() - start)
+        return self.probe(lambda: self.sdk_client().models.list(limit=1))

@@ -116,27 +116,7 @@ class GeminiProvider(Provider):
             raise
         except Exception as exc:
             raise self._error(exc) from None
-        yield StreamChunk(
-            "",
-            Completion(
-                "".join(parts),
-                self.model,
-                input_tokens,
-                output_tokens,
-                0.0,
-                time.perf_counter() - start,
-                self.name,
-            ),
-        )
+        yield self.final_chunk(parts, self.model, input_tokens, output_tokens, start, None)
 
     def health(self) -> Health:
-        start = time.perf_counter()
-        try:
-            self.sdk_client().models.get(model=self.model)
-        except Exception as exc:
-            try:
-                error = self._error(exc)
-            except Exception as other:
-                return Health(False, str(other))
-            return Health(False, str(error), time.perf_counter() - start)
-        return Health(True, "ok", time.perf_counter() - start)
+        return self.probe(lambda: self.sdk_client().models.get(model=self.model))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from flowstone.llm.redaction import get_logger
+from flowstone.llm.shared import ProcessShared
 
 log = get_logger(__name__)
 
@@ -136,20 +137,13 @@ class CircuitBreaker:
                 self._trials -= 1
 
 
-_registry: dict[str, CircuitBreaker] = {}
-_registry_lock = threading.Lock()
+_breakers: ProcessShared[BreakerConfig, CircuitBreaker] = ProcessShared(CircuitBreaker)
 
 
 def breaker_for(provider: str, config: BreakerConfig) -> CircuitBreaker:
     """The process-wide breaker of a provider; a changed config replaces it."""
-    with _registry_lock:
-        current = _registry.get(provider)
-        if current is None or current.config != config:
-            current = CircuitBreaker(provider, config)
-            _registry[provider] = current
-        return current
+    return _breakers.get(provider, config)
 
 
 def reset_breakers() -> None:
-    with _registry_lock:
-        _registry.clear()
+    _breakers.clear()

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from flowstone.llm.redaction import get_logger
+from flowstone.llm.shared import ProcessShared
 
 log = get_logger(__name__)
 
@@ -107,22 +108,14 @@ class RateLimiter:
             self.tokens.adjust(actual_tokens - estimated_tokens)
 
 
-_registry: dict[str, RateLimiter] = {}
-_registry_lock = threading.Lock()
+_limiters: ProcessShared[RateLimits, RateLimiter] = ProcessShared(RateLimiter)
 
 
 def limiter_for(provider: str, model: str, limits: RateLimits) -> RateLimiter:
     """The process-wide limiter for provider+model; new limits replace old ones."""
-    key = f"{provider}/{model}"
-    with _registry_lock:
-        current = _registry.get(key)
-        if current is None or current.limits != limits:
-            current = RateLimiter(key, limits)
-            _registry[key] = current
-        return current
+    return _limiters.get(f"{provider}/{model}", limits)
 
 
 def reset_limiters() -> None:
     """Forget every limiter (tests and benchmarks start from full buckets)."""
-    with _registry_lock:
-        _registry.clear()
+    _limiters.clear()

@@ -175,7 +175,14 @@ class Provider(abc.ABC):
             return status_error(
                 self.name, self.model, exc.status_code, exc.message, exc.response.headers
             )
-        if isinstance(exc, sdk.APIResponseValidationError | ValueError):
+        return self.classify_error(exc, (sdk.APIResponseValidationError, ValueError))
+
+    def classify_error(
+        self, exc: Exception, malformed: tuple[type[Exception], ...] = (ValueError,)
+    ) -> ProviderCallError:
+        """What every SDK shares once its own status errors are handled: an unreadable reply
+        (retryable) or a transport failure; anything else is re-raised as it is."""
+        if isinstance(exc, malformed):
             return ProviderCallError(
                 self.name,
                 self.model,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from flowstone.llm.errors import ProviderCallError
-from flowstone.llm.providers.base import Health, Provider, classify_http_failure, status_error
+from flowstone.llm.providers.base import Health, Provider, status_error
 from flowstone.llm.types import Completion, Message, Params, StreamChunk, split_system
 
 
@@ -57,18 +57,7 @@ class GeminiProvider(Provider):
             return status_error(
                 self.name, self.model, int(exc.code), str(exc.message or exc.status), headers
             )
-        if isinstance(exc, ValueError):
-            return ProviderCallError(
-                self.name,
-                self.model,
-                "malformed",
-                f"unreadable reply ({type(exc).__name__})",
-                retryable=True,
-            )
-        classified = classify_http_failure(self.name, self.model, exc)
-        if classified is not None:
-            return classified
-        raise exc
+        return self.classify_error(exc)
 
     @staticmethod
     def _usage(reply) -> tuple[int, int]:

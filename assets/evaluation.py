@@ -285,7 +285,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
                 {**outcome.metadata(), "report": dg.MetadataValue.url(outcome.html_path.as_uri())},
             )
             outcomes[key] = outcome
-        yield dg.Output(batch.output({k: o.report.to_dict() for k, o in outcomes.items()}))
+        yield dg.Output(batch.output({k: o.to_value() for k, o in outcomes.items()}))
         yield from check_results(catalog, outcomes)
 
     return [suite_file, system_spec, scoring_config, suite, predictions, scores, report]

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.evaluation import MEAN_PREFIX, OWNERS, PREFIX, PartitionBatch, evaluation_partitions
+from assets.evaluation import OWNERS, PREFIX, PartitionBatch, evaluation_partitions
 from flowstone.evaluation.catalog import Catalog
-from flowstone.evaluation.regression import find_regressions
 
 GROUP = "warehouse"
 WAREHOUSE_POOL = "warehouse"
@@ -40,31 +39,6 @@ def ensure_warehouse_pool(instance: dg.DagsterInstance) -> None:
     storage = instance.event_log_storage
     if WAREHOUSE_POOL not in storage.get_concurrency_keys():
         storage.set_concurrency_slots(WAREHOUSE_POOL, 1)
-
-
-def report_history_means(
-    context: dg.AssetExecutionContext, partition_key: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Metric means of the latest and the previous materialization of the report partition."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey([PREFIX, "report"]), asset_partitions=[partition_key]
-        ),
-        limit=2,
-    ).records
-
-    def means(record) -> dict[str, float]:
-        metadata = record.asset_materialization.metadata
-        return {
-            k[len(MEAN_PREFIX) :]: float(v.value)
-            for k, v in metadata.items()
-            if k.startswith(MEAN_PREFIX)
-        }
-
-    return (
-        means(records[0]) if records else {},
-        means(records[1]) if len(records) > 1 else {},
-    )
 
 
 def build_warehouse_assets(catalog: Catalog) -> list:
@@ -117,13 +91,11 @@ def build_warehouse_assets(catalog: Catalog) -> list:
         now = datetime.now(UTC)
         frames = {}
         for key in batch.keys:
-            suite_name, _system = batch.dims(key)
             value = batch.input(report, key)
-            _latest, previous = report_history_means(context, key)
-            current = {name: m["mean"] for name, m in value["metrics"].items()}
-            margin = catalog.settings.for_suite(suite_name).regression_margin
-            regressed = [r.metric for r in find_regressions(current, previous, margin)]
-            frame = warehouse_frames.report_rows(value, previous, regressed, now, context.run_id)
+            regressed = value.get("regressions", [])  # the report's own comparison
+            frame = warehouse_frames.report_rows(
+                value, value.get("previous_means", {}), regressed, now, context.run_id
+            )
             batch.record(key, {"metrics": len(frame), "regressions": len(regressed)})
             frames[key] = frame
         return batch.output(frames)

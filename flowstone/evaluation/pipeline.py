@@ -97,6 +97,16 @@ class ReportResult:
     report: aggregate.Report
     regressions: list[Regression]
     html_path: Path
+    previous_means: Mapping[str, float]
+
+    def to_value(self) -> dict:
+        """The report as stored: its figures plus what it was compared with, so readers (the
+        warehouse) need not query the instance or redo the regression math."""
+        return {
+            **self.report.to_dict(),
+            "previous_means": dict(self.previous_means),
+            "regressions": [r.metric for r in self.regressions],
+        }
 
     def metadata(self) -> dict:
         return {
@@ -123,7 +133,7 @@ def report(
     regressions = find_regressions(result.means, previous_means, settings.regression_margin)
     html_path = (reports_dir or paths.reports_dir()) / suite_name / f"{system_name}.html"
     report_html.write_report(html_path, report_html.render_report(result, scores, regressions))
-    return ReportResult(result, regressions, html_path)
+    return ReportResult(result, regressions, html_path, previous_means)
 
 
 def run_partition(

@@ -67,7 +67,7 @@ def report_rows(
     materialized_at: datetime,
     run_id: str,
 ) -> pd.DataFrame:
-    """One row per metric of a report dict (``Report.to_dict()``), with its threshold verdict
+    """One row per metric of a stored report (``ReportResult.to_value()``), with its threshold verdict
     and whether it regressed against the previous materialization."""
     regressed = set(regressed)
     thresholds = report.get("thresholds", {})

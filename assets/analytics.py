@@ -12,10 +12,6 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,  # what define_asset_job returns; not re-exported
 )
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from assets.dbt import build_dbt_assets, dbt_resource, load_dbt_project
 from assets.evaluation import evaluation_partitions
@@ -89,14 +85,29 @@ def materialize_analytics(
 
     One warehouse run when the keys are a contiguous range of the partitions definition (a
     single-run backfill), else one run per key so a failed evaluation partition in between is
-    not loaded. Returns the last result per job name; dbt is skipped if the warehouse failed.
+    not loaded. Returns one result per job name (the warehouse's first failed run, else its
+    last); dbt is skipped if the warehouse failed.
     """
     ensure_warehouse_pool(instance)
     job = defs.resolve_job_def(WAREHOUSE_JOB)
-    ordered = [k for k in job.partitions_def.get_partition_keys() if k in set(partition_keys)]
+    all_keys = job.partitions_def.get_partition_keys()
+    wanted = set(partition_keys)
+    ordered = [k for k in all_keys if k in wanted]
     if not ordered:
         raise ValueError(f"none of {list(partition_keys)} is a partition of {WAREHOUSE_JOB}")
-    results = {WAREHOUSE_JOB: _run_warehouse(job, instance, ordered, run_config or {})}
+    from flowstone.cli import execute_partitions  # the demo's runner; typer stays off load
+
+    first = all_keys.index(ordered[0])
+    contiguous = all_keys[first : first + len(ordered)] == ordered
+    runs = execute_partitions(
+        job,
+        instance,
+        ordered,
+        single_run=contiguous and len(ordered) > 1,
+        run_config=run_config or {},
+    )
+    failed = [result for result in runs.values() if not result.success]
+    results = {WAREHOUSE_JOB: failed[0] if failed else runs[ordered[-1]]}
     if results[WAREHOUSE_JOB].success:
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         results[DBT_JOB] = defs.resolve_job_def(DBT_JOB).execute_in_process(
@@ -106,30 +117,3 @@ def materialize_analytics(
             partition_key=today,
         )
     return results
-
-
-def _run_warehouse(job, instance, keys: list[str], run_config: dict):
-    all_keys = job.partitions_def.get_partition_keys()
-    first = all_keys.index(keys[0])
-    if all_keys[first : first + len(keys)] == keys:
-        target = (
-            {"partition_key": keys[0]}
-            if len(keys) == 1
-            else {
-                "tags": {
-                    ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                    ASSET_PARTITION_RANGE_END_TAG: keys[-1],
-                }
-            }
-        )
-        return job.execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config, **target
-        )
-    result = None
-    for key in keys:
-        result = job.execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config, partition_key=key
-        )
-        if not result.success:
-            break
-    return result

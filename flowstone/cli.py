@@ -67,9 +67,11 @@ def execute_partitions(
     keys: Sequence[str],
     single_run: bool = False,
     on_done: Callable[[str, bool, float], None] | None = None,
-) -> dict[str, bool]:
+    run_config: dict | None = None,
+) -> dict:
     """Run ``job`` in this process over ``keys``: a run each, or one run over the key range
-    (what a single-run backfill does). Returns success per partition key."""
+    (what a single-run backfill does; the keys must be contiguous in the partitions order).
+    Returns the run result per partition key."""
     from dagster._core.storage.tags import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
@@ -95,9 +97,12 @@ def execute_partitions(
     for label, covered, target in runs:
         start = time.perf_counter()
         result = job.execute_in_process(
-            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False, **target
+            instance=instance,
+            run_config=QUIET_RUN_CONFIG if run_config is None else run_config,
+            raise_on_error=False,
+            **target,
         )
-        outcomes.update(dict.fromkeys(covered, result.success))
+        outcomes.update(dict.fromkeys(covered, result))
         if on_done:
             on_done(label, result.success, time.perf_counter() - start)
     return outcomes
@@ -268,7 +273,7 @@ def demo(
         start(len(keys))
         instance, outcomes = materialize_partitions(keys, single_run=single_run, on_done=on_done)
     console.print(summary_table(latest_reports(instance, keys)))
-    build_analytics(instance, [k for k in keys if outcomes.get(k)], failures)
+    build_analytics(instance, [k for k in keys if outcomes[k].success], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
     console.print(
         "Open the UI: [bold]make ui[/] (or `DAGSTER_HOME=.dagster_home .venv/bin/dagster dev -w workspace.yaml`)"

@@ -20,7 +20,6 @@ from assets.warehouse import (
 )
 from assets.warehouse import (
     WAREHOUSE_IO_MANAGER_KEY,
-    bake_table_specs,
     build_warehouse_assets,
     ensure_warehouse_pool,
 )
@@ -57,7 +56,7 @@ def build_analytics_definitions(
         description="dbt build: staging, history, marts and their tests.",
     )
     return dg.Definitions(
-        assets=[*warehouse, *dbt_defs, *bake_table_specs()],
+        assets=[*warehouse, *dbt_defs],
         jobs=[warehouse_job, dbt_job],
         schedules=[
             build_nightly_evaluation_schedule(evaluation_job, evaluation_partitions(catalog)),

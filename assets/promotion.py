@@ -14,8 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from flowstone.approvals.flow import APPROVAL_REQUEST_TAG
-from flowstone.approvals.machine import State
+from assets.approval_gate import approved_request
 from flowstone.paths import outputs_dir
 from resources.approvals import ApprovalsResource
 
@@ -59,41 +58,7 @@ def build_promotion_asset(
     def _promoted(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         approvals: ApprovalsResource = getattr(context.resources, approvals_resource_key)
         partition = context.partition_key if context.has_partition_key else ""
-        request_id = context.run.tags.get(APPROVAL_REQUEST_TAG)
-        if not request_id:
-            raise dg.Failure(
-                f"{gated} [{partition}] is gated on human approval and this run has no "
-                f"'{APPROVAL_REQUEST_TAG}' tag. Approve its request (`flowstone approvals list`, "
-                "then `flowstone approvals approve ID --by NAME`); the approval sensor launches it."
-            )
-        request = approvals.store().get(request_id)
-        if request.state != State.APPROVED:
-            raise dg.Failure(
-                f"{gated} [{partition}]: approval request {request_id} is {request.state.value}, "
-                "not approved; nothing is promoted."
-            )
-        if request.asset != gated or request.partition != partition:
-            raise dg.Failure(
-                f"{gated} [{partition}]: approval request {request_id} is for "
-                f"{request.asset} [{request.partition}], not this partition."
-            )
-        latest = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=upstream_key, asset_partitions=[partition] if partition else None
-            ),
-            limit=1,
-        ).records
-        current = (
-            (latest[0].asset_materialization.tags or {}).get("dagster/data_version")
-            if latest
-            else None
-        )
-        if current is not None and current != request.data_version:
-            raise dg.Failure(
-                f"{gated} [{partition}]: approval {request_id} covers data version "
-                f"{request.data_version} of {upstream_key.to_user_string()}, but its current "
-                f"version is {current}; the approval sensor has opened a request for the new one."
-            )
+        request = approved_request(context, approvals, key, upstream_key)
         record = {
             "asset": gated,
             "partition": partition,

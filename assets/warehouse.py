@@ -20,8 +20,6 @@ WAREHOUSE_POOL = "warehouse"
 WAREHOUSE_IO_MANAGER_KEY = "warehouse_io_manager"
 SCORES_KEY = dg.AssetKey([PREFIX, "warehouse_scores"])
 REPORTS_KEY = dg.AssetKey([PREFIX, "warehouse_reports"])
-BAKE_QUALITY_KEY = dg.AssetKey(["baking", "bake_quality"])
-BAKE_PROFILE_KEY = dg.AssetKey(["baking", "bake_profile"])
 
 # Another process (a dbt run outside Dagster, a notebook) may hold the DuckDB file; the pool
 # only serialises Dagster steps. A short backoff covers a lock held for seconds.
@@ -101,17 +99,3 @@ def build_warehouse_assets(catalog: Catalog) -> list:
         return batch.output(frames)
 
     return [warehouse_scores, warehouse_reports]
-
-
-def bake_table_specs() -> list[dg.AssetSpec]:
-    """Placeholders for the bake tables dbt reads until the baking line defines the assets
-    that write them (same keys); dbt creates them empty so its models build."""
-    return [
-        dg.AssetSpec(
-            key,
-            group_name="baking",
-            kinds={"duckdb"},
-            description=f"Warehouse table baking.{key.path[-1]}, written by the baking line.",
-        )
-        for key in (BAKE_QUALITY_KEY, BAKE_PROFILE_KEY)
-    ]

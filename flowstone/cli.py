@@ -24,6 +24,7 @@ from rich.table import Table
 from flowstone import paths
 from flowstone import progress as case_progress
 from flowstone.approvals import cli as approvals_cli
+from flowstone.baking import cli as models_cli
 from flowstone.workers import cli as pool_cli
 
 app = typer.Typer(
@@ -41,6 +42,11 @@ app.add_typer(
     approvals_cli.app,
     name="approvals",
     help="Approval requests: list, show, approve, reject, serve.",
+)
+app.add_typer(
+    models_cli.app,
+    name="models",
+    help="Model baking: add, bake, list, deployments, rollback.",
 )
 
 
@@ -217,6 +223,85 @@ def build_analytics(instance, keys: Sequence[str], failures: list[str]) -> None:
     console.print(table)
 
 
+def bake_models(names: Sequence[str], on_done: Callable[[str, bool, float], None] | None = None):
+    """Add ``names`` as ``models`` partitions (what the drop sensor does) and run the bake job
+    for each in this process. Returns the instance and the run result per model."""
+    import dagster as dg
+
+    from assets.baking import BAKE_JOB, MODELS
+    from assets.warehouse import ensure_warehouse_pool
+    from flowstone.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    ensure_warehouse_pool(instance)
+    missing = [n for n in names if not instance.has_dynamic_partition(MODELS.name, n)]
+    if missing:
+        instance.add_dynamic_partitions(MODELS.name, missing)
+    job = defs.resolve_job_def(BAKE_JOB.name)
+    return instance, execute_partitions(job, instance, list(names), on_done=on_done)
+
+
+def stage_demo_models() -> list[str]:
+    """Put the two demo models into the drop folder unless they are there already."""
+    from flowstone.baking import demo_models, intake
+
+    present = {d.name for d in intake.scan_local(paths.models_dir())}
+    if "demo_classifier" not in present:
+        staging = paths.outputs_dir() / "demo_models"
+        path = demo_models.write_demo_classifier(staging)
+        intake.add_model(path, "demo_classifier", paths.models_dir())
+        for extra in staging.glob("demo_classifier.validation.npz"):
+            shutil.copy2(extra, paths.models_dir() / extra.name)
+    if "minilm" not in present:
+        intake.add_model(demo_models.minilm_folder(), "minilm", paths.models_dir())
+    return ["demo_classifier", "minilm"]
+
+
+def bake_summary(instance, names: Sequence[str]) -> Table:
+    import dagster as dg
+
+    from assets.baking import PACKAGE_KEY, PROFILE_KEY, QUALITY_KEY
+
+    def latest(key, name):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[name]), limit=1
+        ).records
+        return records[0].asset_materialization.metadata if records else {}
+
+    table = Table(title="Bakes: baked vs original (ratios measured in one run)")
+    for column in ("model", "quality", "throughput x", "size x", "package"):
+        table.add_column(column)
+    for name in names:
+        quality, profile, package = (
+            latest(k, name) for k in (QUALITY_KEY, PROFILE_KEY, PACKAGE_KEY)
+        )
+        metric = quality.get("metric")
+        value = quality.get("value")
+        ratio = next((v for k, v in profile.items() if k.startswith("throughput_ratio")), None)
+        size = profile.get("size_ratio")
+        table.add_row(
+            name,
+            f"{metric.value} = {value.value:.4f}" if metric and value else "-",
+            f"{ratio.value:.2f}" if ratio else "-",
+            f"{size.value:.3f}" if size else "-",
+            f"{package['package_mb'].value} MB" if "package_mb" in package else "-",
+        )
+    return table
+
+
+@models_cli.app.command("bake")
+def bake(names: list[str]) -> None:
+    """Bake models from the drop folder now, in this process (no sensor daemon needed)."""
+    ensure_instance()
+
+    def on_done(key: str, ok: bool, seconds: float) -> None:
+        console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {key}  {seconds:.1f}s")
+
+    instance, outcomes = bake_models(names, on_done=on_done)
+    console.print(bake_summary(instance, names))
+    exit_now(0 if all(r.success for r in outcomes.values()) else 1)
+
+
 @app.command()
 def demo(
     single_run: bool = typer.Option(
@@ -273,6 +358,22 @@ def demo(
         start(len(keys))
         instance, outcomes = materialize_partitions(keys, single_run=single_run, on_done=on_done)
     console.print(summary_table(latest_reports(instance, keys)))
+    models = stage_demo_models()
+    console.print(
+        f"Baking {', '.join(models)} from {paths.models_dir()} (validate, bake, quality, profile, package)…"
+    )
+
+    def on_baked(key: str, ok: bool, seconds: float) -> None:
+        console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {key}  {seconds:.1f}s")
+        if not ok:
+            failures.append(f"bake {key}")
+
+    bake_models(models, on_done=on_baked)
+    console.print(bake_summary(instance, models))
+    console.print(
+        "Deployment waits for a human: turn on the [bold]baking__deployed_model_approval_requests[/] and "
+        "[bold]..._decisions[/] sensors in the UI, then `flowstone approvals approve ID --by NAME`."
+    )
     build_analytics(instance, [k for k in keys if outcomes[k].success], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
     console.print(

@@ -11,6 +11,7 @@ import warnings
 import dagster as dg
 
 from assets.analytics import build_analytics_definitions
+from assets.baking import build_baking_definitions
 from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_partitions
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from flowstone.evaluation.catalog import load_catalog
@@ -52,7 +53,9 @@ def build_definitions() -> dg.Definitions:
         },
     )
 
-    return dg.Definitions.merge(core, build_analytics_definitions(catalog, evaluation_job))
+    return dg.Definitions.merge(
+        core, build_analytics_definitions(catalog, evaluation_job), build_baking_definitions()
+    )
 
 
 defs = build_definitions()

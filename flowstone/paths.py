@@ -49,3 +49,18 @@ def reports_dir() -> Path:
 def warehouse_path() -> Path:
     """The DuckDB file shared by the database I/O manager and dbt-duckdb."""
     return _from_env("FLOWSTONE_WAREHOUSE", outputs_dir() / "warehouse.duckdb")
+
+
+def models_dir() -> Path:
+    """The watched drop folder for models to bake (one file or folder a model)."""
+    return _from_env("FLOWSTONE_MODELS_DIR", outputs_dir() / "models")
+
+
+def bake_workspace() -> Path:
+    """Where bakes keep their pass checkpoints, so a failed later pass resumes."""
+    return _from_env("FLOWSTONE_BAKE_WORKSPACE", outputs_dir() / "baking")
+
+
+def deployments_dir() -> Path:
+    """The deployment location approved packages are copied to (one folder a model)."""
+    return _from_env("FLOWSTONE_DEPLOY_DIR", outputs_dir() / "deployments")

@@ -18,15 +18,17 @@
       materialized_at timestamp, run_id varchar
     );
     create schema if not exists baking;
-    create table if not exists baking.bake_quality (
-      model varchar not null, version varchar, variant varchar,
-      accuracy_original double, accuracy_baked double, fidelity double,
+    create table if not exists baking.warehouse_bake_quality (
+      model varchar not null, version varchar, variant varchar, task varchar, metric varchar,
+      value double, threshold double, passed boolean,
+      accuracy_original double, accuracy_baked double, fidelity double, fidelity_min double,
+      spearman_rho double, max_abs_logit_diff double,
       materialized_at timestamp, run_id varchar
     );
-    create table if not exists baking.bake_profile (
-      model varchar not null, version varchar, variant varchar,
+    create table if not exists baking.warehouse_bake_profile (
+      model varchar not null, version varchar, variant varchar, batch_size bigint,
       latency_p50_ms double, latency_p95_ms double, throughput_per_s double,
-      size_bytes bigint, peak_memory_bytes bigint,
+      size_bytes bigint, peak_memory_bytes bigint, threads bigint,
       materialized_at timestamp, run_id varchar
     );
   {% endset %}

@@ -3,9 +3,17 @@ select
     model,
     version,
     variant,
+    task,
+    metric,
+    value,
+    threshold,
+    passed,
     accuracy_original,
     accuracy_baked,
     fidelity,
+    fidelity_min,
+    spearman_rho,
+    max_abs_logit_diff,
     materialized_at,
     run_id
-from {{ source('baking', 'bake_quality') }}
+from {{ source('baking', 'warehouse_bake_quality') }}

@@ -1,0 +1,118 @@
+"""The two demo models ``make demo`` bakes: the packaged all-MiniLM-L6-v2 and a small text-free
+classifier FlowStone trains itself, so the demo needs no download.
+
+The classifier learns a synthetic task (Gaussian class centres pushed through a fixed random
+non-linearity, with label noise) that it cannot solve perfectly, so accuracy retention after
+baking is a real measurement rather than 1.0 by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FEATURES = 256
+CLASSES = 10
+HIDDEN = 512
+
+
+class DemoClassifier(nn.Module):
+    """An MLP of the size that baking pays off for: big enough that its matrix products, not
+    Python overhead, dominate a batch."""
+
+    input_shape = (FEATURES,)
+
+    def __init__(self, features: int = FEATURES, hidden: int = HIDDEN, classes: int = CLASSES):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def synthetic_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic features and labels; the same task for every seed, other samples."""
+    task = torch.Generator().manual_seed(1234)
+    centres = torch.randn(CLASSES, FEATURES, generator=task) * 0.6
+    mixing = torch.randn(FEATURES, FEATURES, generator=task) / FEATURES**0.5
+    samples = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=samples)
+    x = centres[labels] + torch.randn(n, FEATURES, generator=samples)
+    x = torch.tanh(x @ mixing) * 2.0
+    noisy = torch.rand(n, generator=samples) < 0.05
+    labels = torch.where(noisy, torch.randint(0, CLASSES, (n,), generator=samples), labels)
+    return x, labels
+
+
+def train_classifier(
+    epochs: int = 3, n: int = 10000, seed: int = 0
+) -> tuple[DemoClassifier, float]:
+    """Train on ``n`` samples; returns the model and its accuracy on held-out data."""
+    torch.manual_seed(seed)
+    model = DemoClassifier()
+    x, y = synthetic_data(n, seed=1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        order = torch.randperm(n)
+        for start in range(0, n, 256):
+            idx = order[start : start + 256]
+            optimiser.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            optimiser.step()
+    model.eval()
+    vx, vy = synthetic_data(2000, seed=2)
+    with torch.no_grad():
+        accuracy = float((model(vx).argmax(1) == vy).float().mean())
+    return model, accuracy
+
+
+CLASSIFIER_CONFIG = """\
+# Bake settings for the demo classifier (see README: Model baking).
+task: classifier
+architecture: flowstone.baking.demo_models:DemoClassifier
+input_shape: [256]
+validation: demo_classifier.validation.npz
+passes:
+  - name: onnx_export
+  - name: onnx_quantize
+    per_channel: true
+quality:
+  metric: accuracy_retention
+  threshold: 0.99
+batch_sizes: [1, 32]
+"""
+
+
+def write_demo_classifier(folder: Path, name: str = "demo_classifier") -> Path:
+    """Train the classifier and write ``NAME.pt`` (state dict), its validation data and
+    ``NAME.bake.yaml`` into ``folder`` (a staging folder; ``flowstone models add`` copies it
+    into the drop folder). Returns the state dict's path."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, _ = train_classifier()
+    path = folder / f"{name}.pt"
+    torch.save(model.state_dict(), str(path))
+    vx, vy = synthetic_data(2000, seed=2)
+    np.savez(folder / f"{name}.validation.npz", x=vx.numpy(), y=vy.numpy())
+    (folder / f"{name}.bake.yaml").write_text(CLASSIFIER_CONFIG.replace("demo_classifier", name))
+    return path
+
+
+def minilm_folder() -> Path:
+    from flowstone.evaluation.embedding import model_path
+
+    return model_path()
+
+
+def demo_models() -> dict[str, Any]:
+    return {"demo_classifier": write_demo_classifier, "minilm": minilm_folder}

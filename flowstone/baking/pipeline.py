@@ -1,0 +1,228 @@
+"""The bake as steps the assets call: prepare the source, then run the passes with
+checkpoints.
+
+Checkpoints: each pass writes into ``<workspace>/<model>/<version>/passes/NN-<pass>/`` and
+records what it did in ``record.json`` together with a chain hash (the source hash and every
+pass spec up to it). A rerun reuses every checkpoint whose chain hash still matches, so a bake
+that failed at pass 3 resumes there once the cause is fixed, and changing pass 2's options
+redoes passes 2 and later only. A pass's folder appears under its final name only when the
+pass and its forward-pass check succeeded (rename), so a crash never leaves a checkpoint
+that looks good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from flowstone.baking import sources
+from flowstone.baking.artifacts import Artifact, open_runner
+from flowstone.baking.config import BakeConfig, parse_config
+from flowstone.baking.errors import BakeError
+from flowstone.baking.passes import PASSES
+
+
+def _check_output(
+    name: str, stage: str, what: str, output: Any, expected_shape: tuple | None
+) -> tuple:
+    import numpy as np
+
+    array = np.asarray(output)
+    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+        raise BakeError(name, stage, f"{what} produced non-finite or non-numeric output")
+    if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
+        raise BakeError(
+            name, stage, f"{what} produced output of shape {tuple(array.shape)}, expected "
+            f"{tuple(expected_shape)} like the original"
+        )  # fmt: skip
+    return tuple(array.shape)
+
+
+def _copy_original(
+    source: sources.SourceModel, model: Any, config: BakeConfig, workdir: Path
+) -> Artifact:
+    """Keep an immutable copy of the original in the workspace: the drop folder may change
+    while later steps (quality, profile) still compare against this version."""
+    target = workdir / "original"
+    staging = workdir / ".original.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if source.kind == "sentence_transformers":
+        shutil.copytree(source.path, staging / "model", ignore=shutil.ignore_patterns("bake.yaml"))
+        path, fmt = target / "model", "sentence_transformers"
+    elif source.kind == "torchscript":
+        shutil.copy2(source.path, staging / "model.ts")
+        path, fmt = target / "model.ts", "torchscript"
+    else:
+        import torch
+
+        torch.save(model, str(staging / "model.pt"))
+        path, fmt = target / "model.pt", "torch_module"
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    tokenizer = path if fmt == "sentence_transformers" else None
+    return Artifact(fmt, path, config.task, tokenizer)
+
+
+def prepare_source(name: str, model_path: Path, workspace: Path) -> dict[str, Any]:
+    """Validate the dropped model (size, format, import, forward pass) and record it."""
+    config = sources.config_for(model_path, name)
+    source = sources.inspect_model(model_path, name, max_size_mb=config.max_size_mb)
+    started = time.perf_counter()
+    model = sources.load_model(source, config)
+    load_seconds = time.perf_counter() - started
+    sample = sources.sample_input(model, config, name)
+    started = time.perf_counter()
+    try:
+        if config.task == "embedding":
+            output = model.encode(sample, convert_to_numpy=True, show_progress_bar=False)
+        else:
+            import torch
+
+            with torch.inference_mode():
+                output = model(sample).detach().numpy()
+    except Exception as exc:
+        raise BakeError(
+            name, "source_model", f"forward pass on a sample input failed: {exc}"
+        ) from exc
+    forward_ms = (time.perf_counter() - started) * 1000
+    shape = _check_output(name, "source_model", "the original model", output, None)
+    version = source.version({k: v for k, v in config.as_dict().items() if k != "source"})
+    workdir = workspace / name / version
+    original = _copy_original(source, model, config, workdir)
+    return {
+        "model": name,
+        "version": version,
+        "kind": source.kind,
+        "task": config.task,
+        "sha256": source.sha256,
+        "size_bytes": source.size_bytes,
+        "parameters": sources.parameter_count(model),
+        "load_seconds": round(load_seconds, 3),
+        "forward_ms": round(forward_ms, 2),
+        "output_shape": list(shape),
+        "input_shape": list(sources.input_shape(model, config, name))
+        if config.task == "classifier"
+        else None,
+        "source_path": str(model_path),
+        "workdir": str(workdir),
+        "config": config.as_dict(),
+        "original": original.as_dict(),
+    }
+
+
+def config_of(record: dict[str, Any]) -> BakeConfig:
+    """The bake config the source step validated (kept in its record)."""
+    raw = {k: v for k, v in record["config"].items() if k != "source"}
+    return parse_config(raw, task=record["task"], source=record["config"].get("source", "defaults"))
+
+
+def _sample(record: dict[str, Any], config: BakeConfig) -> Any:
+    if config.task == "embedding":
+        return sources.SAMPLE_SENTENCES
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((2, *record["input_shape"]), generator=generator)
+
+
+def _hash_files(artifact: Artifact) -> str:
+    digest = hashlib.sha256()
+    for file in artifact.files():
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_passes(record: dict[str, Any], *, log: Any = None) -> dict[str, Any]:
+    """Run the configured passes in order, resuming from matching checkpoints."""
+    name = record["model"]
+    config = config_of(record)
+    workdir = Path(record["workdir"])
+    artifact = Artifact.from_dict(record["original"])
+    sample = _sample(record, config)
+    chain = record["sha256"]
+    steps: list[dict[str, Any]] = []
+    for index, spec in enumerate(config.passes):
+        chain = hashlib.sha256(
+            (chain + json.dumps(spec.as_dict(), sort_keys=True)).encode()
+        ).hexdigest()
+        folder = workdir / "passes" / f"{index:02d}-{spec.name}"
+        saved = folder / "record.json"
+        if saved.exists():
+            previous = json.loads(saved.read_text())
+            if previous.get("chain") == chain:
+                artifact = Artifact.from_dict(previous["artifact"])
+                steps.append({**previous["step"], "resumed": True})
+                if log:
+                    log(f"pass {index + 1} '{spec.name}': resumed from checkpoint {folder}")
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        staging = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        started = time.perf_counter()
+        try:
+            produced = PASSES[spec.name](artifact, dict(spec.options), staging, sample)
+            # Paths inside the staging folder move with the rename below.
+            final = Artifact(
+                produced.format, folder / produced.path.relative_to(staging), produced.task,
+                produced.tokenizer_dir, produced.extra,
+            )  # fmt: skip
+            runner = open_runner(produced)
+            output = runner.run(sample)
+        except BakeError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            done = ", ".join(s["pass"] for s in steps) or "none"
+            raise BakeError(
+                name, "baked_model", f"pass {index + 1} '{spec.name}' failed: {exc}. Passes done "
+                f"and checkpointed: {done}; fix the model or its bake config and materialize "
+                "again to resume after them"
+            ) from exc  # fmt: skip
+        try:
+            # The same sample as the source step: the same output shape is expected.
+            _check_output(name, "baked_model", f"pass {index + 1} '{spec.name}'", output,
+                          tuple(record["output_shape"]))  # fmt: skip
+        except BakeError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        step = {
+            "pass": spec.name,
+            "options": spec.options,
+            "format": final.format,
+            "seconds": round(time.perf_counter() - started, 3),
+            "size_bytes": produced.size_bytes(),
+            "extra": produced.extra,
+            "resumed": False,
+        }
+        staging.rename(folder)
+        step["sha256"] = _hash_files(final)
+        (folder / "record.json").write_text(
+            json.dumps(
+                {"chain": chain, "artifact": final.as_dict(), "step": step}, indent=2, default=str
+            )
+        )
+        steps.append(step)
+        artifact = final
+        if log:
+            log(f"pass {index + 1} '{spec.name}': {step['seconds']} s, {step['size_bytes']} bytes")
+    if not steps:
+        raise BakeError(name, "baked_model", "the bake config lists no passes")
+    return {
+        "model": name,
+        "version": record["version"],
+        "task": config.task,
+        "artifact": artifact.as_dict(),
+        "sha256": _hash_files(artifact),
+        "size_bytes": artifact.size_bytes(),
+        "passes": steps,
+        "resumed_passes": sum(1 for s in steps if s["resumed"]),
+    }

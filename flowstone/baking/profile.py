@@ -1,0 +1,135 @@
+"""Latency, throughput and memory of the original and the baked variant, measured alike.
+
+Each variant runs in a fresh spawned process: its peak RSS then belongs to that variant alone
+(not to whatever the step loaded before), and both sides start from the same empty state.
+Both use the same thread count, recorded with the figures, and the same inputs, after a
+warm-up. Ratios are baked / original for latency, size and memory, original-relative
+speed-up for throughput.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+from flowstone.baking.artifacts import Artifact
+
+WARMUP = 3
+MIN_ITERATIONS = 10
+MIN_SECONDS = 1.0
+MAX_ITERATIONS = 200
+
+
+def _inputs(task: str, batch: int, input_shape: list[int] | None, sentences: list[str]) -> Any:
+    if task == "embedding":
+        return [sentences[i % len(sentences)] for i in range(batch)]
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+
+
+def _measure(artifact_dict: dict[str, Any], batch_sizes: list[int], threads: int,
+             input_shape: list[int] | None, sentences: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Runs in the child process."""
+    from flowstone.baking.artifacts import open_runner, set_threads
+
+    artifact = Artifact.from_dict(artifact_dict)
+    torch_threads = set_threads(threads)
+    baseline_rss = _rss_bytes()
+    started = time.perf_counter()
+    runner = open_runner(artifact, threads=threads)
+    load_seconds = time.perf_counter() - started
+    per_batch = {}
+    for batch in batch_sizes:
+        inputs = _inputs(artifact.task, batch, input_shape, sentences)
+        kwargs = {"batch_size": batch} if artifact.task == "embedding" else {}
+
+        def call(inputs: Any = inputs, kwargs: dict = kwargs) -> None:
+            runner.run(inputs, **kwargs)
+
+        for _ in range(WARMUP):
+            call()
+        timings: list[float] = []
+        begin = time.perf_counter()
+        while len(timings) < MAX_ITERATIONS and (
+            len(timings) < MIN_ITERATIONS or time.perf_counter() - begin < MIN_SECONDS
+        ):
+            t0 = time.perf_counter()
+            call()
+            timings.append(time.perf_counter() - t0)
+        timings.sort()
+        p95 = timings[min(len(timings) - 1, int(round(0.95 * (len(timings) - 1))))]
+        per_batch[str(batch)] = {
+            "latency_p50_ms": statistics.median(timings) * 1000,
+            "latency_p95_ms": p95 * 1000,
+            "throughput_per_s": batch * len(timings) / sum(timings),
+            "iterations": len(timings),
+        }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "per_batch": per_batch,
+        "peak_rss_bytes": peak,
+        "model_rss_bytes": max(0, peak - baseline_rss),
+        "load_seconds": load_seconds,
+        "torch_threads": torch_threads,
+        "threads": threads,
+        "size_bytes": artifact.size_bytes(),
+        "format": artifact.format,
+    }
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def measure_in_subprocess(artifact: Artifact, batch_sizes: list[int], threads: int,
+                          input_shape: list[int] | None, sentences: list[str]) -> dict[str, Any]:  # fmt: skip
+    """``_measure`` in a fresh spawned process."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(
+            _measure, (artifact.as_dict(), batch_sizes, threads, input_shape, sentences)
+        )
+
+
+def profile_variants(
+    record: dict[str, Any], baked: dict[str, Any], config: Any, sentences: list[str]
+) -> dict[str, Any]:
+    """Figures for the original and the baked variant, and their ratios."""
+    threads = int(config.threads or os.cpu_count() or 1)
+    batch_sizes = list(config.batch_sizes)
+    shape = record.get("input_shape")
+    original = measure_in_subprocess(
+        Artifact.from_dict(record["original"]), batch_sizes, threads, shape, sentences
+    )
+    bake = measure_in_subprocess(
+        Artifact.from_dict(baked["artifact"]), batch_sizes, threads, shape, sentences
+    )
+    ratios: dict[str, Any] = {}
+    for batch in map(str, batch_sizes):
+        o, b = original["per_batch"][batch], bake["per_batch"][batch]
+        ratios[batch] = {
+            "speedup_p50": o["latency_p50_ms"] / b["latency_p50_ms"],
+            "speedup_p95": o["latency_p95_ms"] / b["latency_p95_ms"],
+            "throughput_ratio": b["throughput_per_s"] / o["throughput_per_s"],
+        }
+    largest = str(max(batch_sizes))
+    return {
+        "threads": threads,
+        "batch_sizes": batch_sizes,
+        "original": original,
+        "baked": bake,
+        "ratios": ratios,
+        "throughput_ratio": ratios[largest]["throughput_ratio"],
+        "size_ratio": bake["size_bytes"] / original["size_bytes"],
+        "peak_rss_ratio": bake["peak_rss_bytes"] / original["peak_rss_bytes"],
+        "model_rss_ratio": bake["model_rss_bytes"] / original["model_rss_bytes"]
+        if original["model_rss_bytes"]
+        else None,
+    }

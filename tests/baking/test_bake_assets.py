@@ -10,8 +10,14 @@ from conftest import write_tiny_classifier
 from typer.testing import CliRunner
 
 from assets.baking import (
-    BAKE_JOB, DEPLOYED_KEY, MODELS, PACKAGE_KEY, PROFILE_KEY, QUALITY_CHECK, QUALITY_KEY,
-)  # fmt: skip
+    BAKE_JOB,
+    DEPLOYED_KEY,
+    MODELS,
+    PACKAGE_KEY,
+    PROFILE_KEY,
+    QUALITY_CHECK,
+    QUALITY_KEY,
+)
 from flowstone.approvals.flow import APPROVAL_REQUEST_TAG
 from flowstone.approvals.machine import State
 from flowstone.baking import intake
@@ -115,7 +121,7 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     )
 
     # The approval sensors: one request for the package's version, then approval -> one run.
-    requests = tick("baking__deployed_model_approval_requests", instance)
+    tick("baking__deployed_model_approval_requests", instance)
     store = defs.resources["approvals"].store()
     (request,) = store.list(states=[State.PENDING])
     assert (request.asset, request.partition) == ("baking/deployed_model", "tiny")
@@ -128,7 +134,6 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     v1 = deployments.current("tiny")
     assert v1 == manifest["version"]
     assert (deployments.version_dir("tiny", v1) / "manifest.json").exists()
-    del requests
 
     # A new version whose bake fails its quality bar stops before profile and package;
     # the deployed version stays.
@@ -149,7 +154,7 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     )
     intake.add_model(better, "tiny", env / "drop", replace=True)
     assert bake(instance, "tiny").success
-    requests = tick("baking__deployed_model_approval_requests", instance)
+    tick("baking__deployed_model_approval_requests", instance)
     (request2,) = store.list(states=[State.PENDING])
     store.decide(request2.id, approve=True, by="ada")
     decisions = tick("baking__deployed_model_approval_decisions", instance, decisions.cursor)

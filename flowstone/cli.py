@@ -249,9 +249,7 @@ def stage_demo_models() -> list[str]:
     if "demo_classifier" not in present:
         staging = paths.outputs_dir() / "demo_models"
         path = demo_models.write_demo_classifier(staging)
-        intake.add_model(path, "demo_classifier", paths.models_dir())
-        for extra in staging.glob("demo_classifier.validation.npz"):
-            shutil.copy2(extra, paths.models_dir() / extra.name)
+        intake.add_model(path, "demo_classifier", paths.models_dir())  # with its validation data
     if "minilm" not in present:
         intake.add_model(demo_models.minilm_folder(), "minilm", paths.models_dir())
     return ["demo_classifier", "minilm"]

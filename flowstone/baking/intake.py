@@ -165,8 +165,25 @@ def add_model(
         shutil.copy2(config, staging / "bake.yaml")
     elif config_source.exists() and path.is_file():
         shutil.copy2(config_source, folder / f"{name}.bake.yaml")
+    _copy_validation(config_source if config_source.exists() else None, path, folder)
     for drop in existing:
         old = Path(drop.location)
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     staging.rename(target)
     return target
+
+
+def _copy_validation(config: Path | None, model: Path, folder: Path) -> None:
+    """A file model's config may name validation data beside it: drop that file too, so the
+    relative path still resolves in the drop folder."""
+    if config is None or model.is_dir():
+        return
+    import yaml
+
+    value = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("validation")
+    if isinstance(value, str) and not Path(value).is_absolute():
+        source = config.parent / value
+        if source.is_file():
+            target = folder / value
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)

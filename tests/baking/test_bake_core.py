@@ -180,3 +180,48 @@ def _tiny():
     from flowstone.baking.demo_models import DemoClassifier
 
     return DemoClassifier(**TINY)
+
+
+def test_s3_drops_are_found_and_fetched(tmp_path, tiny_drop, moto_endpoint):
+    """Models under an S3 prefix (moto's server on loopback, boto3 talking)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    client.create_bucket(Bucket="drops")
+    client.upload_file(str(tiny_drop), "drops", "incoming/clf.pt")
+    client.upload_file(
+        str(tiny_drop.with_name("tiny.bake.yaml")), "drops", "incoming/clf.bake.yaml"
+    )
+    client.put_object(Bucket="drops", Key="incoming/st/modules.json", Body=b"[]")
+    client.put_object(Bucket="drops", Key="incoming/notes.txt", Body=b"ignored")
+    drops = intake.scan_s3(client, "s3://drops/incoming")
+    assert [(d.name, d.location) for d in drops] == [
+        ("clf", "s3://drops/incoming/clf.pt"), ("st", "s3://drops/incoming/st/")]  # fmt: skip
+    local = intake.fetch_s3(client, drops[0].location, tmp_path / "dl")
+    assert local.read_bytes() == tiny_drop.read_bytes()
+    assert (tmp_path / "dl" / "clf.bake.yaml").exists()
+    before = drops[0].signature
+    client.upload_file(str(tiny_drop.with_name("tiny.validation.npz")), "drops", "incoming/clf.pt")
+    assert intake.scan_s3(client, "s3://drops/incoming")[0].signature != before
+
+
+def test_models_cli_add_list_and_rollback_errors(tmp_path, tiny_drop, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flowstone.cli import app
+
+    monkeypatch.setenv("FLOWSTONE_MODELS_DIR", str(tmp_path / "drop"))
+    monkeypatch.setenv("FLOWSTONE_DEPLOY_DIR", str(tmp_path / "deploy"))
+    runner = CliRunner()
+    out = runner.invoke(app, ["models", "add", str(tiny_drop), "--name", "clf"])
+    assert out.exit_code == 0 and "dropped clf" in out.output
+    assert (
+        tmp_path / "drop" / "tiny.validation.npz"
+    ).exists()  # the config's validation data came along
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert json.loads(listed.output)[0]["model"] == "clf"
+    missing = runner.invoke(app, ["models", "add", str(tmp_path / "nope.pt"), "--name", "x"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    nothing = runner.invoke(app, ["models", "rollback", "clf"])
+    assert nothing.exit_code == 1 and "nothing is deployed" in nothing.output

@@ -25,6 +25,8 @@ from flowstone import paths
 from flowstone import progress as case_progress
 from flowstone.approvals import cli as approvals_cli
 from flowstone.baking import cli as models_cli
+from flowstone.ops.doctor import app as doctor_app
+from flowstone.telemetry.cli import app as metrics_app
 from flowstone.workers import cli as pool_cli
 
 app = typer.Typer(
@@ -43,6 +45,12 @@ app.add_typer(
     name="approvals",
     help="Approval requests: list, show, approve, reject, serve.",
 )
+app.add_typer(
+    doctor_app,
+    name="doctor",
+    help="Check the instance, warehouse, object store, credentials, pool and dbt.",
+)
+app.add_typer(metrics_app, name="metrics", help="Prometheus metrics: a standalone exporter.")
 app.add_typer(
     models_cli.app,
     name="models",

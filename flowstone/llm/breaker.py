@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from flowstone.llm.redaction import get_logger
 from flowstone.llm.shared import ProcessShared
+from flowstone.telemetry import metrics
 
 log = get_logger(__name__)
 
@@ -64,6 +65,7 @@ class CircuitBreaker:
             "circuit breaker for provider '%s': %s -> %s (%s)", self.provider, self._state, new, why
         )
         self.transitions.append((str(self._state), str(new)))
+        metrics.llm_breaker_transition(self.provider, str(new))
         self._state = new
         self._failures = self._successes = self._trials = 0
         if new is BreakerState.OPEN:
@@ -143,6 +145,12 @@ _breakers: ProcessShared[BreakerConfig, CircuitBreaker] = ProcessShared(CircuitB
 def breaker_for(provider: str, config: BreakerConfig) -> CircuitBreaker:
     """The process-wide breaker of a provider; a changed config replaces it."""
     return _breakers.get(provider, config)
+
+
+def all_breakers() -> dict[str, CircuitBreaker]:
+    """Every breaker of this process by provider name (the breaker-state gauge reads them)."""
+    with _breakers._lock:
+        return {name: breaker for name, (_, breaker) in _breakers._items.items()}
 
 
 def reset_breakers() -> None:

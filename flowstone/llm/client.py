@@ -17,6 +17,7 @@ from flowstone.llm.config import ClientConfig, ProviderConfig
 from flowstone.llm.errors import (
     CircuitOpenError,
     LLMError,
+    MissingSecretError,
     NoProviderAvailableError,
     ProviderCallError,
     RetryExhaustedError,
@@ -37,8 +38,42 @@ from flowstone.llm.types import (
     as_messages,
     estimate_tokens,
 )
+from flowstone.telemetry import metrics, tracing
 
 log = get_logger(__name__)
+
+
+def _span_attributes(provider: Provider) -> dict[str, str]:
+    return {
+        "flowstone.llm.provider": provider.name,
+        "gen_ai.provider.name": provider.kind,
+        "gen_ai.request.model": provider.model,
+    }
+
+
+def _record_usage(span, completion: Completion) -> None:
+    """Tokens, cost and cache use of a completion on its span (nothing when spans are off)."""
+    if not span.is_recording():
+        return
+    span.set_attribute("gen_ai.response.model", completion.model)
+    span.set_attribute("gen_ai.usage.input_tokens", completion.input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", completion.output_tokens)
+    span.set_attribute("flowstone.llm.cost_usd", completion.cost_usd)
+    span.set_attribute("flowstone.llm.cache_hit", completion.cache_hit)
+
+
+def _attempt_counter(provider: Provider, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with each failed attempt counted by error kind (a 429 that a retry cured still
+    tells an operator the limit is tight)."""
+
+    def attempt():
+        try:
+            return fn()
+        except ProviderCallError as exc:
+            metrics.llm_error(provider.name, metrics.llm_error_kind(exc.status))
+            raise
+
+    return attempt
 
 
 class LLMClient:
@@ -115,6 +150,7 @@ class LLMClient:
         for provider in candidates:
             hit = cache.get(cache_key(provider.name, provider.model, messages, params))
             if hit is not None:
+                metrics.llm_cache_lookup(provider.name, provider.model)
                 return Completion(
                     hit.text,
                     hit.model,
@@ -126,6 +162,7 @@ class LLMClient:
                     cache_hit=True,
                     stop_reason=hit.stop_reason,
                 )
+        metrics.llm_cache_lookup(None)
         return None
 
     # -- the interface ----------------------------------------------------------------------
@@ -140,6 +177,26 @@ class LLMClient:
         totals: CostTotals | None = None,
     ) -> Completion:
         """One completion, from the cache or the first provider in the route that succeeds."""
+        with tracing.span("flowstone.llm.complete") as span:
+            completion = self._complete(
+                span, prompt, params, use_cache, provider, required_capabilities, totals
+            )
+            _record_usage(span, completion)
+            if span.is_recording():
+                span.set_attribute("flowstone.llm.provider", completion.provider)
+            tracing.mark(span, "cache_hit" if completion.cache_hit else "ok")
+            return completion
+
+    def _complete(
+        self,
+        span,
+        prompt: Prompt,
+        params: Params | dict | None,
+        use_cache: bool,
+        provider: str | None,
+        required_capabilities: Sequence[str],
+        totals: CostTotals | None,
+    ) -> Completion:
         messages = as_messages(prompt)
         params = params if isinstance(params, Params) else Params.from_mapping(params)
         everyone, skipped = self.router.order(
@@ -159,6 +216,7 @@ class LLMClient:
                 self._account(hit, totals)
                 return hit
         failures: dict[str, str] = dict(skipped)
+        self._count_refusals(skipped)
         errors: list[LLMError] = []
         for candidate in everyone:
             try:
@@ -174,11 +232,47 @@ class LLMClient:
                 )
             self._account(completion, totals, priced)
             return completion
-        if len(errors) == 1 and len(failures) == 1:
-            raise errors[0]
-        raise NoProviderAvailableError(failures)
+        error = errors[0] if len(errors) == 1 and len(failures) == 1 else None
+        error = error or NoProviderAvailableError(failures)
+        tracing.mark(span, "failed")  # the span records the exception as it escapes
+        raise error
+
+    def _count_refusals(self, skipped: dict[str, str]) -> None:
+        """Count the providers the router skipped because their breaker is open: requests
+        they would have served, refused without a network call."""
+        for provider in self.providers:
+            if provider.name in skipped and not self.breakers[provider.name].available():
+                metrics.llm_call(provider.name, provider.model, "circuit_open")
+                metrics.llm_error(provider.name, "circuit_open")
 
     def _call(
+        self, provider: Provider, messages: Sequence[Message], params: Params
+    ) -> tuple[Completion, bool]:
+        with tracing.span("flowstone.llm.provider_call", _span_attributes(provider)) as span:
+            try:
+                completion, priced = self._call_provider(provider, messages, params)
+            except LLMError as exc:
+                outcome = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
+                metrics.llm_call(provider.name, provider.model, outcome)
+                if isinstance(exc, CircuitOpenError | MissingSecretError):
+                    kind = "circuit_open" if outcome == "circuit_open" else "missing_secret"
+                    metrics.llm_error(provider.name, kind)
+                tracing.mark(span, outcome)  # the span records the exception as it escapes
+                raise
+            metrics.llm_call(
+                provider.name,
+                provider.model,
+                "ok",
+                seconds=completion.latency_s,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                cost_usd=completion.cost_usd if priced else None,
+            )
+            _record_usage(span, completion)
+            tracing.mark(span, "ok")
+            return completion, priced
+
+    def _call_provider(
         self, provider: Provider, messages: Sequence[Message], params: Params
     ) -> tuple[Completion, bool]:
         breaker = self.breakers[provider.name]
@@ -188,7 +282,7 @@ class LLMClient:
         estimate = estimate_tokens("".join(m.content for m in messages)) + params.max_tokens
         try:
             completion = call_with_retry(
-                lambda: provider.complete(messages, params),
+                _attempt_counter(provider, lambda: provider.complete(messages, params)),
                 provider=provider.name,
                 model=provider.model,
                 policy=self.config.retry,
@@ -222,11 +316,14 @@ class LLMClient:
         params = params if isinstance(params, Params) else Params.from_mapping(params)
         candidates, skipped = self.router.order(messages, params, only=provider)
         failures = dict(skipped)
+        self._count_refusals(skipped)
         estimate = estimate_tokens("".join(m.content for m in messages)) + params.max_tokens
         for candidate in candidates:
             breaker = self.breakers[candidate.name]
             if not breaker.try_acquire():
                 failures[candidate.name] = "circuit breaker open"
+                metrics.llm_call(candidate.name, candidate.model, "circuit_open")
+                metrics.llm_error(candidate.name, "circuit_open")
                 continue
             limiter = self._limiter(candidate)
 
@@ -234,9 +331,11 @@ class LLMClient:
                 chunks = candidate.stream(messages, params)
                 return next(chunks), chunks
 
+            # not a current span: this generator's frame outlives the caller's context
+            span = tracing.start_span("flowstone.llm.stream", _span_attributes(candidate))
             try:
                 first, rest = call_with_retry(
-                    start,
+                    _attempt_counter(candidate, start),
                     provider=candidate.name,
                     model=candidate.model,
                     policy=self.config.retry,
@@ -247,10 +346,16 @@ class LLMClient:
             except RetryExhaustedError as exc:
                 breaker.record_failure()
                 failures[candidate.name] = str(exc)
+                metrics.llm_call(candidate.name, candidate.model, "failed")
+                tracing.finish(span, "failed", exc)
                 continue
             except LLMError as exc:
                 breaker.release()
                 failures[candidate.name] = str(exc)
+                if isinstance(exc, MissingSecretError):
+                    metrics.llm_error(candidate.name, "missing_secret")
+                metrics.llm_call(candidate.name, candidate.model, "failed")
+                tracing.finish(span, "failed", exc)
                 continue
             try:
                 chunk = first
@@ -259,15 +364,35 @@ class LLMClient:
                         completion, priced = self._price(chunk.completion, candidate.model)
                         self._account(completion, totals, priced)
                         self.router.record_latency(candidate.name, completion.latency_s)
+                        metrics.llm_call(
+                            candidate.name,
+                            candidate.model,
+                            "ok",
+                            seconds=completion.latency_s,
+                            input_tokens=completion.input_tokens,
+                            output_tokens=completion.output_tokens,
+                            cost_usd=completion.cost_usd if priced else None,
+                        )
+                        _record_usage(span, completion)
                         yield StreamChunk(chunk.text, completion)
                     else:
                         yield chunk
                     chunk = next(rest)
             except StopIteration:
                 breaker.record_success()
+                tracing.finish(span, "ok")
                 return
-            except ProviderCallError:
+            except ProviderCallError as exc:
                 breaker.record_failure()
+                metrics.llm_error(candidate.name, metrics.llm_error_kind(exc.status))
+                metrics.llm_call(candidate.name, candidate.model, "failed")
+                tracing.finish(span, "failed", exc)
+                raise
+            except GeneratorExit:
+                tracing.finish(span, "cancelled")
+                raise
+            except BaseException as exc:
+                tracing.finish(span, "failed", exc)
                 raise
         raise NoProviderAvailableError(failures)
 

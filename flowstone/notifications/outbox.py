@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from flowstone.notifications.channels import Channel, DeliveryError
 from flowstone.notifications.events import Notification
 from flowstone.paths import instance_dir
+from flowstone.telemetry import metrics
 
 log = logging.getLogger("flowstone.notifications")
 
@@ -152,9 +153,11 @@ class Outbox:
         """Store one row per channel; returns the new row ids (empty when suppressed)."""
         now = now or _now()
         ids: list[int] = []
+        written: list[tuple[str, bool]] = []  # (channel, suppressed), counted once committed
         with self.engine.begin() as conn:
             for channel in channels:
                 if notification.dedup_key and self._suppress(conn, channel, notification, now):
+                    written.append((channel, True))
                     continue
                 result = conn.execute(
                     outbox_table.insert().values(
@@ -170,6 +173,9 @@ class Outbox:
                     )
                 )
                 ids.append(int(result.inserted_primary_key[0]))
+                written.append((channel, False))
+        for channel, suppressed in written:
+            metrics.outbox_enqueued(channel, suppressed)
         return ids
 
     def _suppress(
@@ -227,9 +233,11 @@ class Outbox:
             except DeliveryError as exc:
                 broken.add(row.channel)
                 self._failed(row, exc, at)
+                metrics.outbox_delivery(row.channel, ok=False, retry=row.attempts > 0)
                 report.failed += 1
                 continue
             self._sent(row.id, receipt, now or _now())
+            metrics.outbox_delivery(row.channel, ok=True, retry=row.attempts > 0)
             report.sent += 1
         return report
 

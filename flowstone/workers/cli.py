@@ -51,6 +51,18 @@ def serve(
     start_timeout_s: Annotated[
         float, typer.Option(help="How long a worker may take to start.")
     ] = 180.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port at /metrics (0: any free port). "
+            "Off by default.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Start a pool and serve it on a Unix socket until SIGTERM/Ctrl-C or `flowstone pool stop`."""
     from flowstone.workers.pool import PoolConfig, WorkerPool
@@ -74,18 +86,25 @@ def serve(
         start_timeout_s=start_timeout_s,
     )
     pool = WorkerPool(config)
-    server = PoolServer(pool, socket_path)
+    server = PoolServer(pool, socket_path, metrics_port=metrics_port, metrics_host=metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         server.start()
+    except OSError as exc:  # a taken --metrics-port, an unwritable socket folder
+        pool.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     except Exception:
         pool.close()
         raise
+    metrics_note = (
+        f"; metrics on {server.metrics_server.url}" if server.metrics_server is not None else ""
+    )
     typer.echo(
         f"flowstone pool: {workers} '{pool.bridge.name}' workers ready on {server.socket_path} "
-        f"(pids {', '.join(map(str, pool.worker_pids()))})",
+        f"(pids {', '.join(map(str, pool.worker_pids()))}){metrics_note}",
         err=True,
     )
     while not stop.is_set() and not server.wait(0.2):

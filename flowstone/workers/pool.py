@@ -32,12 +32,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from flowstone.telemetry import metrics, tracing
 from flowstone.workers.bridge import BridgeInfo, validate_bridge
 from flowstone.workers.errors import (
     PoolClosedError,
     PoolError,
     PoolSaturatedError,
     ProtocolError,
+    RemoteError,
     SessionLostError,
     UnknownCommandError,
     WorkerCrashedError,
@@ -58,6 +60,26 @@ from flowstone.workers.sessions import SESSION_MODES, SessionTable
 from flowstone.workers.stats import PoolStats
 
 _DEFAULT: Any = object()
+
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (RemoteError, "error"),
+    (WorkerTimeoutError, "timeout"),
+    (WorkerOutOfMemoryError, "out_of_memory"),
+    (WorkerCrashedError, "crash"),
+    (ProtocolError, "crash"),
+    (PoolSaturatedError, "saturated"),
+    (PoolClosedError, "closed"),
+    (SessionLostError, "session_lost"),
+    (UnknownCommandError, "unknown_command"),
+)
+
+
+def call_outcome(error: BaseException) -> str:
+    """The metrics/tracing outcome of a failed call: a small fixed vocabulary."""
+    for cls, outcome in _OUTCOMES:
+        if isinstance(error, cls):
+            return outcome
+    return "error"
 
 
 def map_concurrently(
@@ -388,6 +410,43 @@ class WorkerPool:
         idempotent: bool | None,
         streaming: bool = True,
     ) -> Iterator[Any]:
+        """One call as metrics and traces see it: latency (queue wait and retries included),
+        outcome, and a span naming the bridge, the command and the worker that served it."""
+        started = time.perf_counter()
+        spec = self.bridge.spec_for(command)
+        label = spec.name if spec is not None else "unknown"  # never a caller's free text
+        span = tracing.start_span(
+            "flowstone.pool.call",
+            {"flowstone.pool.bridge": self.bridge.name, "flowstone.pool.command": label},
+        )
+        outcome, error = "ok", None
+        try:
+            return (
+                yield from self._call(
+                    command, args, timeout, session_id, session_mode, idempotent, streaming, span
+                )
+            )
+        except GeneratorExit:
+            outcome = "cancelled"  # a stream's consumer stopped early; the worker was drained
+            raise
+        except BaseException as exc:
+            outcome, error = call_outcome(exc), exc
+            raise
+        finally:
+            metrics.pool_call(self.bridge.name, label, time.perf_counter() - started, outcome)
+            tracing.finish(span, outcome, error)
+
+    def _call(
+        self,
+        command: str,
+        args: Any,
+        timeout: float | None,
+        session_id: str | None,
+        session_mode: str | None,
+        idempotent: bool | None,
+        streaming: bool,
+        span: Any,
+    ) -> Iterator[Any]:
         spec = self.bridge.spec_for(command)
         if spec is None:
             known = ", ".join(f"{self.bridge.name}:{c}" for c in sorted(self.bridge.commands))
@@ -404,6 +463,8 @@ class WorkerPool:
         while True:
             started = time.monotonic()
             worker = self._acquire(session_id, mode, started + self.config.queue_timeout_s)
+            span.set_attribute("flowstone.pool.worker_pid", worker.pid)
+            span.set_attribute("flowstone.pool.attempts", attempt + 1)
             request = {
                 "id": next(self._request_ids),
                 "command": command,
@@ -581,26 +642,28 @@ class WorkerPool:
         worker.last_used = time.monotonic()
         if not ok:
             worker.failures += 1
-        reason = worker.recycle_reason
+        reason, kind = worker.recycle_reason, "requested"
         cfg = self.config
         if reason is None and cfg.max_requests is not None and worker.requests >= cfg.max_requests:
             reason = f"served {worker.requests} requests (max_requests={cfg.max_requests})"
+            kind = "max_requests"
         if (
             reason is None
             and cfg.max_age_s is not None
             and worker.last_used - worker.spawned_at > cfg.max_age_s
         ):
-            reason = f"older than max_age_s={cfg.max_age_s:g}"
+            reason, kind = f"older than max_age_s={cfg.max_age_s:g}", "max_age"
         if reason is not None:
-            self._retire(worker, reason)
+            self._retire(worker, reason, kind)
             return
         with self._lock:
             if self._closed or worker.id not in self._workers:
                 return
             self._hand_off(worker)
 
-    def _retire(self, worker: WorkerProcess, reason: str) -> None:
-        """Take a healthy worker out of service, stop it gently and start its replacement."""
+    def _retire(self, worker: WorkerProcess, reason: str, kind: str = "requested") -> None:
+        """Take a healthy worker out of service, stop it gently and start its replacement;
+        ``kind`` is the reason as a metrics label (max_requests, max_age, max_rss)."""
         with self._lock:
             if self._workers.pop(worker.id, None) is None:
                 return
@@ -612,6 +675,7 @@ class WorkerPool:
             if not self._closed:
                 self._spawn_due.append(0.0)
         self._stats.incr("recycled")
+        metrics.pool_recycle(self.bridge.name, kind)
         self._wake()
 
         def stop() -> None:
@@ -649,6 +713,9 @@ class WorkerPool:
             self._fail_strict_waiters(worker)
         if reason == "crash":
             self._stats.incr("crashes")
+        if known:
+            oom = exit_info.kind == "out_of_memory"
+            metrics.pool_replacement(self.bridge.name, "out_of_memory" if oom else reason)
         if self._registry is not None:
             self._registry.discard(worker.pid)
         self._wake()
@@ -685,6 +752,7 @@ class WorkerPool:
         if self._registry is not None:
             self._registry.add(worker.pid)
         self._stats.incr("started")
+        metrics.pool_worker_started(self.bridge.name)
         return worker
 
     def _supervise(self) -> None:
@@ -792,6 +860,7 @@ class WorkerPool:
         if worker is not None and self._registry is not None:
             self._registry.discard(worker.pid)
         self._stats.incr("start_failures")
+        metrics.pool_start_failure(self.bridge.name)
         with self._lock:
             self._start_failures += 1
             if self._closed:
@@ -847,10 +916,11 @@ class WorkerPool:
                 self._retire(
                     worker,
                     f"resident memory {rss / 1048576:.0f} MB above max_rss_mb={cfg.max_rss_mb:g}",
+                    "max_rss",
                 )
                 outcome["recycled"] += 1
             elif cfg.max_age_s is not None and time.monotonic() - worker.spawned_at > cfg.max_age_s:
-                self._retire(worker, f"older than max_age_s={cfg.max_age_s:g}")
+                self._retire(worker, f"older than max_age_s={cfg.max_age_s:g}", "max_age")
                 outcome["recycled"] += 1
             else:
                 with self._lock:

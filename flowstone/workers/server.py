@@ -9,6 +9,10 @@ The socket speaks the same frames as the worker pipes. A request adds ``session_
 ``pool:stats``, ``pool:workers`` and ``pool:shutdown`` address the server itself. Errors cross
 the socket typed (see :mod:`flowstone.workers.errors`), so a client raises what a private pool
 would. The socket file is created with mode 0600: only its owner may use the pool.
+
+With ``metrics_port`` set, the server also answers Prometheus scrapes on
+``http://127.0.0.1:<port>/metrics`` (see :mod:`flowstone.telemetry.metrics`): the pool's workers
+by state, queue depth, call latency, replacements and recycles.
 """
 
 from __future__ import annotations
@@ -73,8 +77,18 @@ def _server_listening(path: Path) -> bool:
 class PoolServer:
     """Serve a started (or to-be-started) WorkerPool on a Unix socket, one thread a connection."""
 
-    def __init__(self, pool: WorkerPool, socket_path: Path | str | None = None):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        socket_path: Path | str | None = None,
+        *,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ):
         self.pool = pool
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_server: Any = None
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         _check_socket_path(self.socket_path)
         self.max_frame_bytes = pool.config.max_frame_bytes
@@ -96,14 +110,22 @@ class PoolServer:
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise RuntimeError(f"{path} exists and is not a socket; choose another --socket")
             path.unlink()  # left behind by a server that was killed
-        if not self.pool._started:
-            self.pool.start()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
+        if self.metrics_port is not None:  # before the workers: a taken port fails fast
+            from flowstone.telemetry.metrics import serve_metrics
+
+            self.metrics_server = serve_metrics(self.metrics_port, self.metrics_host)
         try:
-            listener.bind(str(path))
-        finally:
-            os.umask(old_umask)
+            if not self.pool._started:
+                self.pool.start()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(str(path))
+            finally:
+                os.umask(old_umask)
+        except BaseException:
+            self._stop_metrics()
+            raise
         listener.listen(128)
         self._listener = listener
         threading.Thread(
@@ -134,7 +156,13 @@ class PoolServer:
         with contextlib.suppress(OSError):
             if _is_socket(self.socket_path):
                 self.socket_path.unlink()
+        self._stop_metrics()
         self._finished.set()
+
+    def _stop_metrics(self) -> None:
+        server, self.metrics_server = self.metrics_server, None
+        if server is not None:
+            server.close()
 
     def __enter__(self) -> PoolServer:
         return self.start()
@@ -145,12 +173,15 @@ class PoolServer:
     def info(self) -> dict[str, Any]:
         with self._lock:
             connections = len(self._connections)
-        return {
+        info = {
             "socket": str(self.socket_path),
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 1),
             "connections": connections,
         }
+        if self.metrics_server is not None:
+            info["metrics_url"] = self.metrics_server.url
+        return info
 
     # Connections ---------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Operations: ``flowstone doctor`` and the health checks behind it."""

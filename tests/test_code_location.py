@@ -21,17 +21,19 @@ def run(args, env_extra=None, timeout=120):
     )
 
 
-def test_loads_fast_without_torch():
+HEAVY = ("torch", "sentence_transformers", "transformers", "onnxruntime", "pandas", "matplotlib")
+
+
+def test_loads_without_heavy_libraries():
+    """Load time itself is measured by bench/bench_code_location.py (a timed test would fail on
+    a busy machine); what keeps it fast is that no model library is imported at load."""
     code = (
-        "import time, sys; t = time.perf_counter(); import flowstone.definitions as d; "
-        "d.defs.resolve_asset_graph(); "
-        "print(time.perf_counter() - t, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)"
+        "import sys; import flowstone.definitions as d; d.defs.resolve_asset_graph(); "
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')"
     )
     out = run([sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr
-    seconds, torch_loaded, st_loaded = out.stdout.split()
-    assert float(seconds) < 3.0
-    assert torch_loaded == "False" and st_loaded == "False"
+    assert out.stdout.split() == ["none"]
 
 
 def test_dagster_validates_the_workspace():

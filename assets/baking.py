@@ -198,14 +198,12 @@ def bake_profile(
     from flowstone.baking.budget import estimate_mb
     from flowstone.baking.chart import profile_chart
     from flowstone.baking.profile import profile_variants
-    from flowstone.baking.quality import BUILTIN_PAIRS, load_pairs, resolve_validation
+    from flowstone.baking.quality import resolve_validation, validation_pairs
 
     record, config = _record_and_config(source_model)
     sentences: list[str] = []
     if config.task == "embedding":
-        pairs = load_pairs(
-            resolve_validation(record, config.validation) or BUILTIN_PAIRS, record["model"]
-        )
+        pairs = validation_pairs(record, resolve_validation(record, config.validation))
         sentences = [s for pair in pairs[:64] for s in pair]
     budget = context.resources.models.budget()
     with budget.reserve(

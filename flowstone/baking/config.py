@@ -33,14 +33,21 @@ DEFAULT_MAX_SIZE_MB = 2048.0
 # Defaults that hold the targets on the demo models; bench/README.md has the curve.
 DEFAULT_PASSES: dict[str, list[dict[str, Any]]] = {
     "embedding": [
-        {"name": "onnx_export"},
-        {"name": "onnx_optimize"},
-        {"name": "onnx_quantize", "per_channel": True},
+        {"name": "onnx_export", "opset": 17},
+        {"name": "onnx_optimize", "model_type": "bert", "opt_level": 0},
+        {
+            "name": "onnx_quantize",
+            "method": "matmul_nbits",
+            "per_channel": True,
+            "bits": 8,
+            "block_size": 32,
+            "accuracy_level": 4,
+            "symmetric": True,
+        },
     ],
     "classifier": [
-        {"name": "prune", "sparsity": 0.3},
-        {"name": "quantize_dynamic"},
-        {"name": "torchscript"},
+        {"name": "onnx_export"},
+        {"name": "onnx_quantize", "per_channel": True, "op_types": ["MatMul", "Gemm"]},
     ],
 }
 DEFAULT_QUALITY = {

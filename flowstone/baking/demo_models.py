@@ -85,6 +85,7 @@ passes:
   - name: onnx_export
   - name: onnx_quantize
     per_channel: true
+    op_types: [MatMul, Gemm]
 quality:
   metric: accuracy_retention
   threshold: 0.99

@@ -16,7 +16,6 @@ from flowstone.baking.artifacts import Artifact, open_runner
 from flowstone.baking.errors import BakeError
 
 STAGE = "bake_quality"
-BUILTIN_PAIRS = Path(__file__).parent / "data" / "minilm_pairs.jsonl"
 
 
 def resolve_validation(record: dict[str, Any], value: str | None) -> Path | None:
@@ -59,6 +58,18 @@ def load_pairs(path: Path, model: str) -> list[tuple[str, str]]:
             model, STAGE, f"{path}: {len(pairs)} pairs; need at least 10 for a rank correlation"
         )
     return pairs
+
+
+def builtin_pairs() -> list[tuple[str, str]]:
+    """The shipped held-out pairs (built from the suites; never used to tune a recipe)."""
+    from flowstone.baking.onnx_runtime import load_fidelity_pairs
+
+    texts, pairs = load_fidelity_pairs()
+    return [(texts[a], texts[b]) for a, b, _ in pairs]
+
+
+def validation_pairs(record: dict[str, Any], path: Path | None) -> list[tuple[str, str]]:
+    return load_pairs(path, record["model"]) if path else builtin_pairs()
 
 
 def load_labelled(path: Path, model: str, input_shape: list[int]) -> tuple[Any, Any]:
@@ -131,7 +142,7 @@ def _embedding(
     import numpy as np
     from scipy.stats import spearmanr
 
-    pairs = load_pairs(path or BUILTIN_PAIRS, record["model"])
+    pairs = validation_pairs(record, path)
     sentences = sorted({s for pair in pairs for s in pair})
     index = {s: i for i, s in enumerate(sentences)}
 
@@ -153,7 +164,7 @@ def _embedding(
         "cosine_mean": float(fidelity.mean()),
         "cosine_min": float(fidelity.min()),
         "max_abs_similarity_diff": float(np.abs(sim_o - sim_b).max()),
-        "validation": str(path or BUILTIN_PAIRS),
+        "validation": str(path) if path else "builtin: held-out pairs from the suites",
     }
 
 

@@ -295,11 +295,18 @@ def deployed_model(context: dg.AssetExecutionContext, bake_package: bytes) -> dg
     )
 
 
-def _rows(context: dg.AssetExecutionContext, rows: list[dict[str, Any]]) -> Any:
+def _rows(
+    context: dg.AssetExecutionContext, rows: list[dict[str, Any]], floats: tuple[str, ...]
+) -> Any:
+    """The rows as a frame whose figure columns are float64 even when a figure does not apply
+    to this model (NULL), so every model writes the same table schema."""
     import pandas as pd
 
     now = datetime.now(UTC).replace(tzinfo=None)
-    return pd.DataFrame([{**row, "materialized_at": now, "run_id": context.run_id} for row in rows])
+    frame = pd.DataFrame(
+        [{**row, "materialized_at": now, "run_id": context.run_id} for row in rows]
+    )
+    return frame.astype(dict.fromkeys(floats, "float64"))
 
 
 _warehouse: dict[str, Any] = dict(
@@ -310,6 +317,10 @@ _warehouse: dict[str, Any] = dict(
     retry_policy=dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL),
     automation_condition=dg.AutomationCondition.eager(),
 )
+
+
+QUALITY_FLOATS = ("value", "threshold", "accuracy_original", "accuracy_baked", "fidelity",
+                  "fidelity_min", "spearman_rho", "max_abs_logit_diff")  # fmt: skip
 
 
 @dg.asset(**_warehouse, description="Bake quality rows for dbt: one per model version and variant.")
@@ -323,11 +334,12 @@ def warehouse_bake_quality(
         "threshold": float(bake_quality["threshold"]), "passed": bool(bake_quality["passed"]),
         "accuracy_original": bake_quality.get("accuracy_original"),
         "accuracy_baked": bake_quality.get("accuracy_baked"),
-        "fidelity": bake_quality.get("cosine_mean", bake_quality.get("label_agreement")),
+        # cosine of unit vectors in float arithmetic can exceed 1 by an ulp; dbt tests [0, 1]
+        "fidelity": min(1.0, bake_quality.get("cosine_mean", bake_quality.get("label_agreement"))),
         "fidelity_min": bake_quality.get("cosine_min"),
         "spearman_rho": bake_quality.get("spearman_rho"),
         "max_abs_logit_diff": bake_quality.get("max_abs_logit_diff"),
-    }])  # fmt: skip
+    }], QUALITY_FLOATS)  # fmt: skip
 
 
 @dg.asset(
@@ -348,7 +360,7 @@ def warehouse_bake_profile(
             "size_bytes": int(figures["size_bytes"]), "peak_memory_bytes": int(figures["peak_rss_bytes"]),
             "threads": int(bake_profile["threads"]),
         })  # fmt: skip
-    return _rows(context, rows)
+    return _rows(context, rows, ("latency_p50_ms", "latency_p95_ms", "throughput_per_s"))
 
 
 BAKE_ASSETS = [source_model, baked_model, bake_quality, bake_profile, bake_package,

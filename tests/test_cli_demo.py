@@ -1,4 +1,5 @@
-"""`flowstone demo` end to end in a subprocess, on a small suite so it stays quick."""
+"""`flowstone demo` end to end in a subprocess, on a small suite so it stays quick; it also bakes
+the two demo models (the packaged MiniLM and the classifier it trains)."""
 
 import json
 import os
@@ -6,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(900)
 def test_demo_materializes_every_partition_and_reports(tmp_path):
     suites = tmp_path / "suites"
     suites.mkdir()
@@ -34,7 +38,7 @@ def test_demo_materializes_every_partition_and_reports(tmp_path):
     }
     flowstone = os.path.join(os.path.dirname(sys.executable), "flowstone")
     out = subprocess.run(
-        [flowstone, "demo"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        [flowstone, "demo"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mini × lead-1" in out.stdout and "Evaluation summary" in out.stdout
@@ -44,3 +48,12 @@ def test_demo_materializes_every_partition_and_reports(tmp_path):
     # lead-1 reproduces the reference exactly: the summary row must say so
     row = next(line for line in out.stdout.splitlines() if "│ mini" in line and "lead-1" in line)
     assert "1.000" in row
+    # Both demo models baked: validated, baked, measured and packaged.
+    bakes = [
+        line
+        for line in out.stdout.splitlines()
+        if "│ minilm" in line or "│ demo_classifier" in line
+    ]
+    assert len(bakes) == 2 and all(" MB" in line for line in bakes), out.stdout
+    assert "spearman_rho = " in out.stdout and "accuracy_retention = " in out.stdout
+    assert list((tmp_path / "out" / "objects").rglob("*bake_package*"))

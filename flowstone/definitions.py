@@ -14,6 +14,7 @@ from assets.analytics import build_analytics_definitions
 from assets.baking import build_baking_definitions
 from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_partitions
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
+from assets.scaleout import scale_out_definitions
 from flowstone.evaluation.catalog import load_catalog
 from io_managers.object_store import ObjectStoreIOManager
 from resources.approvals import approvals_resource_from_env
@@ -58,4 +59,5 @@ def build_definitions() -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+# Unchanged unless FLOWSTONE_EXECUTOR asks for Celery or Kubernetes (deploy/README.md).
+defs = scale_out_definitions(build_definitions())

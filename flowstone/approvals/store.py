@@ -113,11 +113,30 @@ def _make_engine(url: str) -> sa.Engine:
 @functools.lru_cache(maxsize=32)
 def _engine_with_schema(url: str) -> sa.Engine:
     engine = _make_engine(url)
-    metadata.create_all(engine)
+    for attempt in range(3):
+        try:
+            _create_schema(engine)
+            break
+        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            # SQLite only (PostgreSQL is serialised below): another process created a table
+            # between our existence check and our CREATE; the next pass finds it.
+            if engine.dialect.name == "postgresql" or attempt == 2:
+                raise
+    return engine
+
+
+def _create_schema(engine: sa.Engine) -> None:
+    """Tables, indexes and the append-only triggers, in one transaction.
+
+    On PostgreSQL the whole creation holds an advisory lock: several processes (daemon, run
+    workers on other hosts, the web page) that start at once on an empty database would
+    otherwise all see no table and collide in CREATE TABLE (a pg_type unique violation).
+    """
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            # Serialise trigger creation when several processes start at once.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261540001)"))
+        metadata.create_all(conn)
+        if engine.dialect.name == "postgresql":
             exists = conn.execute(
                 sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name"),
                 {"name": "flowstone_approval_audit_append_only"},
@@ -127,7 +146,6 @@ def _engine_with_schema(url: str) -> sa.Engine:
             statements = _SQLITE_APPEND_ONLY
         for statement in statements:
             conn.execute(sa.text(statement))
-    return engine
 
 
 def utcnow() -> datetime:

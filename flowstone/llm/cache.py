@@ -3,8 +3,9 @@
 The key is a hash of provider name, model, messages and sampling parameters: anything that
 can change the reply. The default store is a SQLite file in the Dagster instance folder
 (``$DAGSTER_HOME`` or ``<repo>/.dagster_home``) in WAL mode, which several step processes on
-one host can share. Deployments spread over hosts plug in another ``ResponseCache`` (e.g. one
-over the object store) behind the same two methods.
+one host can share. Deployments spread over hosts use the object-store cache instead
+(``FLOWSTONE_LLM_CACHE=s3://bucket/prefix``, or ``cache_path`` in systems.yaml), behind the same
+two methods.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -23,6 +25,9 @@ from flowstone.llm.types import Completion, Message, Params
 from flowstone.paths import instance_dir
 
 CACHE_FILE_NAME = "llm_cache.sqlite"
+#: Where the cache lives when neither systems.yaml (``cache_path``) nor the LLM resource says:
+#: ``s3://bucket/prefix`` or ``file:///shared/folder`` for a deployment on several hosts.
+CACHE_LOCATION_ENV = "FLOWSTONE_LLM_CACHE"
 
 
 def cache_key(provider: str, model: str, messages: Sequence[Message], params: Params) -> str:
@@ -123,7 +128,12 @@ class ObjectStoreResponseCache(ResponseCache):
 def open_cache(location: str | None) -> ResponseCache:
     """The cache at ``location``: ``s3://bucket/prefix`` (boto3 reads AWS_ENDPOINT_URL and the
     usual credentials), ``file:///folder`` (an object store in a shared folder), or a SQLite file
-    path; None means SQLite under the instance folder."""
+    path; None means ``$FLOWSTONE_LLM_CACHE``, else SQLite under the instance folder.
+
+    SQLite is for one host: its WAL mode must not be used over a network filesystem, so a
+    DAGSTER_HOME shared by several hosts needs ``FLOWSTONE_LLM_CACHE`` pointing at S3.
+    """
+    location = location or os.environ.get(CACHE_LOCATION_ENV) or None
     if location and location.startswith("s3://"):
         import boto3
 

@@ -74,7 +74,12 @@ def _engine_with_schema(url: str) -> sa.Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
     engine = sa.create_engine(url, **kwargs)
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Processes starting at once on an empty database would all see no table and
+            # collide in CREATE TABLE; the advisory lock makes them take turns.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261540002)"))
+        metadata.create_all(conn)
     return engine
 
 

@@ -5,14 +5,22 @@ spawned (pid, start time, process group). A new pool reads the files whose owner
 terminates their workers: SIGTERM to the process group, then SIGKILL. A process is touched only
 if its pid, its start time *and* its command line still match what was recorded, so a pid the
 kernel reused for someone else's process is never signalled.
+
+The folder may be shared by several hosts (a DAGSTER_HOME on NFS, several containers with one
+volume). A pid means something only to the kernel that issued it, so each file also records its
+host (hostname and kernel boot id): a pool judges and reaps only the files of its own host,
+drops the files of its own earlier boots (those processes are gone), and leaves every other
+host's files alone, live or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +35,27 @@ _START_TIME_TOLERANCE_S = 0.05
 
 def default_registry_dir() -> Path:
     return instance_dir() / "workers"
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """This host: its name and the kernel's boot id (a container shares the boot id of its node
+    but has its own hostname; a rebooted machine keeps its name but gets a new boot id)."""
+    boot = ""
+    with contextlib.suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _host_relation(owner: dict[str, Any]) -> str:
+    """``same`` host, ``rebooted`` (our hostname, an earlier boot: every process of it is gone)
+    or ``other``. Files written before hosts were recorded count as this host's."""
+    recorded = owner.get("host")
+    if recorded is None or recorded == host_id():
+        return "same"
+    if str(recorded).partition("/")[0] == host_id().partition("/")[0]:
+        return "rebooted"
+    return "other"
 
 
 def _create_time(pid: int) -> float | None:
@@ -53,7 +82,11 @@ class PidRegistry:
         self.path = self.directory / f"pool-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         self._lock = threading.Lock()
         self._workers: dict[int, dict[str, Any]] = {}
-        self._owner = {"pid": os.getpid(), "create_time": _create_time(os.getpid())}
+        self._owner = {
+            "pid": os.getpid(),
+            "create_time": _create_time(os.getpid()),
+            "host": host_id(),
+        }
 
     def add(self, pid: int) -> None:
         entry = {"pid": pid, "pgid": pid, "create_time": _create_time(pid)}
@@ -131,8 +164,13 @@ def reap_orphans(directory: Path | None = None, grace: float = 2.0) -> list[int]
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # being written right now, or not ours; never guess
-        if _owner_alive(payload.get("owner") or {}):
+        owner = payload.get("owner") or {}
+        relation = _host_relation(owner)
+        if relation == "rebooted":
+            path.unlink(missing_ok=True)  # its workers died with that boot; nothing to signal
             continue
+        if relation == "other" or _owner_alive(owner):
+            continue  # another host's pool (its pids mean nothing here), or alive
         for entry in payload.get("workers") or []:
             if _is_our_worker(entry):
                 _terminate_group(entry["pid"], int(entry.get("pgid") or entry["pid"]), grace)
@@ -150,7 +188,12 @@ def live_registries(directory: Path | None = None) -> list[dict[str, Any]]:
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        payload["alive"] = _owner_alive(payload.get("owner") or {})
+        owner = payload.get("owner") or {}
+        relation = _host_relation(owner)
+        if relation == "same":
+            payload["alive"] = _owner_alive(owner)
+        else:  # an earlier boot of this host is dead; another host's pool only it can judge
+            payload["alive"] = False if relation == "rebooted" else None
         payload["file"] = str(path)
         found.append(payload)
     return found

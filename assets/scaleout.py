@@ -1,0 +1,289 @@
+"""The code location on Dagster's own scale-out: the Celery or Kubernetes executor.
+
+Nothing changes unless ``FLOWSTONE_EXECUTOR`` is set, so a fresh clone keeps the
+single-machine default. With ``FLOWSTONE_EXECUTOR=celery`` (or ``k8s``):
+
+- every job and asset backfill runs its steps on the executor: Celery workers fed through a
+  Redis broker (settings in ``deploy/celery.yaml``, shared with the workers) or one
+  Kubernetes Job per step;
+- the evaluation assets get a step :class:`~dagster.RetryPolicy` (a step that raises, e.g. on
+  a dropped database connection, runs again with backoff), their predictions step joins the
+  ``llm`` concurrency pool (provider rate limits are per process, so the pool is what bounds
+  the calls of many workers), and a backfill is cut into runs of
+  ``FLOWSTONE_PARTITIONS_PER_RUN`` partitions (default 1) instead of one single run, so the
+  queued run coordinator and the workers have something to spread;
+- with ``FLOWSTONE_OBJECT_STORE_URL=s3://bucket/prefix``, asset values go to S3 instead of the
+  local folder, which steps on other hosts could not read.
+
+A worker that dies under a step is covered by Celery itself (late acknowledgement: the step's
+message goes to another worker), not by the RetryPolicy: dagster-celery reports a lost task
+as a failed run, never as a failed step. ``deploy/README.md`` has the whole picture.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from flowstone.errors import ConfigError
+from flowstone.paths import project_root
+
+EXECUTOR_ENV = "FLOWSTONE_EXECUTOR"
+CELERY_CONFIG_ENV = "FLOWSTONE_CELERY_CONFIG"
+K8S_CONFIG_ENV = "FLOWSTONE_K8S_EXECUTOR_CONFIG"
+PARTITIONS_PER_RUN_ENV = "FLOWSTONE_PARTITIONS_PER_RUN"
+OBJECT_STORE_ENV = "FLOWSTONE_OBJECT_STORE_URL"
+EXECUTORS = ("default", "celery", "k8s")
+EXECUTOR_FILES = {
+    "celery": (CELERY_CONFIG_ENV, "deploy/celery.yaml"),
+    "k8s": (K8S_CONFIG_ENV, "deploy/k8s/executor.yaml"),
+}
+
+EVALUATION_GROUP = "evaluation"
+LLM_POOL = "llm"
+BAKING_POOL = "baking"
+# Per-pool limits live in the instance database (dagster.yaml only holds a default limit):
+# `ensure_pool_limits` or `dagster instance concurrency set <pool> <limit>` writes them.
+DEFAULT_POOL_LIMITS = {BAKING_POOL: 1, LLM_POOL: 4}
+# Steps that call providers; the pool caps how many run at once across every worker.
+LLM_STEPS = frozenset({"predictions"})
+
+STEP_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def executor_mode() -> str:
+    """``default`` (in-process/multiprocess on one machine), ``celery`` or ``k8s``."""
+    mode = (os.environ.get(EXECUTOR_ENV) or "default").strip().lower()
+    if mode not in EXECUTORS:
+        raise ConfigError(
+            f"environment variable {EXECUTOR_ENV}",
+            mode,
+            f"not one of {', '.join(EXECUTORS)} (unset means default)",
+        )
+    return mode
+
+
+def executor_config_path(mode: str) -> Path:
+    """The YAML holding ``execution.config`` for ``mode``: ``$FLOWSTONE_CELERY_CONFIG`` /
+    ``$FLOWSTONE_K8S_EXECUTOR_CONFIG``, else deploy/celery.yaml / deploy/k8s/executor.yaml."""
+    variable, default = EXECUTOR_FILES[mode]
+    value = os.environ.get(variable)
+    return Path(value).expanduser().resolve() if value else project_root() / default
+
+
+def executor_config(mode: str, path: Path | None = None) -> dict[str, Any]:
+    """The ``execution.config`` block of the executor's YAML, the same file the Celery workers
+    start with (``dagster-celery worker start -y``).
+
+    Values stay as written (``{env: FLOWSTONE_CELERY_BROKER}``): Dagster resolves them in the
+    run worker, so the broker URL and its password never show in the UI.
+    """
+    import yaml
+
+    source = path or executor_config_path(mode)
+    if not source.is_file():
+        raise ConfigError(
+            source,
+            "<file>",
+            f"{mode} executor settings not found; set {EXECUTOR_FILES[mode][0]} or restore it",
+        )
+    document = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    config = (document.get("execution") or {}).get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(
+            source, "execution.config", f"must be a mapping of {mode} executor settings"
+        )
+    return config
+
+
+def build_executor(mode: str | None = None) -> dg.ExecutorDefinition | None:
+    """The executor for ``mode`` (default: from the environment); None keeps Dagster's default."""
+    mode = mode or executor_mode()
+    if mode == "celery":
+        from dagster_celery import celery_executor
+
+        return _configured(celery_executor, mode)
+    if mode == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:
+            raise ConfigError(
+                f"environment variable {EXECUTOR_ENV}",
+                "k8s",
+                "needs dagster-k8s: pip install 'dagster-k8s>=0.29,<0.30'",
+            ) from exc
+        return _configured(k8s_job_executor, mode)
+    return None
+
+
+def _configured(executor_def: dg.ExecutorDefinition, mode: str) -> dg.ExecutorDefinition:
+    """``executor_def`` with the YAML's settings, checked now against the executor's schema
+    (Dagster would only check them when a run starts); ``{env: ...}`` values stay unresolved."""
+    from dagster._config import validate_config
+
+    config = executor_config(mode)
+    checked = validate_config(executor_def.config_schema.config_type, config)
+    if not checked.success:
+        raise ConfigError(
+            executor_config_path(mode),
+            "execution.config",
+            "; ".join(error.message for error in checked.errors),
+        )
+    return executor_def.configured(config, name=mode)
+
+
+def partitions_per_run() -> int:
+    raw = os.environ.get(PARTITIONS_PER_RUN_ENV, "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(
+            f"environment variable {PARTITIONS_PER_RUN_ENV}", raw, "must be an integer >= 1"
+        )
+    return value
+
+
+def with_step_settings(
+    assets_def: dg.AssetsDefinition,
+    *,
+    retry_policy: dg.RetryPolicy | None,
+    pool: str | None,
+    backfill_policy: dg.BackfillPolicy | None,
+) -> dg.AssetsDefinition:
+    """The same asset with its op's retry policy and pool replaced (and its backfill policy).
+
+    Dagster has no public way to change an existing asset's op settings; this rebuilds the op
+    the way ``OpDefinition.with_replaced_properties`` does, keeping name, ins, outs, compute
+    function, config, tags, resources and code version.
+    """
+    op = assets_def.op
+    with warnings.catch_warnings():  # `version` is the code version; 1.13 has no other getter
+        warnings.simplefilter("ignore", DeprecationWarning)
+        code_version = op.version
+    rebuilt = dg.OpDefinition.dagster_internal_init(
+        name=op.name,
+        ins={d.name: dg.In.from_definition(d) for d in op.input_defs},
+        outs={d.name: dg.Out.from_definition(d) for d in op.output_defs},
+        compute_fn=op.compute_fn,
+        config_schema=op.config_schema,
+        description=op.description,
+        tags=op.tags,
+        required_resource_keys=op.required_resource_keys,
+        code_version=code_version,
+        retry_policy=retry_policy,
+        version=None,
+        pool=pool,
+    )
+    attributes = assets_def.get_attributes_dict()
+    attributes["node_def"] = rebuilt
+    if backfill_policy is not None:
+        attributes["backfill_policy"] = backfill_policy
+    return dg.AssetsDefinition.dagster_internal_init(**attributes)
+
+
+def _is_evaluation_step(asset: Any) -> bool:
+    return (
+        isinstance(asset, dg.AssetsDefinition)
+        and asset.is_executable
+        and asset.node_def is not None
+        and isinstance(asset.node_def, dg.OpDefinition)
+        and all(asset.group_names_by_key.get(k) == EVALUATION_GROUP for k in asset.keys)
+    )
+
+
+def scale_out_assets(assets: list, per_run: int | None = None) -> list:
+    """The evaluation assets with retry policy, ``llm`` pool and a multi-run backfill policy;
+    every other asset unchanged."""
+    policy = dg.BackfillPolicy.multi_run(per_run or partitions_per_run())
+    out = []
+    for asset in assets:
+        if not _is_evaluation_step(asset):
+            out.append(asset)
+            continue
+        calls_llm = any(key.path[-1] in LLM_STEPS for key in asset.keys)
+        out.append(
+            with_step_settings(
+                asset,
+                retry_policy=asset.op.retry_policy or STEP_RETRY,
+                pool=asset.op.pool or (LLM_POOL if calls_llm else None),
+                backfill_policy=policy if asset.partitions_def is not None else None,
+            )
+        )
+    return out
+
+
+def shared_io_manager() -> dg.ConfigurableIOManager | None:
+    """The object-store I/O manager on ``$FLOWSTONE_OBJECT_STORE_URL`` (``s3://bucket/prefix``),
+    or None when it is unset.
+
+    The default backend is a local folder, which only works while every step runs on one host:
+    a step on another host would not find its inputs. Endpoint and credentials come from boto3's
+    usual variables (AWS_ENDPOINT_URL for MinIO or moto, AWS_ACCESS_KEY_ID...).
+    """
+    url = os.environ.get(OBJECT_STORE_ENV)
+    if not url:
+        return None
+    if not url.startswith("s3://") or not url[len("s3://") :].partition("/")[0]:
+        raise ConfigError(
+            f"environment variable {OBJECT_STORE_ENV}", url, "must be s3://bucket[/prefix]"
+        )
+    from dagster_aws.s3 import S3Resource
+
+    from io_managers.object_store import ObjectStoreIOManager
+
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    return ObjectStoreIOManager(
+        backend="s3",
+        s3=S3Resource(endpoint_url=os.environ.get("AWS_ENDPOINT_URL")),
+        bucket=bucket,
+        prefix=prefix.strip("/") or "flowstone",
+    )
+
+
+def scale_out_definitions(defs: dg.Definitions, mode: str | None = None) -> dg.Definitions:
+    """``defs`` itself unless ``FLOWSTONE_EXECUTOR`` asks for a scale-out executor; then the same
+    definitions with that executor and the evaluation step settings of :func:`scale_out_assets`.
+
+    Call it on the unresolved ``Definitions`` (before anything resolves jobs or the asset graph).
+    """
+    mode = mode or executor_mode()
+    if mode == "default":
+        return defs
+    resources = dict(defs.resources or {})
+    io_manager = shared_io_manager()
+    if io_manager is not None:
+        resources["io_manager"] = io_manager
+    return dg.Definitions(
+        assets=scale_out_assets(list(defs.assets or [])),
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        jobs=defs.jobs,
+        resources=resources,
+        executor=build_executor(mode),
+        loggers=defs.loggers,
+        asset_checks=defs.asset_checks,
+        metadata=defs.metadata,
+    )
+
+
+def ensure_pool_limits(
+    instance: dg.DagsterInstance, limits: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Give each pool its slot count unless an operator already set one (UI or
+    ``dagster instance concurrency set``). Returns the limits now in force for these pools."""
+    storage = instance.event_log_storage
+    wanted = dict(DEFAULT_POOL_LIMITS if limits is None else limits)
+    known = set(storage.get_concurrency_keys())
+    for pool, slots in wanted.items():
+        if pool not in known:
+            storage.set_concurrency_slots(pool, slots)
+    return {pool: storage.get_concurrency_info(pool).slot_count for pool in wanted}

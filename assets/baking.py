@@ -217,6 +217,7 @@ def bake_profile(
         profile,
         metadata={
             "threads": profile["threads"],
+            "load_average": profile["load_average"],
             f"throughput_ratio_batch_{largest}": round(profile["throughput_ratio"], 3),
             f"baked_throughput_per_s_batch_{largest}": round(
                 profile["baked"]["per_batch"][largest]["throughput_per_s"], 1

@@ -45,10 +45,7 @@ DEFAULT_PASSES: dict[str, list[dict[str, Any]]] = {
             "symmetric": True,
         },
     ],
-    "classifier": [
-        {"name": "onnx_export"},
-        {"name": "onnx_quantize", "per_channel": True, "op_types": ["MatMul", "Gemm"]},
-    ],
+    "classifier": [{"name": "quantize_dynamic"}, {"name": "torchscript"}],
 }
 DEFAULT_QUALITY = {
     "embedding": {"metric": "spearman_rho", "threshold": 0.99},

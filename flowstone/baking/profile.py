@@ -122,6 +122,8 @@ def profile_variants(
     largest = str(max(batch_sizes))
     return {
         "threads": threads,
+        # Latency ratios are only as good as a quiet machine: record how busy it was.
+        "load_average": round(os.getloadavg()[0], 2),
         "batch_sizes": batch_sizes,
         "original": original,
         "baked": bake,

@@ -11,11 +11,15 @@
    ``put_object``/``get_object`` of the same encoded bytes on the same moto server (its own
    process on loopback). Two reference rows show where the time goes: raw boto3 plus a sha256
    of the payload (the floor for any store that checksums its objects), and raw boto3 on the
-   I/O manager's client configuration. The output says exactly what each side does.
+   I/O manager's client configuration. The output says exactly what each side does. The
+   sides take turns object by object (rotating order), so that load from elsewhere on a shared
+   machine hits them alike; the output gives medians, quartiles and per-object paired ratios.
 
 PostgreSQL: 127.0.0.1:5432 (override with FLOWSTONE_BENCH_PG_URL). Rounds:
-FLOWSTONE_BENCH_DB_ROUNDS (5), FLOWSTONE_BENCH_OBJECT_ROUNDS (7). For the database, ratios > 1
-mean we are slower; for the object store, throughput ratios < 1 mean we are slower.
+FLOWSTONE_BENCH_DB_ROUNDS (5), FLOWSTONE_BENCH_OBJECT_ROUNDS (7). Run only some sections with
+FLOWSTONE_BENCH_ONLY, comma-separated from duckdb, postgres, object (default: all), e.g.
+``FLOWSTONE_BENCH_ONLY=object .venv/bin/python bench/bench_storage.py``. For the database,
+ratios > 1 mean we are slower; for the object store, throughput ratios < 1 mean we are slower.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +57,7 @@ DB_ROUNDS = int(os.environ.get("FLOWSTONE_BENCH_DB_ROUNDS", "5"))
 OBJECT_ROUNDS = int(os.environ.get("FLOWSTONE_BENCH_OBJECT_ROUNDS", "7"))
 ASSET = dg.AssetKey(["bench_scores"])
 PARTS = dg.StaticPartitionsDefinition(["p1"])
+SECTIONS = ("duckdb", "postgres", "object")
 
 
 def make_frame(n: int) -> pd.DataFrame:
@@ -318,6 +324,7 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
     from flowstone.storage import codec
     from io_managers.object_store import s3_client_for_codec
 
+    load_before = os.getloadavg()
     with moto_server_process() as endpoint:
         creds = {
             "aws_access_key_id": "testing",
@@ -353,30 +360,28 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
                 for k in keys
             ]
 
-        def ours_put():
-            for ctx in out_ctx:
-                manager.handle_output(ctx, payload)
+        # one operation on object i per call, so that the sides can be interleaved object by
+        # object: a burst of load from elsewhere on the machine then hits every side alike
+        def ours_put(i):
+            manager.handle_output(out_ctx[i], payload)
 
-        def ours_get():
-            for ctx in in_ctx:
-                assert len(manager.load_input(ctx)) == len(payload)
+        def ours_get(i):
+            assert len(manager.load_input(in_ctx[i])) == len(payload)
 
         def raw_put(client, prefix, hash_first=False):
-            def run():
-                for k in keys:
-                    if hash_first:
-                        hashlib.sha256(payload).hexdigest()
-                    client.put_object(Bucket="bench", Key=f"{prefix}/{k}", Body=encoded)
+            def run(i):
+                if hash_first:
+                    hashlib.sha256(payload).hexdigest()
+                client.put_object(Bucket="bench", Key=f"{prefix}/{keys[i]}", Body=encoded)
 
             return run
 
         def raw_get(client, prefix, hash_after=False):
-            def run():
-                for k in keys:
-                    data = client.get_object(Bucket="bench", Key=f"{prefix}/{k}")["Body"].read()
-                    assert len(data) == len(encoded)
-                    if hash_after:
-                        hashlib.sha256(memoryview(data)[len(encoded) - len(payload) :]).digest()
+            def run(i):
+                data = client.get_object(Bucket="bench", Key=f"{prefix}/{keys[i]}")["Body"].read()
+                assert len(data) == len(encoded)
+                if hash_after:
+                    hashlib.sha256(memoryview(data)[len(encoded) - len(payload) :]).digest()
 
             return run
 
@@ -394,48 +399,61 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
                 "raw boto3, our client config": raw_get(same_config_client, "rawc"),
             },
         }
+        # samples[op][side][round * objects + i]: seconds for object i in that round
         samples = {op: {name: [] for name in fns} for op, fns in sides.items()}
-        # warm-up round (connections, moto's first-request work), then interleaved rounds with
-        # a rotating order so that drift and GC hit every side alike
-        fresh_output_contexts()
-        for op in ("put", "get"):
-            for fn in sides[op].values():
-                fn()
-        for r in range(rounds):
+        # warm-up round (connections, moto's first-request work, the allocator), dropped; then
+        # rounds in which every object goes through every side in a rotating order
+        for r in range(rounds + 1):
             fresh_output_contexts()
             for op in ("put", "get"):
-                names = list(sides[op])
-                names = names[r % len(names) :] + names[: r % len(names)]
-                for name in names:
-                    samples[op][name].append(timed(sides[op][name], 1))
+                for i in range(objects):
+                    names = list(sides[op])
+                    turn = (r * objects + i) % len(names)
+                    for name in names[turn:] + names[:turn]:
+                        t = time.perf_counter()
+                        sides[op][name](i)
+                        if r:
+                            samples[op][name].append(time.perf_counter() - t)
 
         hash_ms = timed(lambda: hashlib.sha256(payload).digest(), 5) * 1000
-        mb = objects * len(encoded) / 1e6
+        crc_ms = timed(lambda: zlib.crc32(encoded), 5) * 1000
         print(
-            f"Object store on moto server process ({objects} x {len(payload) >> 20} MiB, "
-            f"{rounds} interleaved rounds, medians):"
+            f"Object store on moto server process ({objects} x {len(payload) >> 20} MiB objects, "
+            f"{rounds} rounds, sides interleaved object by object; medians; load average before "
+            f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}):"
         )
         print(
-            "  io_manager put: codec.encode (sha256 of the payload + ~300-byte header, one copy "
-            "into the blob) + put_object of the blob;\n"
-            "  io_manager get: get_object streamed (header, then the payload in one read) + sha256 "
-            "verified before the bytes are returned.\n"
-            "  Its client skips botocore's CRC32 (plain-HTTP endpoint: SigV4 still signs the "
-            "payload's sha256; responses: the codec's sha256 covers them).\n"
-            f"  raw boto3: put_object/get_object of the same {len(encoded):,}-byte blob, default "
-            "client (CRC32 request checksum + signed payload sha256; CRC32 validated on get).\n"
+            "  io_manager put: handle_output -> codec.encode (sha256 of the payload, ~300-byte "
+            "header; the payload is not copied) -> one put_object whose body is the header and "
+            "the payload back to back (a seekable reader handing out views; no joined blob).\n"
+            "  io_manager get: load_input -> get_object, header read, the payload in one read, "
+            "sha256 verified before the bytes are returned.\n"
+            "  Its client (s3_client_for_codec): no CRC32 on this plain-HTTP endpoint "
+            "(SigV4 still signs the payload's sha256 and the server checks it; responses are "
+            "covered by the codec's sha256).\n"
+            f"  raw boto3: put_object(Body=<the same {len(encoded):,}-byte blob, built once>) / "
+            "get_object + Body.read() on a default boto3 client (CRC32 request checksum + "
+            "signed payload sha256 on put; CRC32 validated on get).\n"
             "  raw boto3 + sha256: the same plus hashlib.sha256 of the payload (the least any "
-            "store that checksums its objects pays on a default client)."
+            "store that checksums its objects pays on a default client).\n"
+            "  raw boto3, our client config: raw put_object/get_object on the I/O manager's client."
         )
-        print(f"  sha256 of one {len(payload) >> 20} MiB payload: {hash_ms:.1f} ms")
+        print(
+            f"  one {len(payload) >> 20} MiB payload: sha256 {hash_ms:.1f} ms, "
+            f"CRC32 {crc_ms:.1f} ms (what the default client computes instead)"
+        )
         for op in ("put", "get"):
-            raw_median = statistics.median(samples[op]["raw boto3"])
+            raw = samples[op]["raw boto3"]
+            raw_median = statistics.median(raw)
             for name, values in samples[op].items():
                 med = statistics.median(values)
+                paired = statistics.quantiles(
+                    [r / v for r, v in zip(raw, values, strict=True)], n=4
+                )
                 print(
-                    f"  {op} {name:29s} {mb / med:7.1f} MB/s  {med * 1000 / objects:6.1f} ms/object "
-                    f"(range {min(values) * 1000 / objects:.1f}-{max(values) * 1000 / objects:.1f})"
-                    f"  throughput vs raw boto3 {raw_median / med:4.2f}x"
+                    f"  {op} {name:29s} {len(encoded) / med / 1e6:7.1f} MB/s  {med * 1000:6.1f} "
+                    f"ms/object (IQR {ms_quartiles(values)})  vs raw boto3 {raw_median / med:4.2f}x "
+                    f"(paired per object: median {paired[1]:.2f}, IQR {paired[0]:.2f}-{paired[2]:.2f})"
                 )
         for op in ("put", "get"):
             ours = statistics.median(samples[op]["io_manager"])
@@ -449,13 +467,39 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
             )
 
 
+def ms_quartiles(samples: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return f"{q1 * 1000:.1f}-{q3 * 1000:.1f}"
+
+
+def selected_sections() -> set[str]:
+    """Sections named in FLOWSTONE_BENCH_ONLY (comma-separated), or all of them."""
+    raw = os.environ.get("FLOWSTONE_BENCH_ONLY", "").strip()
+    if not raw:
+        return set(SECTIONS)
+    chosen = {part.strip().lower() for part in raw.split(",") if part.strip()}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise SystemExit(
+            f"FLOWSTONE_BENCH_ONLY: unknown section(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
 def main() -> None:
     start = time.perf_counter()
-    df = make_frame(ROWS)
-    print(f"frame: {ROWS:,} rows, {df.memory_usage(deep=True).sum() / 1e6:.0f} MB in memory")
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_duckdb(df, Path(tmp))
-        bench_postgres(df)
+    sections = selected_sections()
+    if sections & {"duckdb", "postgres"}:
+        df = make_frame(ROWS)
+        print(f"frame: {ROWS:,} rows, {df.memory_usage(deep=True).sum() / 1e6:.0f} MB in memory")
+        with tempfile.TemporaryDirectory() as tmp:
+            if "duckdb" in sections:
+                bench_duckdb(df, Path(tmp))
+            if "postgres" in sections:
+                bench_postgres(df)
+        del df
+    if "object" in sections:
         bench_object_store()
     print(f"total {time.perf_counter() - start:.0f}s")
 

@@ -31,6 +31,7 @@ import pickle
 import struct
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import PurePath
 from typing import Any, BinaryIO
 
@@ -63,10 +64,27 @@ class Envelope:
 
 @dataclass(frozen=True)
 class Encoded:
-    """Bytes ready to store, plus the envelope written into them."""
+    """Bytes ready to store, plus the envelope written into them.
 
-    data: bytes
+    ``parts`` is ``(prefix, payload)``: the magic, length and header (a few hundred bytes),
+    then the payload buffer exactly as hashed (for a ``bytes`` value, the caller's own object).
+    A store that can send the two back to back (S3, see ``ObjectStore.put_parts``) never builds
+    the joined blob: for a large object that join is a fresh allocation plus a full copy, which
+    costs more than the copy itself once the new pages fault in. ``data`` joins on first use.
+    """
+
+    parts: tuple[bytes, bytes | memoryview]
     envelope: Envelope
+
+    @property
+    def size(self) -> int:
+        """Stored bytes (prefix + payload), without joining."""
+        return len(self.parts[0]) + self.envelope.size
+
+    @cached_property
+    def data(self) -> bytes:
+        """The whole stored blob as one ``bytes`` (joined once, then kept)."""
+        return b"".join(self.parts)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -180,13 +198,14 @@ def _tensor_dict_kind(obj: Any) -> str | None:
 def _encode_payload(obj: Any, trusted: bool) -> tuple[str, Any, str]:
     """Return (format, payload, kind) where kind tells decode how to rebuild the object.
 
-    ``payload`` is any bytes-like object: it is hashed and joined into the stored blob without
-    an intermediate copy (a Parquet buffer is passed as a view, not ``getvalue()``d).
+    ``payload`` is any immutable bytes-like object: it is hashed and handed to the store
+    without an intermediate copy (a Parquet buffer is passed as a view, not ``getvalue()``d).
     """
     if isinstance(obj, bytes):
         return "bytes", obj, "bytes"
     if isinstance(obj, bytearray | memoryview):
-        return "bytes", memoryview(obj).cast("B"), "bytes"
+        # a snapshot: the caller may change its buffer after we hashed it (Encoded keeps parts)
+        return "bytes", memoryview(obj).cast("B").tobytes(), "bytes"
     if _is_dataframe(obj):
         buf = io.BytesIO()
         obj.to_parquet(buf, engine="pyarrow", index=True)
@@ -286,8 +305,8 @@ def encode(obj: Any, *, trusted: bool = False, compression: str | None = None) -
         python_type=kind,
     )
     header = json.dumps(envelope.as_dict(), separators=(",", ":")).encode()
-    # one copy of the payload: straight into the blob
-    return Encoded(b"".join((MAGIC, _LEN.pack(len(header)), header, payload)), envelope)
+    # no copy of the payload here: stores send prefix and payload back to back (Encoded.parts)
+    return Encoded((MAGIC + _LEN.pack(len(header)) + header, payload), envelope)
 
 
 def _not_ours(key: str) -> ChecksumError:

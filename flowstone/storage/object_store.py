@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from flowstone.storage.keys import validate_partition_key
@@ -25,6 +26,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes) -> str:
         """Store ``data`` atomically under ``key`` (a reader sees old or new, never torn); return the URI."""
+
+    def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> str:
+        """Store the concatenation of ``parts`` (a codec header, then the payload) like ``put``.
+
+        Backends that can send the parts back to back override this so that a large payload is
+        never copied into a joined blob first; the default joins and calls ``put``.
+        """
+        return self.put(key, b"".join(parts))
 
     @abstractmethod
     def get(self, key: str) -> bytes:

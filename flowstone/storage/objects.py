@@ -33,8 +33,8 @@ def save_object(
     compression: str | None = None,
 ) -> StoredObject:
     encoded = codec.encode(obj, trusted=trusted, compression=compression)
-    uri = store.put(key, encoded.data)
-    return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=len(encoded.data))
+    uri = store.put_parts(key, encoded.parts)  # S3 sends header and payload without joining
+    return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=encoded.size)
 
 
 def load_object(store: ObjectStore, key: str, *, trusted: bool = False) -> Any:

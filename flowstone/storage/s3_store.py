@@ -17,6 +17,7 @@ CRC32 is kept, because there botocore would otherwise sign the payload with a sl
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
@@ -42,6 +43,64 @@ def client_config(endpoint_url: str | None, *, signed: bool = True) -> Any:
             "when_required" if plain_http and signed else "when_supported"
         ),
     )
+
+
+class _PartsBody(io.RawIOBase):
+    """A seekable PutObject body over buffers sent back to back (codec header, then payload).
+
+    Why not ``b"".join(parts)``: that is a fresh allocation and a full copy of the object on
+    every put, and for multi-megabyte objects the new pages fault in one by one, which costs
+    more than the copy. Why not ``io.BytesIO`` (what botocore wraps a ``bytes`` body in): it
+    copies every chunk it hands out, and botocore reads the body twice (SigV4 hashes it, then
+    urllib3 sends it). A read inside one buffer returns a read-only ``memoryview`` slice of it
+    (bytes-like: ``hashlib``, ``zlib.crc32`` and ``socket.sendall`` take it as is, and it
+    compares equal to ``b""`` at the end); only a read that spans two buffers is joined.
+    Seekable, so botocore can size the body and rewind it for a retry.
+    """
+
+    def __init__(self, parts: Sequence[bytes | memoryview]):
+        super().__init__()
+        self._views = [memoryview(part).cast("B").toreadonly() for part in parts]
+        self._starts = []
+        offset = 0
+        for view in self._views:
+            self._starts.append(offset)
+            offset += view.nbytes
+        self._size = offset
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        pieces = []
+        for start, view in zip(self._starts, self._views, strict=True):
+            lo, hi = max(self._pos, start), min(end, start + view.nbytes)
+            if lo < hi:
+                pieces.append(view[lo - start : hi - start])
+        self._pos = max(self._pos, end)
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class _S3Body(io.RawIOBase):
@@ -94,8 +153,13 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put(self, key: str, data: bytes) -> str:
+        return self.put_parts(key, (data,))
+
+    def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> str:
+        """One PutObject of the parts back to back, never joined (see :class:`_PartsBody`)."""
+        full = self._full(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=_PartsBody(parts))
         except Exception as exc:
             raise self._fail("put", key, exc) from exc
         return self.uri(key)

@@ -23,8 +23,13 @@ from flowstone.storage.s3_store import S3ObjectStore
 
 
 def _aws_command() -> list[str]:
-    """The AWS CLI: on PATH, in this venv, or as the awscli module of this interpreter."""
-    for candidate in (shutil.which("aws"), str(Path(sys.executable).with_name("aws"))):
+    """The AWS CLI: next to this interpreter first, then on PATH, then as its awscli module.
+
+    The venv's own ``aws`` (awscli is in the dev extras) comes first because ``make test`` runs
+    ``.venv/bin/python -m pytest`` without the venv on PATH, and a different ``aws`` on PATH
+    (a pyenv shim, a system install) may be broken or run another botocore.
+    """
+    for candidate in (str(Path(sys.executable).parent / "aws"), shutil.which("aws")):
         if candidate and os.access(candidate, os.X_OK):
             probe = subprocess.run(
                 [candidate, "--version"], capture_output=True, text=True, timeout=60

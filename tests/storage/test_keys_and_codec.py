@@ -174,3 +174,16 @@ def test_stream_decode_matches_blob_decode_and_verifies_the_checksum():
         codec.decode_stream(io.BytesIO(codec.MAGIC + b"\xff\xff\xff\xff{}"), "k")
     with pytest.raises(ChecksumError, match="unreadable header"):
         codec.decode_stream(io.BytesIO(good[:12]), "k")
+
+
+def test_encoded_parts_are_the_blob_and_a_snapshot_of_mutable_input():
+    value = bytearray(b"payload-" * 1000)
+    enc = codec.encode(value)
+    prefix, payload = enc.parts
+    assert prefix.startswith(codec.MAGIC) and bytes(payload) == bytes(value)
+    assert enc.size == len(enc.data) == len(prefix) + len(value)
+    value[:8] = b"CHANGED!"  # the caller reuses its buffer after the write
+    assert bytes(enc.parts[1]).startswith(b"payload-")
+    assert codec.decode(enc.data, "k") == b"payload-" * 1000
+    big = b"\x01" * 100_000
+    assert codec.encode(big).parts[1] is big  # immutable bytes go out without a copy

@@ -6,7 +6,7 @@ store, deployment waits for an approval, a failing bake changes nothing downstre
 import dagster as dg
 import duckdb
 import pytest
-from conftest import write_tiny_classifier
+from bake_helpers import write_tiny_classifier
 from typer.testing import CliRunner
 
 from assets.baking import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_tiny_classifier
+from bake_helpers import tiny_config, write_tiny_classifier
 
 from flowstone.baking import intake, pipeline
 from flowstone.baking.config import parse_config
@@ -175,7 +175,7 @@ def test_drop_folder_intake_and_names(tmp_path, tiny_drop):
 
 
 def _tiny():
-    from conftest import TINY
+    from bake_helpers import TINY
 
     from flowstone.baking.demo_models import DemoClassifier
 

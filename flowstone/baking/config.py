@@ -32,21 +32,24 @@ DEFAULT_MAX_SIZE_MB = 2048.0
 
 # Defaults that hold the issue's targets on the demo models; bench/README.md has the curve.
 DEFAULT_PASSES: dict[str, list[dict[str, Any]]] = {
-    "embedding": [
-        {"name": "onnx_export", "opset": 17},
-        {"name": "onnx_optimize", "model_type": "bert", "opt_level": 0},
-        {
-            "name": "onnx_quantize",
-            "method": "matmul_nbits",
-            "per_channel": True,
-            "bits": 8,
-            "block_size": 32,
-            "accuracy_level": 4,
-            "symmetric": True,
-        },
-    ],
     "classifier": [{"name": "quantize_dynamic"}, {"name": "torchscript"}],
 }
+RECIPE_STEPS = {"export": "onnx_export", "optimize": "onnx_optimize", "quantize": "onnx_quantize"}
+
+
+def default_passes(task: str) -> list[dict[str, Any]]:
+    """Embedding models default to the recipe bench/bench_baking_minilm.py settled on (one
+    source of truth, in flowstone.baking.onnx_runtime); classifiers to torch int8 + TorchScript."""
+    if task != "embedding":
+        return DEFAULT_PASSES[task]
+    from flowstone.baking.onnx_runtime import recommended_recipe
+
+    return [
+        {"name": RECIPE_STEPS[step["step"]], **step["options"]}
+        for step in recommended_recipe()["steps"]
+    ]
+
+
 DEFAULT_QUALITY = {
     "embedding": {"metric": "spearman_rho", "threshold": 0.99},
     "classifier": {"metric": "accuracy_retention", "threshold": 0.99},
@@ -153,7 +156,7 @@ def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaul
     if task not in TASKS:
         raise ConfigError(source, "task", f"must be one of {', '.join(TASKS)}, got {task!r}")
     passes = (
-        _passes(source, raw["passes"]) if "passes" in raw else _passes(source, DEFAULT_PASSES[task])
+        _passes(source, raw["passes"]) if "passes" in raw else _passes(source, default_passes(task))
     )
     quality = {**DEFAULT_QUALITY[task], **(raw.get("quality") or {})}
     if quality["metric"] not in QUALITY_METRICS[task]:

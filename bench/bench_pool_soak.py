@@ -77,43 +77,47 @@ def main() -> None:
          "--workers", "2", "--max-rss-mb", str(MAX_RSS_MB), "--max-requests", "200000", "--health-interval-s", "5"],
         env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not Path(socket_path).exists():
-        if time.monotonic() > deadline or server.poll() is not None:
-            raise SystemExit("pool server did not start")
-        time.sleep(0.2)
-    seconds = MINUTES * 60
-    queue: mp.Queue = mp.get_context("spawn").Queue()
-    procs = [
-        mp.get_context("spawn").Process(target=client, args=(socket_path, seconds, i, queue))
-        for i in range(CLIENTS)
-    ]
-    for p in procs:
-        p.start()
-    me = psutil.Process(server.pid)
-    samples, seen_workers = [], set()
-    begin = time.monotonic()
-    results = []
-    while len(results) < CLIENTS:  # drain the queue as we go: a child exits only once it is read
-        workers = [w for w in me.children(recursive=True) if w.is_running()]
-        seen_workers.update(w.pid for w in workers)
-        rss = []
-        for w in workers:
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(socket_path).exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("pool server did not start")
+            time.sleep(0.2)
+        seconds = MINUTES * 60
+        queue: mp.Queue = mp.get_context("spawn").Queue()
+        procs = [
+            mp.get_context("spawn").Process(target=client, args=(socket_path, seconds, i, queue))
+            for i in range(CLIENTS)
+        ]
+        for p in procs:
+            p.start()
+        me = psutil.Process(server.pid)
+        samples, seen_workers = [], set()
+        begin = time.monotonic()
+        results = []
+        while (
+            len(results) < CLIENTS
+        ):  # drain the queue as we go: a child exits only once it is read
+            workers = [w for w in me.children(recursive=True) if w.is_running()]
+            seen_workers.update(w.pid for w in workers)
+            rss = []
+            for w in workers:
+                try:
+                    rss.append(w.memory_info().rss / 2**20)
+                except psutil.Error:
+                    continue
+            samples.append({"t": round(time.monotonic() - begin), "server_mb": me.memory_info().rss / 2**20,
+                            "worker_mb": rss, "workers": len(workers)})  # fmt: skip
             try:
-                rss.append(w.memory_info().rss / 2**20)
-            except psutil.Error:
-                continue
-        samples.append({"t": round(time.monotonic() - begin), "server_mb": me.memory_info().rss / 2**20,
-                        "worker_mb": rss, "workers": len(workers)})  # fmt: skip
-        try:
-            results.append(queue.get(timeout=10))
-        except Exception:  # queue.Empty: nobody finished in these 10 s
-            if time.monotonic() - begin > seconds + 300:
-                raise SystemExit("clients did not finish") from None
-    for p in procs:
-        p.join(10)
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(30)
+                results.append(queue.get(timeout=10))
+            except Exception:  # queue.Empty: nobody finished in these 10 s
+                if time.monotonic() - begin > seconds + 300:
+                    raise SystemExit("clients did not finish") from None
+        for p in procs:
+            p.join(10)
+    finally:  # the server and its workers go, whatever happened above
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
     time.sleep(1)
     orphans = [
         pid

@@ -1,5 +1,6 @@
 """Evaluation -> warehouse -> dbt, end to end on a throwaway DuckDB warehouse."""
 
+import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
@@ -141,10 +142,27 @@ def test_dbt_waits_out_a_warehouse_lock_held_by_another_process(lab_factory):
     """A writer outside Dagster (here: this test process) holds the DuckDB file; the dbt step
     sees dbt's lock error, asks for a retry, and succeeds once the file is free."""
     import threading
+    import time
 
     lab = lab_factory()  # dbt builds on an empty warehouse: no evaluation needed here
     holder = duckdb.connect(str(lab.warehouse))
-    timer = threading.Timer(7.0, holder.close)  # dbt needs ~3 s to start
+
+    def release_after_first_retry() -> None:
+        """Hold the file until dbt has met the lock (however long dbt takes to start on a
+        busy machine), then let go so the retry succeeds."""
+        from dagster._core.events import DagsterEventType
+
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            records = lab.instance.get_event_records(
+                dg.EventRecordsFilter(event_type=DagsterEventType.STEP_UP_FOR_RETRY), limit=1
+            )
+            if records:
+                break
+            time.sleep(0.2)
+        holder.close()
+
+    timer = threading.Thread(target=release_after_first_retry)
     timer.start()
     try:
         result = lab.defs.resolve_job_def(DBT_JOB).execute_in_process(

@@ -49,7 +49,6 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
-
 _exit_status: list[int] = []
 
 

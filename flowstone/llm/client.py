@@ -51,6 +51,20 @@ def _span_attributes(provider: Provider) -> dict[str, str]:
     }
 
 
+def _record_success(provider: Provider, span, completion: Completion, priced: bool) -> None:
+    """One successful provider call, as metrics and the span see it (plain and streamed)."""
+    metrics.llm_call(
+        provider.name,
+        provider.model,
+        "ok",
+        seconds=completion.latency_s,
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        cost_usd=completion.cost_usd if priced else None,
+    )
+    _record_usage(span, completion)
+
+
 def _record_usage(span, completion: Completion) -> None:
     """Tokens, cost and cache use of a completion on its span (nothing when spans are off)."""
     if not span.is_recording():
@@ -259,16 +273,7 @@ class LLMClient:
                     metrics.llm_error(provider.name, kind)
                 tracing.mark(span, outcome)  # the span records the exception as it escapes
                 raise
-            metrics.llm_call(
-                provider.name,
-                provider.model,
-                "ok",
-                seconds=completion.latency_s,
-                input_tokens=completion.input_tokens,
-                output_tokens=completion.output_tokens,
-                cost_usd=completion.cost_usd if priced else None,
-            )
-            _record_usage(span, completion)
+            _record_success(provider, span, completion, priced)
             tracing.mark(span, "ok")
             return completion, priced
 
@@ -364,16 +369,7 @@ class LLMClient:
                         completion, priced = self._price(chunk.completion, candidate.model)
                         self._account(completion, totals, priced)
                         self.router.record_latency(candidate.name, completion.latency_s)
-                        metrics.llm_call(
-                            candidate.name,
-                            candidate.model,
-                            "ok",
-                            seconds=completion.latency_s,
-                            input_tokens=completion.input_tokens,
-                            output_tokens=completion.output_tokens,
-                            cost_usd=completion.cost_usd if priced else None,
-                        )
-                        _record_usage(span, completion)
+                        _record_success(candidate, span, completion, priced)
                         yield StreamChunk(chunk.text, completion)
                     else:
                         yield chunk

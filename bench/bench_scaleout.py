@@ -96,8 +96,7 @@ def single_machine(root: Path, catalog_env: dict[str, str]) -> tuple[float, dict
 
 def scale_out(root: Path, catalog_env: dict[str, str], per_run: int, budget: float) -> dict:
     import dagster as dg
-    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
+    from dagster._core.execution.backfill import BulkActionStatus
 
     from assets.scaleout import ensure_pool_limits, scale_out_definitions
     from flowstone.definitions import build_definitions
@@ -145,23 +144,8 @@ def scale_out(root: Path, catalog_env: dict[str, str], per_run: int, budget: flo
         )
         out["startup_s"] = time.perf_counter() - start
 
-        backfill_id = make_new_backfill_id()
         submitted = time.perf_counter()
-        instance.add_backfill(
-            PartitionBackfill.from_asset_partitions(
-                backfill_id=backfill_id,
-                asset_graph=graph,
-                partition_names=partitions,
-                asset_selection=keys,
-                backfill_timestamp=time.time(),
-                tags={},
-                dynamic_partitions_store=instance,
-                all_partitions=False,
-                title="bench_scaleout",
-                description=None,
-                run_config=None,
-            )
-        )
+        backfill_id = st.submit_backfill(instance, graph, keys, partitions, "bench_scaleout")
         runs_filter = dg.RunsFilter(tags={"dagster/backfill": backfill_id})
         deadline = submitted + budget
 

@@ -387,3 +387,29 @@ def dagster_home(root: Path, config: Path | None = None) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config or REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     return home
+
+
+def submit_backfill(instance, graph, keys, partitions, title: str, tags: dict | None = None) -> str:
+    """One asset backfill of ``keys`` over ``partitions``; the daemon's backfill loop runs it."""
+    import time as _time
+
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    backfill_id = make_new_backfill_id()
+    instance.add_backfill(
+        PartitionBackfill.from_asset_partitions(
+            backfill_id=backfill_id,
+            asset_graph=graph,
+            partition_names=partitions,
+            asset_selection=keys,
+            backfill_timestamp=_time.time(),
+            tags=tags or {},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=title,
+            description=None,
+            run_config=None,
+        )
+    )
+    return backfill_id

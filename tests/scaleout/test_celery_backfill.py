@@ -72,8 +72,7 @@ def _logs(stack: st.LocalStack) -> str:
 
 def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch) -> None:
     import dagster as dg
-    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
+    from dagster._core.execution.backfill import BulkActionStatus
 
     from assets.scaleout import ensure_pool_limits, scale_out_definitions
     from flowstone.definitions import build_definitions
@@ -152,22 +151,7 @@ def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch
         assert len(partitions) == 6, partitions
 
         # Submitted before the daemon starts, so its first backfill iteration picks it up.
-        backfill_id = make_new_backfill_id()
-        instance.add_backfill(
-            PartitionBackfill.from_asset_partitions(
-                backfill_id=backfill_id,
-                asset_graph=graph,
-                partition_names=partitions,
-                asset_selection=keys,
-                backfill_timestamp=time.time(),
-                tags={},
-                dynamic_partitions_store=instance,
-                all_partitions=False,
-                title="scale-out test",
-                description=None,
-                run_config=None,
-            )
-        )
+        backfill_id = st.submit_backfill(instance, graph, keys, partitions, "scale-out test")
 
         stack = st.LocalStack(tmp_path, child_env)
         survivors: list[int] = []

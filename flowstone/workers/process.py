@@ -29,6 +29,7 @@ _ids = itertools.count(1)
 # (tens of microseconds on an idle core); a no-op call answers in about twenty.
 REPLY_SPIN_S = float(os.environ.get("FLOWSTONE_POOL_SPIN_US", "100")) / 1e6
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 _CRASH_SIGNALS = {
     signal.SIGSEGV: "segmentation fault",
@@ -114,6 +115,10 @@ class WorkerProcess:
         self.failures = 0
         self.last_used = self.spawned_at
         self.recycle_reason: str | None = None
+        self._statm_fd: int | None = None
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                self._statm_fd = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
 
     @classmethod
     def spawn(
@@ -232,6 +237,7 @@ class WorkerProcess:
 
     def _close_pipes(self) -> None:
         self._close_stdin()
+        self._close_statm()
         try:
             if self.proc.stdout and not self.proc.stdout.closed:
                 self.proc.stdout.close()
@@ -239,12 +245,30 @@ class WorkerProcess:
             pass
 
     def rss_bytes(self) -> int | None:
+        """Resident memory now, or None once the process is gone.
+
+        Cheap enough to call after every request (the pool does, to enforce ``max_rss_mb``
+        even on a worker that is never idle): on Linux it re-reads ``/proc/<pid>/statm``
+        through a descriptor kept open, about a microsecond; elsewhere it asks psutil.
+        """
+        fd = self._statm_fd
+        if fd is not None:
+            try:
+                return int(os.pread(fd, 128, 0).split()[1]) * _PAGE_SIZE
+            except (OSError, IndexError, ValueError):
+                return None  # the process is gone (ESRCH) or the file is not what we expect
         import psutil
 
         try:
             return psutil.Process(self.pid).memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return None
+
+    def _close_statm(self) -> None:
+        fd, self._statm_fd = self._statm_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def describe(self) -> dict[str, Any]:
         rss = self.rss_bytes() if self.state != "dead" else None

@@ -56,6 +56,14 @@ class FaultyBridge(Bridge):
         return os.getpid()
 
     @command
+    def hold_and_report(self, megabytes: int) -> dict[str, int]:
+        """Keep memory resident, then say which worker holds it and its RSS as it replies."""
+        self.hold(megabytes)
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"pid": os.getpid(), "rss": rss}
+
+    @command
     def chatty(self) -> str:
         print("this goes to stderr, not into the frame stream")
         sys.stdout.write("x" * 100_000)

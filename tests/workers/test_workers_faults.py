@@ -140,16 +140,48 @@ def test_recycling_by_request_count(make_pool):
     assert pool.stats()["recycled"] == 2
 
 
-def test_recycling_by_resident_memory_and_age(make_pool):
-    pool = make_pool(bridge=FAULTY, size=1, max_rss_mb=60)
-    pid = pool.execute("faulty:hold", {"megabytes": 80})
-    assert pool.check_health()["recycled"] == 1
-    assert _wait_for(lambda: pool.worker_pids() and pool.worker_pids()[0] != pid)
+def test_a_worker_over_max_rss_is_retired_when_handed_back(make_pool):
+    """Under steady traffic a worker is never idle for the health loop to see: the bound must
+    hold on the call path. Two threads keep the one worker busy, every call keeps 8 MB more,
+    and no worker may serve a call after it answered one above the bound."""
+    bound_mb = 80
+    pool = make_pool(bridge=FAULTY, size=1, max_rss_mb=bound_mb, health_interval_s=None)
+    replies: list[dict[str, int]] = []
+    lock = threading.Lock()
+
+    def hammer():
+        for _ in range(15):
+            reply = pool.execute("faulty:hold_and_report", {"megabytes": 8})
+            with lock:
+                replies.append(reply)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(replies) == 30
+    over = {r["pid"] for r in replies if r["rss"] > bound_mb * 1024 * 1024}
+    assert over, "no call went above the bound: the test did not exercise recycling"
+    for pid in over:
+        served = [r for r in replies if r["pid"] == pid]
+        first_over = next(i for i, r in enumerate(served) if r["rss"] > bound_mb * 1024 * 1024)
+        assert first_over == len(served) - 1, f"pid {pid} served calls after crossing the bound"
+    assert pool.stats()["recycled"] == len(over)
+    assert max(r["rss"] for r in replies) < (bound_mb + 8 + 4) * 1024 * 1024
+
+
+def test_recycling_of_idle_workers_by_age(make_pool):
     aged = make_pool(bridge="echo", size=1, max_age_s=0.2)
     first = aged.worker_pids()[0]
     time.sleep(0.3)
     aged.execute("echo:noop")  # served, then retired on release
     assert _wait_for(lambda: aged.worker_pids() and aged.worker_pids()[0] != first)
+    idle = make_pool(bridge="echo", size=1, max_age_s=0.2, health_interval_s=None)
+    first = idle.worker_pids()[0]
+    time.sleep(0.3)
+    assert idle.check_health()["recycled"] == 1  # never called: the health pass retires it
+    assert _wait_for(lambda: idle.worker_pids() and idle.worker_pids()[0] != first)
 
 
 PARENT_SCRIPT = """

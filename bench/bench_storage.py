@@ -9,9 +9,9 @@
    connection.
 2. Object put/get throughput through ``ObjectStoreIOManager`` (S3 backend) vs raw boto3
    ``put_object``/``get_object`` of the same encoded bytes on the same moto server (its own
-   process on loopback). Two reference rows show where the time goes: raw boto3 plus a sha256
-   of the payload (the floor for any store that checksums its objects), and raw boto3 on the
-   I/O manager's client configuration. The output says exactly what each side does. The
+   process on loopback). Reference rows show where the time goes: raw boto3 plus a sha256
+   of the payload (the floor for a store that verifies sha256 on load), raw boto3 on the I/O
+   manager's client configuration, and the I/O manager with ``verify_sha256=True``. The output says exactly what each side does. The
    sides take turns object by object (rotating order), so that load from elsewhere on a shared
    machine hits them alike; the output gives medians, quartiles and per-object paired ratios.
 
@@ -44,6 +44,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+import xxhash
 
 from flowstone.storage.database import PartitionedTableStore
 from io_managers.database import DatabaseIOManager
@@ -336,6 +337,9 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
         same_config_client = s3_client_for_codec(resource)
         raw_client.create_bucket(Bucket="bench")
         manager = ObjectStoreIOManager(backend="s3", bucket="bench", s3=resource)
+        manager_sha = ObjectStoreIOManager(
+            backend="s3", bucket="bench", s3=resource, verify_sha256=True
+        )
         payload = os.urandom(8 * 1024 * 1024)
         # the raw side moves exactly the bytes the I/O manager stores (header + payload)
         encoded = codec.encode(payload).data
@@ -368,6 +372,9 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
         def ours_get(i):
             assert len(manager.load_input(in_ctx[i])) == len(payload)
 
+        def ours_get_sha256(i):
+            assert len(manager_sha.load_input(in_ctx[i])) == len(payload)
+
         def raw_put(client, prefix, hash_first=False):
             def run(i):
                 if hash_first:
@@ -394,6 +401,7 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
             },
             "get": {
                 "io_manager": ours_get,
+                "io_manager, verify_sha256": ours_get_sha256,
                 "raw boto3": raw_get(raw_client, "raw"),
                 "raw boto3 + sha256": raw_get(raw_client, "rawh", hash_after=True),
                 "raw boto3, our client config": raw_get(same_config_client, "rawc"),
@@ -417,20 +425,23 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
 
         hash_ms = timed(lambda: hashlib.sha256(payload).digest(), 5) * 1000
         crc_ms = timed(lambda: zlib.crc32(encoded), 5) * 1000
+        xxh_ms = timed(lambda: xxhash.xxh3_128_hexdigest(payload), 5) * 1000
         print(
             f"Object store on moto server process ({objects} x {len(payload) >> 20} MiB objects, "
             f"{rounds} rounds, sides interleaved object by object; medians; load average before "
             f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}):"
         )
         print(
-            "  io_manager put: handle_output -> codec.encode (sha256 of the payload, ~300-byte "
-            "header; the payload is not copied) -> one put_object whose body is the header and "
-            "the payload back to back (a seekable reader handing out views; no joined blob).\n"
+            "  io_manager put: handle_output -> codec.encode (sha256 and xxh3-128 of the payload, "
+            "~350-byte header; the payload is not copied) -> one put_object whose body is the "
+            "header and the payload back to back (a seekable reader handing out views; no joined "
+            "blob).\n"
             "  io_manager get: load_input -> get_object, header read, the payload in one read, "
-            "sha256 verified before the bytes are returned.\n"
+            "size and xxh3-128 verified before the bytes are returned (verify_sha256: the "
+            "sha256 instead).\n"
             "  Its client (s3_client_for_codec): no CRC32 on this plain-HTTP endpoint "
             "(SigV4 still signs the payload's sha256 and the server checks it; responses are "
-            "covered by the codec's sha256).\n"
+            "covered by the codec's checksum).\n"
             f"  raw boto3: put_object(Body=<the same {len(encoded):,}-byte blob, built once>) / "
             "get_object + Body.read() on a default boto3 client (CRC32 request checksum + "
             "signed payload sha256 on put; CRC32 validated on get).\n"
@@ -439,8 +450,8 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
             "  raw boto3, our client config: raw put_object/get_object on the I/O manager's client."
         )
         print(
-            f"  one {len(payload) >> 20} MiB payload: sha256 {hash_ms:.1f} ms, "
-            f"CRC32 {crc_ms:.1f} ms (what the default client computes instead)"
+            f"  one {len(payload) >> 20} MiB payload: sha256 {hash_ms:.1f} ms, xxh3-128 "
+            f"{xxh_ms:.2f} ms, CRC32 {crc_ms:.1f} ms (what a default client computes)"
         )
         for op in ("put", "get"):
             raw = samples[op]["raw boto3"]
@@ -465,6 +476,9 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
                 f"{'met' if raw / ours >= 0.9 else 'NOT met'}); vs raw on our client config "
                 f"{same / ours:4.2f}x; a default client + sha256 reaches {raw / floor:4.2f}x"
             )
+            if op == "get":
+                strict = statistics.median(samples[op]["io_manager, verify_sha256"])
+                print(f"  get with verify_sha256=True: {raw / strict:4.2f}x of raw boto3")
 
 
 def ms_quartiles(samples: list[float]) -> str:

@@ -37,11 +37,14 @@ def save_object(
     return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=encoded.size)
 
 
-def load_object(store: ObjectStore, key: str, *, trusted: bool = False) -> Any:
+def load_object(
+    store: ObjectStore, key: str, *, trusted: bool = False, verify_sha256: bool = False
+) -> Any:
     """Fetch and decode ``key``; a corrupted object raises ChecksumError naming the key.
 
     Streams from the store (header first, then the payload in one read) so that a large
-    payload is not copied out of the whole blob; the sha256 is still verified before decoding.
+    payload is not copied out of the whole blob; the checksum is still verified before
+    decoding (xxh3-128, plus sha256 with ``verify_sha256``; see :mod:`codec`).
     """
     with store.open(key) as stream:
-        return codec.decode_stream(stream, key, trusted=trusted)
+        return codec.decode_stream(stream, key, trusted=trusted, verify_sha256=verify_sha256)

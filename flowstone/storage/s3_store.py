@@ -5,11 +5,11 @@ Dagster, dagster-aws's ``S3Resource``). S3 PUTs are atomic per object, so no tem
 needed. Transport failures become :class:`StorageError` naming the bucket and key, so that a
 failing primary write is loud and says where it was going.
 
-Checksums: every FlowStone object carries the sha256 of its payload, verified on load
+Checksums: every FlowStone object carries checksums of its payload, verified on load
 (:mod:`flowstone.storage.codec`). botocore's own "flexible checksums" would add a CRC32 over
 the same bytes; :func:`client_config` says where that CRC32 is redundant so that callers who
 build the client (the object-store I/O manager does) can skip it. It never removes the only
-integrity check of a transfer: responses are covered by our sha256; on plain-HTTP endpoints
+integrity check of a transfer: responses are covered by the codec's checksum; on plain-HTTP endpoints
 requests stay covered by SigV4's signed payload hash (which S3 verifies); on HTTPS the request
 CRC32 is kept, because there botocore would otherwise sign the payload with a slower sha256.
 """
@@ -29,7 +29,7 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 def client_config(endpoint_url: str | None, *, signed: bool = True) -> Any:
     """botocore ``Config`` for an S3 client used only through FlowStone's checksummed codec.
 
-    Response CRC32 validation is dropped (the codec's sha256 checks every payload byte on
+    Response CRC32 validation is dropped (the codec's checksum covers every payload byte on
     load). Request CRC32 is dropped only on plain-HTTP endpoints (MinIO, moto, a local
     gateway) with signed requests, where SigV4 already signs the payload's sha256 and the
     server verifies it.

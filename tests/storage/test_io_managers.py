@@ -125,3 +125,28 @@ def test_rest_io_manager_404_names_the_partition(fake_api):
     with pytest.raises(Exception, match="no data for asset remote partition '2024-01-02'"):
         dg.materialize([remote_copy, remote.to_source_asset()], resources={"rest": rest},
                        partition_key="2024-01-02")  # fmt: skip
+
+
+@dg.asset
+def blob_value() -> bytes:
+    return b"\x00payload\xff" * 1000
+
+
+def test_object_store_verify_sha256_checks_the_identity_digest_too(tmp_path):
+    """The default load checks xxh3-128; verify_sha256 also checks the recorded sha256."""
+    import json
+
+    from flowstone.storage import codec
+    from flowstone.storage.errors import ChecksumError
+
+    manager = ObjectStoreIOManager(base_path=str(tmp_path))
+    _mat([blob_value], {"io_manager": manager})
+    path = tmp_path / "flowstone/blob_value/__asset__.fso"
+    envelope, payload = codec.read_envelope(path.read_bytes())
+    header = json.dumps({**envelope.as_dict(), "sha256": "f" * 64}).encode()
+    path.write_bytes(codec.MAGIC + len(header).to_bytes(4, "big") + header + bytes(payload))
+    context = dg.build_input_context(asset_key=dg.AssetKey("blob_value"))
+    assert manager.load_input(context) == b"\x00payload\xff" * 1000
+    strict = ObjectStoreIOManager(base_path=str(tmp_path), verify_sha256=True)
+    with pytest.raises(ChecksumError, match="'flowstone/blob_value/__asset__.fso': expected sha256 f{64}"):
+        strict.load_input(context)

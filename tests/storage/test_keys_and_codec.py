@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import hashlib
 import io
+import json
 
 import numpy as np
 import pandas as pd
 import pydantic
 import pytest
+import xxhash
 
 from flowstone.storage import codec
 from flowstone.storage.errors import ChecksumError, CodecError, UnsafeKeyError
@@ -133,6 +136,46 @@ def test_corruption_truncation_and_foreign_bytes_are_checksum_errors_naming_the_
         codec.decode(good[:-2], "k")
     with pytest.raises(ChecksumError, match="not a FlowStone object"):
         codec.decode(b"PK\x03\x04 zip file", "k")
+
+
+def _with_header(blob: bytes, **changes) -> bytes:
+    """The same payload under a rewritten header (None drops a field)."""
+    envelope, payload = codec.read_envelope(blob)
+    fields = {**envelope.as_dict(), **changes}
+    fields = {k: v for k, v in fields.items() if k not in changes or v is not None}
+    header = json.dumps(fields).encode()
+    return codec.MAGIC + len(header).to_bytes(4, "big") + header + bytes(payload)
+
+
+def test_every_load_checks_xxh3_and_sha256_on_request():
+    value = {"values": list(range(100))}
+    blob = codec.encode(value).data
+    envelope = codec.read_envelope(blob)[0]
+    payload = bytes(codec.read_envelope(blob)[1])
+    assert envelope.sha256 == hashlib.sha256(payload).hexdigest()
+    assert envelope.xxh3_128 == xxhash.xxh3_128_hexdigest(payload)
+    flipped = bytearray(blob)
+    flipped[-3] ^= 0x10
+    with pytest.raises(ChecksumError, match="'k': expected xxh3-128"):
+        codec.decode(bytes(flipped), "k")
+    with pytest.raises(ChecksumError, match="'k': expected sha256"):
+        codec.decode(bytes(flipped), "k", verify_sha256=True)
+    # a header whose sha256 is wrong while its xxh3 is right: only verify_sha256 looks at it
+    wrong_sha = _with_header(blob, sha256="0" * 64)
+    assert codec.decode(wrong_sha, "k") == value
+    for load in (codec.decode, lambda b, k, **kw: codec.decode_stream(io.BytesIO(b), k, **kw)):
+        with pytest.raises(
+            ChecksumError, match="checksum mismatch for object 'k': expected sha256"
+        ):
+            load(wrong_sha, "k", verify_sha256=True)
+    # objects written before xxh3_128 existed are verified by their sha256
+    legacy = _with_header(blob, xxh3_128=None)
+    assert codec.read_envelope(legacy)[0].xxh3_128 is None
+    assert codec.decode(legacy, "k") == value
+    legacy_flipped = bytearray(legacy)
+    legacy_flipped[-3] ^= 0x10
+    with pytest.raises(ChecksumError, match="'old/k': expected sha256"):
+        codec.decode(bytes(legacy_flipped), "old/k")
 
 
 class _Trickle(io.RawIOBase):

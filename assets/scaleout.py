@@ -12,8 +12,10 @@ single-machine default. With ``FLOWSTONE_EXECUTOR=celery`` (or ``k8s``):
   the calls of many workers), and a backfill is cut into runs of
   ``FLOWSTONE_PARTITIONS_PER_RUN`` partitions (default 1) instead of one single run, so the
   queued run coordinator and the workers have something to spread;
-- with ``FLOWSTONE_OBJECT_STORE_URL=s3://bucket/prefix``, asset values go to S3 instead of the
-  local folder, which steps on other hosts could not read.
+- asset values must then live where every host reads them: set
+  ``FLOWSTONE_OBJECT_STORE_URL=s3://bucket/prefix`` (honoured in every mode, see
+  :mod:`flowstone.storage.location`); the local default folder breaks once steps of one run
+  land on two hosts.
 
 A worker that dies under a step is covered by Celery itself (late acknowledgement: the step's
 message goes to another worker), not by the RetryPolicy: dagster-celery reports a lost task
@@ -37,7 +39,6 @@ EXECUTOR_ENV = "FLOWSTONE_EXECUTOR"
 CELERY_CONFIG_ENV = "FLOWSTONE_CELERY_CONFIG"
 K8S_CONFIG_ENV = "FLOWSTONE_K8S_EXECUTOR_CONFIG"
 PARTITIONS_PER_RUN_ENV = "FLOWSTONE_PARTITIONS_PER_RUN"
-OBJECT_STORE_ENV = "FLOWSTONE_OBJECT_STORE_URL"
 EXECUTORS = ("default", "celery", "k8s")
 EXECUTOR_FILES = {
     "celery": (CELERY_CONFIG_ENV, "deploy/celery.yaml"),
@@ -221,34 +222,6 @@ def scale_out_assets(assets: list, per_run: int | None = None) -> list:
     return out
 
 
-def shared_io_manager() -> dg.ConfigurableIOManager | None:
-    """The object-store I/O manager on ``$FLOWSTONE_OBJECT_STORE_URL`` (``s3://bucket/prefix``),
-    or None when it is unset.
-
-    The default backend is a local folder, which only works while every step runs on one host:
-    a step on another host would not find its inputs. Endpoint and credentials come from boto3's
-    usual variables (AWS_ENDPOINT_URL for MinIO or moto, AWS_ACCESS_KEY_ID...).
-    """
-    url = os.environ.get(OBJECT_STORE_ENV)
-    if not url:
-        return None
-    if not url.startswith("s3://") or not url[len("s3://") :].partition("/")[0]:
-        raise ConfigError(
-            f"environment variable {OBJECT_STORE_ENV}", url, "must be s3://bucket[/prefix]"
-        )
-    from dagster_aws.s3 import S3Resource
-
-    from io_managers.object_store import ObjectStoreIOManager
-
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    return ObjectStoreIOManager(
-        backend="s3",
-        s3=S3Resource(endpoint_url=os.environ.get("AWS_ENDPOINT_URL")),
-        bucket=bucket,
-        prefix=prefix.strip("/") or "flowstone",
-    )
-
-
 def scale_out_definitions(defs: dg.Definitions, mode: str | None = None) -> dg.Definitions:
     """``defs`` itself unless ``FLOWSTONE_EXECUTOR`` asks for a scale-out executor; then the same
     definitions with that executor and the evaluation step settings of :func:`scale_out_assets`.
@@ -258,16 +231,12 @@ def scale_out_definitions(defs: dg.Definitions, mode: str | None = None) -> dg.D
     mode = mode or executor_mode()
     if mode == "default":
         return defs
-    resources = dict(defs.resources or {})
-    io_manager = shared_io_manager()
-    if io_manager is not None:
-        resources["io_manager"] = io_manager
     return dg.Definitions(
         assets=scale_out_assets(list(defs.assets or [])),
         schedules=defs.schedules,
         sensors=defs.sensors,
         jobs=defs.jobs,
-        resources=resources,
+        resources=defs.resources,
         executor=build_executor(mode),
         loggers=defs.loggers,
         asset_checks=defs.asset_checks,

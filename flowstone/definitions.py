@@ -16,7 +16,7 @@ from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_pa
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from assets.scaleout import scale_out_definitions
 from flowstone.evaluation.catalog import load_catalog
-from io_managers.object_store import ObjectStoreIOManager
+from io_managers.object_store import object_store_io_manager_from_env
 from resources.approvals import approvals_resource_from_env
 from resources.llm import LLMResource
 from resources.notifications import notifications_resource_from_env
@@ -46,7 +46,7 @@ def build_definitions() -> dg.Definitions:
             *build_notification_sensors(),
         ],
         resources={
-            "io_manager": ObjectStoreIOManager(),
+            "io_manager": object_store_io_manager_from_env(),
             "llm": LLMResource(),
             "worker_pool": worker_pool_resource_from_env(),
             "approvals": approvals_resource_from_env(),

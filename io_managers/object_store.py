@@ -8,6 +8,7 @@ from a dict keyed by partition key, and loaded back as such a dict.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import dagster as dg
@@ -19,6 +20,7 @@ from flowstone.paths import outputs_dir
 from flowstone.storage.errors import StorageError
 from flowstone.storage.keys import object_key_for
 from flowstone.storage.local_store import LocalObjectStore
+from flowstone.storage.location import DEFAULT_PREFIX, object_store_location
 from flowstone.storage.object_store import ObjectStore
 from flowstone.storage.objects import load_object, save_object
 from flowstone.storage.s3_store import S3ObjectStore, client_config
@@ -184,3 +186,24 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
             return load_object(store, self._key(context, None), **options)
         values = {pk: load_object(store, self._key(context, spec), **options) for pk, spec in specs}
         return next(iter(values.values())) if len(values) == 1 else values
+
+
+def object_store_io_manager_from_env() -> ObjectStoreIOManager:
+    """The code location's I/O manager on ``$FLOWSTONE_OBJECT_STORE_URL``.
+
+    ``s3://bucket/prefix`` gives the S3 backend (endpoint and credentials from boto3's usual
+    variables, e.g. AWS_ENDPOINT_URL for MinIO or moto), which every step on every host reads;
+    a folder gives the local backend there; unset, the local folder ``<outputs>/objects``
+    (resolved when a step runs, so FLOWSTONE_OUTPUTS_DIR still applies).
+    """
+    location = object_store_location()
+    if location.source == "default":
+        return ObjectStoreIOManager()
+    if location.is_s3:
+        return ObjectStoreIOManager(
+            backend="s3",
+            s3=S3Resource(endpoint_url=os.environ.get("AWS_ENDPOINT_URL")),
+            bucket=location.bucket,
+            prefix=location.prefix or DEFAULT_PREFIX,
+        )
+    return ObjectStoreIOManager(base_path=str(location.folder))

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from flowstone import paths
+from flowstone.storage.location import OBJECT_STORE_ENV, ObjectStoreLocation, object_store_location
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-OBJECT_STORE_ENV = "FLOWSTONE_OBJECT_STORE"
 POOL_SOCKET_ENV = "FLOWSTONE_POOL_SOCKET"
 PROBE_PREFIX = "_flowstone_doctor"
 
@@ -209,64 +209,54 @@ def check_warehouse(path: Path | None = None) -> CheckResult:
 # -- object store --------------------------------------------------------------------------------
 
 
-def object_store_location(location: str | None = None) -> tuple[str, str]:
-    """(location, where it came from): the argument, $FLOWSTONE_OBJECT_STORE, or the
-    object-store I/O manager's default folder (``<outputs>/objects``)."""
-    if location:
-        return location, "--object-store"
-    if os.environ.get(OBJECT_STORE_ENV):
-        return os.environ[OBJECT_STORE_ENV], OBJECT_STORE_ENV
-    return str(paths.outputs_dir() / "objects"), "default"
-
-
 def _s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def _open_store(location: str) -> tuple[Any, str]:
-    """The store at ``s3://bucket/prefix`` (endpoint and credentials from the usual AWS_*
-    variables), ``file:///folder`` or a folder path; and a name for the report."""
-    if location.startswith("s3://"):
+def _open_store(location: ObjectStoreLocation) -> tuple[Any, str]:
+    """The store at ``location`` (S3 endpoint and credentials from the usual AWS_* variables)
+    and a name for the report."""
+    if location.is_s3:
         import boto3
         from botocore.config import Config
 
         from flowstone.storage.s3_store import S3ObjectStore
 
-        bucket, _, prefix = location[len("s3://") :].partition("/")
         client = boto3.client(
             "s3",
             endpoint_url=_s3_endpoint(),
             config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}),
         )
         endpoint = client.meta.endpoint_url
-        return S3ObjectStore(client, bucket, prefix), f"{location} at {endpoint}"
+        store = S3ObjectStore(client, location.bucket or "", location.prefix)
+        return store, f"{location.url} at {endpoint}"
     from flowstone.storage.local_store import LocalObjectStore
 
-    folder = location[len("file://") :] if location.startswith("file://") else location
-    return LocalObjectStore(folder), f"local folder {Path(folder).expanduser().resolve()}"
+    return LocalObjectStore(location.folder), f"local folder {location.folder}"
 
 
 def check_object_store(location: str | None = None) -> CheckResult:
     """Put, read back and delete one probe object in the configured store."""
     name = "object store"
-    location, source = object_store_location(location)
     try:
-        store, label = _open_store(location)
+        where = object_store_location(location)
+        store, label = _open_store(where)
     except Exception as exc:
         return CheckResult(
             name,
             FAIL,
-            f"cannot build the store for {location} ({source}): {_first_line(exc)}",
-            "use s3://bucket/prefix or a folder path",
+            f"cannot build the store for {location or os.environ.get(OBJECT_STORE_ENV)}: "
+            f"{_first_line(exc)}",
+            f"set {OBJECT_STORE_ENV} to s3://bucket/prefix or a folder path",
         )
     key = f"{PROBE_PREFIX}/probe-{uuid.uuid4().hex}"
     payload = f"flowstone doctor {time.time()}".encode()
     with _local_tidy(store):
-        return _probe(name, store, label, source, location, key, payload)
+        return _probe(name, store, label, where, key, payload)
 
 
 def _probe(
-    name: str, store: Any, label: str, source: str, location: str, key: str, payload: bytes
+    name: str, store: Any, label: str, where: ObjectStoreLocation, key: str, payload: bytes
 ) -> CheckResult:
     step = "put"
     try:
@@ -280,7 +270,7 @@ def _probe(
             with contextlib.suppress(Exception):  # the failure is already being reported
                 store.delete(key)
         return CheckResult(
-            name, FAIL, f"{label}: {step} failed: {_first_line(exc)}", _store_fix(location, exc)
+            name, FAIL, f"{label}: {step} failed: {_first_line(exc)}", _store_fix(where, exc)
         )
     if not same:
         return CheckResult(
@@ -289,7 +279,7 @@ def _probe(
             f"{label}: the probe object read back differs from what was written",
             "check the store's consistency settings or any proxy in front of it",
         )
-    return CheckResult(name, OK, f"{label} ({source}): put, get and delete work")
+    return CheckResult(name, OK, f"{label} ({where.source}): put, get and delete work")
 
 
 @contextlib.contextmanager
@@ -309,16 +299,15 @@ def _local_tidy(store: Any) -> Iterator[None]:
                 folder.rmdir()  # only when empty: never removes anything else
 
 
-def _store_fix(location: str, exc: BaseException) -> str:
-    if not location.startswith("s3://"):
-        return "make the folder writable by this user, or point FLOWSTONE_OBJECT_STORE elsewhere"
+def _store_fix(where: ObjectStoreLocation, exc: BaseException) -> str:
+    if not where.is_s3:
+        return f"make the folder writable by this user, or point {OBJECT_STORE_ENV} elsewhere"
     text = " ".join(str(e) for e in _chain(exc))
     endpoint = _s3_endpoint() or "AWS's default endpoint"
     if "Could not connect" in text or "Connect timeout" in text or "Connection refused" in text:
         return f"start the S3 service at {endpoint} or correct AWS_ENDPOINT_URL"
     if "NoSuchBucket" in text:
-        bucket = location[len("s3://") :].split("/", 1)[0]
-        return f"create the bucket: aws s3 mb s3://{bucket} (with the same endpoint)"
+        return f"create the bucket: aws s3 mb s3://{where.bucket} (with the same endpoint)"
     if any(code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNot")):
         return "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile) allowed to write"
     return f"check that {endpoint} is up and the credentials can put, get and delete objects"

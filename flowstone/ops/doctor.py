@@ -35,7 +35,7 @@ def doctor(
         str | None,
         typer.Option(
             help="Store to probe: s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a "
-            "folder (default: $FLOWSTONE_OBJECT_STORE, else <outputs>/objects)."
+            "folder (default: $FLOWSTONE_OBJECT_STORE_URL, else <outputs>/objects)."
         ),
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too.")] = False,

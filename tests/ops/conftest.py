@@ -72,7 +72,7 @@ def healthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
     env = {
         "DAGSTER_HOME": str(home),
         "FLOWSTONE_WAREHOUSE": str(warehouse),
-        "FLOWSTONE_OBJECT_STORE": str(tmp_path / "objects"),
+        "FLOWSTONE_OBJECT_STORE_URL": str(tmp_path / "objects"),
         "FLOWSTONE_SYSTEMS_CONFIG": str(systems),
         "FLOWSTONE_DBT_PROJECT_DIR": str(dbt_dir),
         KEY_VAR: SECRET,

@@ -110,7 +110,7 @@ def test_object_store_probe_on_s3_then_endpoint_down(healthy, moto_server, monke
     missing = check_object_store("s3://no-such-bucket")
     assert missing.status == "fail" and "aws s3 mb s3://no-such-bucket" in missing.fix
     server.stop()
-    monkeypatch.setenv("FLOWSTONE_OBJECT_STORE", "s3://doctor-bucket/flowstone")
+    monkeypatch.setenv("FLOWSTONE_OBJECT_STORE_URL", "s3://doctor-bucket/flowstone")
     (down,) = run_checks(["object_store"], timeout_s=30)
     assert down.status == "fail" and "put failed" in down.detail
     assert down.fix == f"start the S3 service at {endpoint} or correct AWS_ENDPOINT_URL"

@@ -1,12 +1,24 @@
 """Test-wide isolation: every test session gets its own Dagster instance, outputs folder and
-warehouse, so tests never touch the repo's .dagster_home or outputs/."""
+warehouse, so tests never touch the repo's .dagster_home or outputs/.
+
+It also puts the tests/ folder on sys.path (once, first in the session), so that every test
+folder imports the shared helpers in tests/support as ``support.<module>``: the run uses
+--import-mode=importlib, which adds nothing to sys.path.
+"""
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from support.net import free_port  # noqa: E402
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="flowstone-tests-"))
 os.environ.setdefault("DAGSTER_HOME", str(_SESSION_DIR / "dagster_home"))
@@ -17,15 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+REPO_ROOT = TESTS_DIR.parent
 
 
 @pytest.fixture(scope="session")

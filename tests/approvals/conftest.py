@@ -2,17 +2,15 @@
 
 - a Slack Web API subset (``chat.postMessage``) over HTTP, with fault injection;
 - a real SMTP server (aiosmtpd);
-- PostgreSQL: the one on 127.0.0.1:5432 if it answers, else one started from initdb;
-- Debian's chromium + chromium-driver, installed with apt the first time they are missing.
+- PostgreSQL: the one on 127.0.0.1:$FLOWSTONE_TEST_PG_PORT (default 5432) if it answers, else a
+  throwaway cluster (tests/support/postgres.py, shared with the storage and scale-out tests);
+- Debian's chromium + chromium-driver, installed with apt the first time they are missing
+  (tests/support/chromium.py, shared with the UI tests).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -22,13 +20,9 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from support.chromium import chromium_ready_fixture
+from support.net import free_port
+from support.postgres import running_or_own_server
 
 # --------------------------------------------------------------------------- isolation
 
@@ -199,36 +193,11 @@ def smtp_server() -> Iterator[tuple[str, int, SmtpSink]]:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _pg_answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A server URL without database: the machine's PostgreSQL, or one we start ourselves."""
-    if _pg_answers("127.0.0.1", 5432):
-        yield "postgresql+psycopg://postgres@127.0.0.1:5432"
-        return
-    initdb = shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 and no initdb/pg_ctl to start one")
-    data = tmp_path_factory.mktemp("pgdata")
-    port = free_port()
-    subprocess.run([initdb, "-D", str(data), "-U", "postgres", "-A", "trust"], check=True,
-                   capture_output=True)  # fmt: skip
-    subprocess.run(
-        [pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1", "-w", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    with running_or_own_server(skip_if_missing=True) as server:
+        yield server.url()
 
 
 @pytest.fixture
@@ -250,36 +219,4 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 
 # --------------------------------------------------------------------------- Chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _ensure_chromium() -> str | None:
-    """Install Debian's chromium + chromium-driver once; return a skip reason if impossible."""
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return None
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return "chromium is missing and apt-get is not available to install it"
-    if os.geteuid() != 0:
-        return "chromium is missing and installing it with apt-get needs root"
-    started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [apt, "update"],
-        [apt, "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            return f"`{' '.join(command)}` failed ({done.returncode}): {done.stderr[-500:]}"
-    print(f"\n[approvals] installed chromium + chromium-driver with apt in "
-          f"{time.monotonic() - started:.0f}s")  # fmt: skip
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium_ready() -> str:
-    reason = _ensure_chromium()
-    if reason:
-        pytest.skip(reason)
-    return CHROMIUM
+chromium_ready = chromium_ready_fixture("approvals")

@@ -8,13 +8,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from support.approvals_page import serve_approvals_page
 from typer.testing import CliRunner
 
 from flowstone.approvals.cli import app
 from flowstone.approvals.links import ALL_REQUESTS, InvalidLink, LinkSigner
 from flowstone.approvals.machine import ApprovalPolicy, State
 from flowstone.approvals.store import ApprovalStore
-from flowstone.approvals.web import make_server, serve_in_thread
 
 SECRET = "test-secret-0123456789"
 POLICY = ApprovalPolicy(approvers={"*": ["alice", "bob"]})
@@ -47,13 +47,8 @@ def test_link_round_trip_tamper_and_expiry() -> None:
 def page(store_url: str) -> Iterator[tuple[str, ApprovalStore, LinkSigner]]:
     store = ApprovalStore(store_url)
     signer = LinkSigner(SECRET, ttl_seconds=3600)
-    server = make_server(store, signer, "127.0.0.1", 0)
-    serve_in_thread(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", store, signer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_approvals_page(store, signer) as base:
+        yield base, store, signer
 
 
 def test_page_refuses_missing_tampered_and_expired_links(page) -> None:

@@ -5,38 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.approvals_page import serve_approvals_page
+from support.chromium import start_chromium
 
 from flowstone.approvals.links import ALL_REQUESTS, LinkSigner
 from flowstone.approvals.machine import ApprovalPolicy, State
 from flowstone.approvals.store import ApprovalStore
-from flowstone.approvals.web import make_server, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def browser(chromium_ready: str, tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium_ready
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_chromium(chromium_ready, tmp_path / "chromium-profile", "1200,900")
     try:
         yield driver
     finally:
@@ -55,10 +36,7 @@ def test_click_approve_in_chromium(browser, store_url: str, tmp_path: Path) -> N
     ).request
     other = store.open_request("promoted_system", "qa|base", "v2", {}, policy).request
     signer = LinkSigner("browser-test-secret", ttl_seconds=600)
-    server = make_server(store, signer, "127.0.0.1", 0)
-    serve_in_thread(server)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_approvals_page(store, signer) as base:
         browser.get(signer.url(base, ALL_REQUESTS))
         card = browser.find_element(By.ID, f"request-{request.id}")
         assert "0.93" in card.text and "qa|tuned" in card.text
@@ -85,6 +63,3 @@ def test_click_approve_in_chromium(browser, store_url: str, tmp_path: Path) -> N
         # A tampered link shows the refusal, not the list.
         browser.get(signer.url(base, ALL_REQUESTS)[:-3] + "xyz")
         assert "does not match" in browser.find_element(By.ID, "error").text
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -15,10 +15,11 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 from dagster._utils.test.data_versions import get_stale_status_resolver
+from support.evaluation import TunableSystem
 
 from assets.evaluation import build_evaluation_assets
 from flowstone.evaluation.catalog import load_catalog
-from flowstone.systems.base import Prediction, System, SystemRegistry
+from flowstone.systems.base import SystemRegistry
 from flowstone.systems.baselines import EchoSystem, LeadSummariser
 from io_managers.object_store import ObjectStoreIOManager
 from resources.worker_pool import PythonWorkerPoolResource
@@ -52,26 +53,6 @@ SETTINGS = {
     },
     "suites": {"docs": {"thresholds": {"rouge1": {"min_mean": 0.99, "blocking": True}}}},
 }
-
-
-class TunableSystem(System):
-    """A real system whose quality the test turns down between runs; counts its calls."""
-
-    name = "tunable"
-
-    def __init__(self):
-        self.quality = 1.0
-        self.calls = 0
-
-    def params(self) -> dict:
-        return {"quality": self.quality}
-
-    def predict(self, cases, progress=None, *, suite=None):
-        self.calls += 1
-        return [
-            Prediction(c.id, c.expected if self.quality >= 1 else "unrelated words", 0.0)
-            for c in cases
-        ]
 
 
 @pytest.fixture

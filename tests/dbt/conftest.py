@@ -8,12 +8,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from support.evaluation import TunableSystem
 
 from assets.analytics import build_analytics_definitions
 from assets.dbt import load_dbt_project
 from assets.evaluation import build_evaluation_assets
 from flowstone.evaluation.catalog import load_catalog
-from flowstone.systems.base import Prediction, System, SystemRegistry
+from flowstone.systems.base import SystemRegistry
 from flowstone.systems.baselines import EchoSystem
 from flowstone.warehouse.project import dbt_project_dir
 from io_managers.object_store import ObjectStoreIOManager
@@ -40,22 +41,6 @@ SETTINGS = {
     "defaults": {"metrics": {"exact_match": {}, "fuzzy_match": {}}},
     "suites": {"docs": {"metrics": {"fuzzy_match": {}, "rouge1": {}}}},
 }
-
-
-class TunableSystem(System):
-    """A real system whose quality the test turns down between runs."""
-
-    name = "tunable"
-
-    def __init__(self):
-        self.quality = 1.0
-
-    def params(self) -> dict:
-        return {"quality": self.quality}
-
-    def predict(self, cases, progress=None, *, suite=None):
-        good = self.quality >= 1
-        return [Prediction(c.id, c.expected if good else "unrelated words", 0.0) for c in cases]
 
 
 class Lab:

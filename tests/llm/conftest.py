@@ -1,47 +1,27 @@
-"""Fixtures for the LLM tests: one stub provider server on 127.0.0.1 for the module, and
-clients pointed at it through the official SDKs with small backoffs."""
+"""Fixtures for the LLM tests: one stub provider server on 127.0.0.1 for the session, and
+clients pointed at it through the official SDKs with small backoffs.
+
+``stub_server``, ``stub`` and the autouse ``fresh_registries`` (breakers and rate limits reset
+around each test) come from tests/support/llm_stub.py, shared with the telemetry tests."""
 
 from __future__ import annotations
 
 import pytest
+from support import llm_stub
 
-from flowstone.llm.breaker import BreakerConfig, reset_breakers
+from flowstone.llm.breaker import BreakerConfig
 from flowstone.llm.client import LLMClient
 from flowstone.llm.config import ClientConfig, ProviderConfig
-from flowstone.llm.ratelimit import reset_limiters
 from flowstone.llm.retry import RetryPolicy
-from flowstone.llm.stub_server import StubLLMServer
 
 ANTHROPIC_KEY = "sk-ant-api03-TESTKEYdoNotLeak0123456789"
 OPENAI_KEY = "sk-proj-TESTKEYdoNotLeakEither9876543210"
 GEMINI_KEY = "AIzaTESTKEYdoNotLeak000000000000000"
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
 
-
-@pytest.fixture(scope="session")
-def stub_server():
-    with StubLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-def stub(stub_server):
-    stub_server.reset()
-    stub_server.state.latency_s = 0.0
-    stub_server.state.requests_per_minute = None
-    stub_server.state.expected_key = None
-    yield stub_server
-    stub_server.reset()
-
-
-@pytest.fixture(autouse=True)
-def fresh_registries():
-    """Breakers and rate limits are process-wide; each test starts from closed and full."""
-    reset_breakers()
-    reset_limiters()
-    yield
-    reset_breakers()
-    reset_limiters()
+stub_server = llm_stub.stub_server
+stub = llm_stub.stub
+fresh_registries = llm_stub.fresh_llm_registries
 
 
 def _provider(stub, kind: str, name: str | None = None, **overrides) -> ProviderConfig:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,15 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.net import free_port
 
 SECRET = "sk-ant-api03-DOCTORnever-print-me-0123456789"
 KEY_VAR = "FLOWSTONE_TEST_DOCTOR_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

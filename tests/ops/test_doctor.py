@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import boto3
 import pytest
 import typer
+from support.net import free_port
 from typer.testing import CliRunner
 
 from flowstone.ops.checks import check_instance, check_object_store, run_checks
@@ -22,12 +22,6 @@ root.add_typer(doctor_app, name="doctor")  # mounted the way flowstone/cli.py mo
 @root.callback()
 def _main() -> None:
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def doctor(*args: str) -> tuple[int, str]:

@@ -5,23 +5,21 @@ own session (process group) and :meth:`LocalStack.close` kills each group and an
 that left it, whether the caller succeeded or not.
 
 PostgreSQL: the server on 127.0.0.1:$FLOWSTONE_TEST_PG_PORT (default 5432) when it answers,
-with a fresh database per stack; otherwise a throwaway cluster (as tests/storage/conftest.py
-does). Redis: the server on 127.0.0.1:$FLOWSTONE_TEST_REDIS_PORT (default 6379) when it answers, on a database number nobody uses
-(claimed with a marker key, flushed afterwards); otherwise our own ``redis-server`` on a free
-port (apt-get installs it when missing and we are root).
+with a fresh database per stack; otherwise a throwaway cluster (tests/support/postgres.py,
+shared with the storage and approval tests). Redis: the server on
+127.0.0.1:$FLOWSTONE_TEST_REDIS_PORT (default 6379) when it answers, on a database number
+nobody uses (claimed with a marker key, flushed afterwards); otherwise our own
+``redis-server`` on a free port (apt-get installs it when missing and we are root).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,101 +30,34 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLAIM_KEY = "flowstone:scaleout-test:claim"
 
+# bench/bench_scaleout.py imports this module outside pytest, where tests/conftest.py has not
+# put tests/ on sys.path for the shared helpers in tests/support.
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _apt_install(package: str) -> None:
-    if os.geteuid() != 0:
-        raise RuntimeError(f"{package} is not installed and we are not root to apt-get it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", package], check=True, env=env, capture_output=True
-    )
-
+from support.apt import apt_install  # noqa: E402
+from support.net import free_port, reachable  # noqa: E402
+from support.postgres import running_or_own_server  # noqa: E402
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-
-@dataclass
-class PgServer:
-    host: str
-    port: int
-    user: str = "postgres"
-
-    def admin(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(sql)
-
-
-@contextlib.contextmanager
-def _own_pg_cluster() -> Iterator[PgServer]:
-    """initdb + pg_ctl in a temp folder, as the postgres user (they refuse to run as root)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        _apt_install("postgresql")
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    bin_dir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="fs-scaleout-pg-"))
-    port = free_port()
-
-    def run(*cmd: str) -> None:
-        full = ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
-        subprocess.run(full, check=True, capture_output=True, text=True, timeout=120)
-
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    opts = f"-p {port} -h 127.0.0.1 -k {root} -c fsync=off -c max_connections=200"
-    run(
-        str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
-    )
-    try:
-        yield PgServer("127.0.0.1", port)
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def fresh_database(prefix: str = "fs_scaleout") -> Iterator[dict[str, str]]:
     """A new, empty database; yields the DAGSTER_PG_* variables deploy/dagster.yaml reads."""
-    port = int(os.environ.get("FLOWSTONE_TEST_PG_PORT", "5432"))
-    with contextlib.ExitStack() as stack:
-        if reachable("127.0.0.1", port):
-            server = PgServer("127.0.0.1", port)
-        else:
-            server = stack.enter_context(_own_pg_cluster())
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        server.admin(f'CREATE DATABASE "{name}"')
-        try:
-            yield {
-                "DAGSTER_PG_HOST": server.host,
-                "DAGSTER_PG_PORT": str(server.port),
-                "DAGSTER_PG_USERNAME": server.user,
-                "DAGSTER_PG_PASSWORD": "",
-                "DAGSTER_PG_DB": name,
-            }
-        finally:
-            server.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        running_or_own_server(
+            prefix="fs-scaleout-pg-", settings={"max_connections": "200"}, check_stop=False
+        ) as server,
+        server.database(prefix) as name,
+    ):
+        yield {
+            "DAGSTER_PG_HOST": server.host,
+            "DAGSTER_PG_PORT": str(server.port),
+            "DAGSTER_PG_USERNAME": server.user,
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": name,
+        }
 
 
 def pg_url(env: dict[str, str]) -> str:
@@ -162,7 +93,7 @@ def redis_url() -> Iterator[str]:
         raise RuntimeError(f"every database of the Redis server on {shared_port} is in use")
     server = shutil.which("redis-server")
     if server is None:
-        _apt_install("redis-server")
+        apt_install("redis-server")
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     proc = subprocess.Popen(

@@ -1,147 +1,48 @@
 """Real servers on loopback for the storage tests: PostgreSQL, moto's S3 server, an HTTP API.
 
-PostgreSQL: the server on 127.0.0.1:$FLOWSTONE_TEST_PG_PORT (default 5432) is used when it
-answers; otherwise PostgreSQL is installed with apt-get (when running as root and it is
-missing) and a throwaway cluster is started in a temp folder as the ``postgres`` user (initdb
-and postgres refuse to run as root) on a free loopback port. Every test gets its own database.
+PostgreSQL (tests/support/postgres.py): the server on 127.0.0.1:$FLOWSTONE_TEST_PG_PORT
+(default 5432) is used when it answers; otherwise PostgreSQL is installed with apt-get (when
+running as root and it is missing) and a throwaway cluster is started in a temp folder as the
+``postgres`` user (initdb and postgres refuse to run as root) on a free loopback port. Every
+test gets its own database.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
+from support.net import free_port
+from support.postgres import PgCluster, PgServer, running_or_own_server, start_cluster_or_skip
 
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _pg_bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found and shutil.which("initdb"):
-        found = [shutil.which("initdb")]
-    if not found:
-        if os.geteuid() != 0:
-            pytest.skip("PostgreSQL is not installed and we are not root to apt-get it")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "postgresql"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).resolve().parent
-
-
-@dataclass
-class PgCluster:
-    """A throwaway PostgreSQL cluster in a temp folder, run as the postgres user."""
-
-    port: int = field(default_factory=free_port)
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fs-pg-")))
-    host: str = "127.0.0.1"
-    user: str = "postgres"
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess:
-        cmd = list(args)
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
-
-    def start(self) -> PgCluster:
-        bin_dir = _pg_bin_dir()
-        self.pg_ctl = str(bin_dir / "pg_ctl")
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-        data = self.root / "data"
-        self._run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8")  # fmt: skip
-        self.data = data
-        self._ctl("start")
-        return self
-
-    def _ctl(self, action: str) -> None:
-        opts = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c full_page_writes=off"
-        self._run(self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
-                  "-w", "-t", "60", action)  # fmt: skip
-
-    def restart(self) -> None:
-        self._ctl("restart")
-
-    def stop(self) -> None:
-        try:
-            self._run(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[dict]:
+def pg_server() -> Iterator[PgServer]:
     """host/port/user of a PostgreSQL server: the running one, or our own cluster."""
-    port = int(os.environ.get("FLOWSTONE_TEST_PG_PORT", "5432"))
-    if reachable("127.0.0.1", port):
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "own": False}
-        return
-    cluster = PgCluster().start()
-    try:
-        yield {"host": cluster.host, "port": cluster.port, "user": cluster.user, "own": True}
-    finally:
-        cluster.stop()
-
-
-def _admin(server: dict, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=server["host"], port=server["port"], user=server["user"], dbname="postgres",
-        autocommit=True,
-    ) as conn:  # fmt: skip
-        conn.execute(sql)
+    with running_or_own_server(skip_if_missing=True) as server:
+        yield server
 
 
 @pytest.fixture
-def pg_url(pg_server: dict) -> Iterator[str]:
+def pg_url(pg_server: PgServer) -> Iterator[str]:
     """A SQLAlchemy URL of a fresh throwaway database, dropped after the test."""
-    name = f"fs_test_{uuid.uuid4().hex[:12]}"
-    _admin(pg_server, f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://{pg_server['user']}@{pg_server['host']}:{pg_server['port']}/{name}"
-    _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_server.database("fs_test", digits=12) as name:
+        yield pg_server.url(name)
 
 
 @pytest.fixture(scope="session")
 def own_pg_cluster() -> Iterator[PgCluster]:
     """Always our own cluster: the restart test must not restart the shared server."""
-    cluster = PgCluster().start()
+    cluster = start_cluster_or_skip()
     try:
         yield cluster
     finally:

@@ -148,5 +148,7 @@ def test_object_store_verify_sha256_checks_the_identity_digest_too(tmp_path):
     context = dg.build_input_context(asset_key=dg.AssetKey("blob_value"))
     assert manager.load_input(context) == b"\x00payload\xff" * 1000
     strict = ObjectStoreIOManager(base_path=str(tmp_path), verify_sha256=True)
-    with pytest.raises(ChecksumError, match="'flowstone/blob_value/__asset__.fso': expected sha256 f{64}"):
+    with pytest.raises(
+        ChecksumError, match="'flowstone/blob_value/__asset__.fso': expected sha256 f{64}"
+    ):
         strict.load_input(context)

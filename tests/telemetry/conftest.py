@@ -1,7 +1,8 @@
 """Fixtures for the telemetry tests: the loopback LLM stub, span capture, scrape helpers.
 
-The stub fixtures are copies of the ones in tests/llm/conftest.py (fixtures do not cross
-test folders); they start flowstone.llm.stub_server on 127.0.0.1.
+``stub_server``, ``stub`` and the autouse ``fresh_llm_registries`` come from
+tests/support/llm_stub.py (shared with tests/llm); they start flowstone.llm.stub_server on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import llm_stub
 
-from flowstone.llm.breaker import BreakerConfig, reset_breakers
+from flowstone.llm.breaker import BreakerConfig
 from flowstone.llm.client import LLMClient
 from flowstone.llm.config import ClientConfig, ProviderConfig
-from flowstone.llm.ratelimit import reset_limiters
 from flowstone.llm.retry import RetryPolicy
-from flowstone.llm.stub_server import StubLLMServer
 from flowstone.telemetry import tracing
 
 HERE = Path(__file__).resolve().parent
@@ -26,27 +26,9 @@ if str(HERE) not in sys.path:
 ANTHROPIC_KEY = "sk-ant-api03-TESTKEYtelemetry0123456789"
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
-
-@pytest.fixture(scope="session")
-def stub_server():
-    with StubLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-def stub(stub_server):
-    stub_server.reset()
-    yield stub_server
-    stub_server.reset()
-
-
-@pytest.fixture(autouse=True)
-def fresh_llm_registries():
-    reset_breakers()
-    reset_limiters()
-    yield
-    reset_breakers()
-    reset_limiters()
+stub_server = llm_stub.stub_server
+stub = llm_stub.stub
+fresh_llm_registries = llm_stub.fresh_llm_registries
 
 
 @pytest.fixture

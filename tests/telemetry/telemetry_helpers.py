@@ -1,15 +1,8 @@
-"""Helpers shared by the telemetry tests: free ports and reading Prometheus text over HTTP."""
+"""Helpers shared by the telemetry tests: reading Prometheus text over HTTP."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(url: str) -> tuple[str, str]:

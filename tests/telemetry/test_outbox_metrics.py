@@ -10,7 +10,8 @@ import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 
-from telemetry_helpers import free_port, sample, scrape
+from support.net import free_port
+from telemetry_helpers import sample, scrape
 
 from flowstone.notifications.channels import EmailChannel
 from flowstone.notifications.events import Notification

@@ -1,8 +1,8 @@
 """Fixtures for the browser tests: `dagster dev` on loopback, headless Chromium, artifacts.
 
 - Chromium and its driver are Debian's (/usr/bin/chromium, /usr/bin/chromedriver), installed
-  with apt-get the first time they are missing (Playwright's own browser download fails here).
-  The same approach as tests/approvals/conftest.py, copied so the two suites stay independent.
+  with apt-get the first time they are missing (Playwright's own browser download fails here):
+  tests/support/chromium.py, shared with tests/approvals.
 - `dagster dev -w workspace.yaml` runs the repo's code location the way `make ui` does, against
   a throw-away DAGSTER_HOME, outputs folder and warehouse, in its own process group so that
   teardown can end every process it started (webserver, daemon, code server, run workers).
@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from support.chromium import chromium_ready_fixture, start_chromium
+from support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS_ENV = "FLOWSTONE_TEST_ARTIFACTS"
 DAGSTER_START_TIMEOUT = 120.0
 _saved_artifacts: list[Path] = []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _slug(text: str) -> str:
@@ -81,35 +74,7 @@ def pytest_runtest_makereport(item, call):
 # --------------------------------------------------------------------------- Chromium
 
 
-def _ensure_chromium() -> str | None:
-    """Install Debian's chromium + chromium-driver once; return a skip reason if impossible."""
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return None
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return "chromium is missing and apt-get is not available to install it"
-    if os.geteuid() != 0:
-        return "chromium is missing and installing it with apt-get needs root"
-    started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [apt, "update"],
-        [apt, "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            return f"`{' '.join(command)}` failed ({done.returncode}): {done.stderr[-500:]}"
-    print(f"\n[ui] installed chromium + chromium-driver with apt in "
-          f"{time.monotonic() - started:.0f}s")  # fmt: skip
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium_ready() -> str:
-    reason = _ensure_chromium()
-    if reason:
-        pytest.skip(reason)
-    return CHROMIUM
+chromium_ready = chromium_ready_fixture("ui")
 
 
 class Page:
@@ -214,27 +179,7 @@ def dismiss_dagster_prompt(page: Page) -> bool:
 
 @pytest.fixture
 def page(chromium_ready: str, artifacts_dir: Path, request, tmp_path: Path) -> Iterator[Page]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium_ready
-    for flag in (
-        "--headless",
-        "--no-sandbox",  # we run as root in a container
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1600,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_chromium(chromium_ready, tmp_path / "chromium-profile", "1600,1000")
     page = Page(driver, artifacts_dir, request.node.name)
     try:
         yield page

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from selenium.common.exceptions import WebDriverException
+from support.approvals_page import serve_approvals_page
 
 from flowstone.approvals.links import ALL_REQUESTS, LinkSigner
 from flowstone.approvals.machine import ApprovalPolicy, State
 from flowstone.approvals.store import ApprovalStore
-from flowstone.approvals.web import make_server, serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -222,13 +222,8 @@ def approvals_page(tmp_path: Path):
     serve it: make_server on a free loopback port, in a thread."""
     store = ApprovalStore(f"sqlite:///{tmp_path / 'approvals.db'}")
     signer = LinkSigner("ui-browser-test-secret", ttl_seconds=600)
-    server = make_server(store, signer, "127.0.0.1", 0)
-    serve_in_thread(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", store, signer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_approvals_page(store, signer) as base:
+        yield base, store, signer
 
 
 def test_approve_a_pending_request_on_the_approvals_page(page, approvals_page) -> None:

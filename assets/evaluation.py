@@ -7,6 +7,8 @@ that need a re-run. Each body runs `flowstone.evaluation.pipeline` per partition
 metadata still lands on each partition).
 """
 
+from dataclasses import dataclass
+
 import dagster as dg
 
 from flowstone.evaluation import suites as suite_io
@@ -16,6 +18,22 @@ from resources.worker_pool import PythonWorkerPoolResource
 GROUP = "evaluation"
 PREFIX = "evaluation"
 OWNERS = ["team:ml-platform"]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How the evaluation steps run, which a deployment changes without touching their bodies.
+
+    The one-machine default: one run for a whole backfill, no step retries, no pool. Scale-out
+    (``assets/scaleout.py``) asks for retries, the ``llm`` pool on the step that calls
+    providers, and backfills cut into several runs that workers can share.
+    """
+
+    backfill_policy: dg.BackfillPolicy = dg.BackfillPolicy.single_run()
+    retry_policy: dg.RetryPolicy | None = None
+    llm_pool: str | None = None
+
+
 KIND_TAGS = {"dagster/kind/python": ""}
 MEAN_PREFIX = "mean/"
 REPORT_KEY = dg.AssetKey([PREFIX, "report"])
@@ -173,7 +191,8 @@ def check_results(catalog: Catalog, outcomes: dict):
     )
 
 
-def build_evaluation_assets(catalog: Catalog) -> list:
+def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None) -> list:
+    steps = steps or StepSettings()
     partitions = evaluation_partitions(catalog)
     by_suite = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="suite")
     by_system = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="system")
@@ -219,7 +238,8 @@ def build_evaluation_assets(catalog: Catalog) -> list:
         group_name=GROUP,
         owners=OWNERS,
         kinds={"python"},
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=steps.backfill_policy,
+        retry_policy=steps.retry_policy,
         code_version="1",
     )
 
@@ -235,6 +255,7 @@ def build_evaluation_assets(catalog: Catalog) -> list:
 
     @dg.asset(
         **common,
+        pool=steps.llm_pool,
         deps=[dg.AssetDep(system_spec, partition_mapping=by_system)],
         description="The system's output for every case of the suite.",
     )

@@ -25,13 +25,13 @@ as a failed run, never as a failed step. ``deploy/README.md`` has the whole pict
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from assets.evaluation import StepSettings
 from flowstone.errors import ConfigError
 from flowstone.paths import project_root
 
@@ -45,14 +45,11 @@ EXECUTOR_FILES = {
     "k8s": (K8S_CONFIG_ENV, "deploy/k8s/executor.yaml"),
 }
 
-EVALUATION_GROUP = "evaluation"
 LLM_POOL = "llm"
 BAKING_POOL = "baking"
 # Per-pool limits live in the instance database (dagster.yaml only holds a default limit):
 # `ensure_pool_limits` or `dagster instance concurrency set <pool> <limit>` writes them.
 DEFAULT_POOL_LIMITS = {BAKING_POOL: 1, LLM_POOL: 4}
-# Steps that call providers; the pool caps how many run at once across every worker.
-LLM_STEPS = frozenset({"predictions"})
 
 STEP_RETRY = dg.RetryPolicy(
     max_retries=2, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -153,94 +150,17 @@ def partitions_per_run() -> int:
     return value
 
 
-def with_step_settings(
-    assets_def: dg.AssetsDefinition,
-    *,
-    retry_policy: dg.RetryPolicy | None,
-    pool: str | None,
-    backfill_policy: dg.BackfillPolicy | None,
-) -> dg.AssetsDefinition:
-    """The same asset with its op's retry policy and pool replaced (and its backfill policy).
-
-    Dagster has no public way to change an existing asset's op settings; this rebuilds the op
-    the way ``OpDefinition.with_replaced_properties`` does, keeping name, ins, outs, compute
-    function, config, tags, resources and code version.
-    """
-    op = assets_def.op
-    with warnings.catch_warnings():  # `version` is the code version; 1.13 has no other getter
-        warnings.simplefilter("ignore", DeprecationWarning)
-        code_version = op.version
-    rebuilt = dg.OpDefinition.dagster_internal_init(
-        name=op.name,
-        ins={d.name: dg.In.from_definition(d) for d in op.input_defs},
-        outs={d.name: dg.Out.from_definition(d) for d in op.output_defs},
-        compute_fn=op.compute_fn,
-        config_schema=op.config_schema,
-        description=op.description,
-        tags=op.tags,
-        required_resource_keys=op.required_resource_keys,
-        code_version=code_version,
-        retry_policy=retry_policy,
-        version=None,
-        pool=pool,
-    )
-    attributes = assets_def.get_attributes_dict()
-    attributes["node_def"] = rebuilt
-    if backfill_policy is not None:
-        attributes["backfill_policy"] = backfill_policy
-    return dg.AssetsDefinition.dagster_internal_init(**attributes)
-
-
-def _is_evaluation_step(asset: Any) -> bool:
-    return (
-        isinstance(asset, dg.AssetsDefinition)
-        and asset.is_executable
-        and asset.node_def is not None
-        and isinstance(asset.node_def, dg.OpDefinition)
-        and all(asset.group_names_by_key.get(k) == EVALUATION_GROUP for k in asset.keys)
-    )
-
-
-def scale_out_assets(assets: list, per_run: int | None = None) -> list:
-    """The evaluation assets with retry policy, ``llm`` pool and a multi-run backfill policy;
-    every other asset unchanged."""
-    policy = dg.BackfillPolicy.multi_run(per_run or partitions_per_run())
-    out = []
-    for asset in assets:
-        if not _is_evaluation_step(asset):
-            out.append(asset)
-            continue
-        calls_llm = any(key.path[-1] in LLM_STEPS for key in asset.keys)
-        out.append(
-            with_step_settings(
-                asset,
-                retry_policy=asset.op.retry_policy or STEP_RETRY,
-                pool=asset.op.pool or (LLM_POOL if calls_llm else None),
-                backfill_policy=policy if asset.partitions_def is not None else None,
-            )
-        )
-    return out
-
-
-def scale_out_definitions(defs: dg.Definitions, mode: str | None = None) -> dg.Definitions:
-    """``defs`` itself unless ``FLOWSTONE_EXECUTOR`` asks for a scale-out executor; then the same
-    definitions with that executor and the evaluation step settings of :func:`scale_out_assets`.
-
-    Call it on the unresolved ``Definitions`` (before anything resolves jobs or the asset graph).
-    """
+def evaluation_step_settings(mode: str | None = None, per_run: int | None = None) -> StepSettings:
+    """The evaluation steps' settings for ``mode``: Dagster's one-machine defaults, or on a
+    scale-out executor a retry policy, the ``llm`` pool on the step that calls providers and
+    backfills of ``FLOWSTONE_PARTITIONS_PER_RUN`` partitions a run."""
     mode = mode or executor_mode()
     if mode == "default":
-        return defs
-    return dg.Definitions(
-        assets=scale_out_assets(list(defs.assets or [])),
-        schedules=defs.schedules,
-        sensors=defs.sensors,
-        jobs=defs.jobs,
-        resources=defs.resources,
-        executor=build_executor(mode),
-        loggers=defs.loggers,
-        asset_checks=defs.asset_checks,
-        metadata=defs.metadata,
+        return StepSettings()
+    return StepSettings(
+        backfill_policy=dg.BackfillPolicy.multi_run(per_run or partitions_per_run()),
+        retry_policy=STEP_RETRY,
+        llm_pool=LLM_POOL,
     )
 
 

@@ -98,7 +98,7 @@ def scale_out(root: Path, catalog_env: dict[str, str], per_run: int, budget: flo
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from assets.scaleout import ensure_pool_limits, scale_out_definitions
+    from assets.scaleout import ensure_pool_limits
     from flowstone.definitions import build_definitions
 
     out: dict = {}
@@ -127,7 +127,7 @@ def scale_out(root: Path, catalog_env: dict[str, str], per_run: int, budget: flo
         instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
         cleanup.callback(instance.dispose)
         ensure_pool_limits(instance)
-        defs = scale_out_definitions(build_definitions())
+        defs = build_definitions()  # FLOWSTONE_EXECUTOR=celery
         graph = defs.resolve_asset_graph()
         keys = [dg.AssetKey(["evaluation", name]) for name in ASSETS]
         partitions = graph.get(keys[0]).partitions_def.get_partition_keys()

@@ -14,7 +14,7 @@ from assets.analytics import build_analytics_definitions
 from assets.baking import build_baking_definitions
 from assets.evaluation import REPORT_KEY, build_evaluation_assets, evaluation_partitions
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
-from assets.scaleout import scale_out_definitions
+from assets.scaleout import build_executor, evaluation_step_settings, executor_mode
 from flowstone.evaluation.catalog import load_catalog
 from io_managers.object_store import object_store_io_manager_from_env
 from resources.approvals import approvals_resource_from_env
@@ -29,9 +29,14 @@ from sensors.notifications import build_notification_sensors
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(mode: str | None = None) -> dg.Definitions:
+    """The whole code location. ``mode`` is the executor (``default``, ``celery`` or ``k8s``;
+    unset: ``FLOWSTONE_EXECUTOR``): on the default one, one process runs a backfill as one run;
+    the scale-out ones give the evaluation steps retries, the ``llm`` pool and multi-run
+    backfills (``assets/scaleout.py``)."""
+    mode = mode or executor_mode()
     catalog = load_catalog()
-    evaluation_assets = build_evaluation_assets(catalog)
+    evaluation_assets = build_evaluation_assets(catalog, evaluation_step_settings(mode))
     promotion = build_promotion_asset(evaluation_partitions(catalog), upstream_key=REPORT_KEY)
     evaluation_job = dg.define_asset_job(
         "evaluation_job",
@@ -52,6 +57,7 @@ def build_definitions() -> dg.Definitions:
             "approvals": approvals_resource_from_env(),
             "notifications": notifications_resource_from_env(),
         },
+        executor=build_executor(mode),
     )
 
     return dg.Definitions.merge(
@@ -59,5 +65,6 @@ def build_definitions() -> dg.Definitions:
     )
 
 
-# Unchanged unless FLOWSTONE_EXECUTOR asks for Celery or Kubernetes (deploy/README.md).
-defs = scale_out_definitions(build_definitions())
+# The single-machine default unless FLOWSTONE_EXECUTOR asks for Celery or Kubernetes
+# (deploy/README.md).
+defs = build_definitions()

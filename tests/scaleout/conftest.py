@@ -1,6 +1,5 @@
 """The scale-out tests import their helpers as ``tests.scaleout.*`` (the test run uses
---import-mode=importlib, which adds nothing to sys.path), and so do the processes they start
-(the workspace's code location is ``tests.scaleout.location``)."""
+--import-mode=importlib, which adds nothing to sys.path)."""
 
 import sys
 from pathlib import Path

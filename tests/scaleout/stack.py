@@ -166,7 +166,7 @@ class LocalStack:
         name: str,
         celery_config: Path,
         concurrency: int = 1,
-        preload: str = "tests.scaleout.location",
+        preload: str = "flowstone.definitions",
     ) -> subprocess.Popen:
         """``dagster-celery worker start``: one Celery worker named ``name@<host>``."""
         return self.start(
@@ -301,7 +301,7 @@ def celery_config_copy(root: Path, **transport: float) -> Path:
     return path
 
 
-def workspace_file(root: Path, module: str = "tests.scaleout.location") -> Path:
+def workspace_file(root: Path, module: str = "flowstone.definitions") -> Path:
     """A workspace that loads ``module`` from the checkout (daemon, run and Celery workers)."""
     path = root / "workspace.yaml"
     path.write_text(

@@ -74,7 +74,7 @@ def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from assets.scaleout import ensure_pool_limits, scale_out_definitions
+    from assets.scaleout import ensure_pool_limits
     from flowstone.definitions import build_definitions
     from flowstone.llm.stub_server import StubLLMServer
 
@@ -140,7 +140,7 @@ def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch
         cleanup.callback(instance.dispose)
         assert ensure_pool_limits(instance) == {"baking": 1, "llm": 4}
 
-        defs = scale_out_definitions(build_definitions(), mode="celery")
+        defs = build_definitions(mode="celery")
         graph = defs.resolve_asset_graph()
         keys = [dg.AssetKey(["evaluation", name]) for name in ASSETS]
         partitions = [

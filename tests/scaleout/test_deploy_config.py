@@ -183,14 +183,20 @@ def test_k8s_instance_builds_run_and_step_jobs(
 
 
 def test_default_mode_leaves_the_code_location_alone(monkeypatch) -> None:
-    from assets.scaleout import executor_mode, scale_out_definitions
+    import dagster as dg
+
+    from assets.scaleout import executor_mode
     from flowstone.definitions import build_definitions
     from flowstone.errors import ConfigError
 
     monkeypatch.delenv("FLOWSTONE_EXECUTOR", raising=False)
     defs = build_definitions()
     assert executor_mode() == "default"
-    assert scale_out_definitions(defs) is defs
+    assert defs.executor is None
+    for name in EVAL_STEPS:
+        step = defs.get_assets_def(dg.AssetKey(["evaluation", name]))
+        assert step.op.retry_policy is None and step.op.pool is None
+        assert step.backfill_policy == dg.BackfillPolicy.single_run()
     monkeypatch.setenv("FLOWSTONE_EXECUTOR", "dask")
     with pytest.raises(ConfigError, match="FLOWSTONE_EXECUTOR.*dask.*default, celery, k8s"):
         executor_mode()
@@ -200,15 +206,15 @@ def test_celery_mode_sets_executor_retries_pools_and_backfill(monkeypatch) -> No
     import dagster as dg
     from dagster_celery.cli import get_validated_config
 
-    from assets.scaleout import LLM_POOL, STEP_RETRY, scale_out_definitions
+    from assets.scaleout import LLM_POOL, STEP_RETRY
     from flowstone.definitions import build_definitions
 
     monkeypatch.setenv("FLOWSTONE_EXECUTOR", "celery")
     monkeypatch.setenv("FLOWSTONE_PARTITIONS_PER_RUN", "5")
     monkeypatch.setenv("FLOWSTONE_CELERY_BROKER", "redis://127.0.0.1:6379/9")
     monkeypatch.setenv("FLOWSTONE_CELERY_BACKEND", "redis://127.0.0.1:6379/10")
-    original = build_definitions()
-    defs = scale_out_definitions(original)
+    original = build_definitions(mode="default")
+    defs = build_definitions()  # FLOWSTONE_EXECUTOR=celery
 
     job = defs.resolve_implicit_global_asset_job_def()
     assert job.executor_def.name == "celery"
@@ -239,7 +245,7 @@ def test_celery_mode_sets_executor_retries_pools_and_backfill(monkeypatch) -> No
     from flowstone.errors import ConfigError
 
     with pytest.raises(ConfigError, match="FLOWSTONE_PARTITIONS_PER_RUN"):
-        scale_out_definitions(build_definitions())
+        build_definitions()
 
 
 @pytest.mark.slow
@@ -252,7 +258,6 @@ def test_step_retry_policy_reruns_a_failed_llm_step(tmp_path: Path, monkeypatch)
     from dagster._core.events import DagsterEventType
     from moto.server import ThreadedMotoServer
 
-    from assets.scaleout import scale_out_definitions
     from flowstone.definitions import build_definitions
     from flowstone.llm.stub_server import StubLLMServer
 
@@ -299,7 +304,7 @@ def test_step_retry_policy_reruns_a_failed_llm_step(tmp_path: Path, monkeypatch)
         )
         for key, value in {**catalog, "STUB_LLM_KEY": "k"}.items():
             monkeypatch.setenv(key, value)
-        defs = scale_out_definitions(build_definitions(), mode="celery")
+        defs = build_definitions(mode="celery")
         assert defs.resources["io_manager"].bucket == "fs-scaleout"
         selected = [
             a

@@ -10,8 +10,9 @@
 2. Object put/get throughput through ``ObjectStoreIOManager`` (S3 backend) vs raw boto3
    ``put_object``/``get_object`` of the same encoded bytes on the same moto server (its own
    process on loopback). Reference rows show where the time goes: raw boto3 plus a sha256
-   of the payload (the floor for a store that verifies sha256 on load), raw boto3 on the I/O
-   manager's client configuration, and the I/O manager with ``verify_sha256=True``. The output says exactly what each side does. The
+   of the payload (what recording a sha256 costs on a default client), raw boto3 on the I/O
+   manager's client with no checksum at all (the floor), and the I/O manager with
+   ``verify_sha256=True``. The output says exactly what each side does. The
    sides take turns object by object (rotating order), so that load from elsewhere on a shared
    machine hits them alike; the output gives medians, quartiles and per-object paired ratios.
 
@@ -433,21 +434,21 @@ def bench_object_store(rounds: int = OBJECT_ROUNDS) -> None:
         )
         print(
             "  io_manager put: handle_output -> codec.encode (sha256 and xxh3-128 of the payload, "
-            "~350-byte header; the payload is not copied) -> one put_object whose body is the "
-            "header and the payload back to back (a seekable reader handing out views; no joined "
-            "blob).\n"
-            "  io_manager get: load_input -> get_object, header read, the payload in one read, "
-            "size and xxh3-128 verified before the bytes are returned (verify_sha256: the "
-            "sha256 instead).\n"
-            "  Its client (s3_client_for_codec): no CRC32 on this plain-HTTP endpoint "
-            "(SigV4 still signs the payload's sha256 and the server checks it; responses are "
-            "covered by the codec's checksum).\n"
-            f"  raw boto3: put_object(Body=<the same {len(encoded):,}-byte blob, built once>) / "
-            "get_object + Body.read() on a default boto3 client (CRC32 request checksum + "
-            "signed payload sha256 on put; CRC32 validated on get).\n"
-            "  raw boto3 + sha256: the same plus hashlib.sha256 of the payload (the least any "
-            "store that checksums its objects pays on a default client).\n"
-            "  raw boto3, our client config: raw put_object/get_object on the I/O manager's client."
+            "~350-byte header; the payload is not copied) -> one put_object: the payload as "
+            "the body (a seekable reader handing out views), the header as object metadata, "
+            "the codec's sha256 as S3's signed x-amz-checksum-sha256 (no SigV4 payload hash, "
+            "no CRC32: one sha256 pass in all).\n"
+            "  io_manager get: load_input -> get_object, the header from the metadata, the "
+            "payload in one read, size and xxh3-128 verified before the bytes are returned "
+            "(verify_sha256: the sha256 instead).\n"
+            f"  raw boto3: put_object(Body=<a {len(encoded):,}-byte blob of header and payload, "
+            "built once>) / get_object + Body.read() on a default boto3 client (CRC32 request "
+            "checksum + SigV4-signed payload sha256 on this plain-HTTP endpoint; CRC32 "
+            "validated on get).\n"
+            "  raw boto3 + sha256: the same plus hashlib.sha256 of the payload (what a store "
+            "that records a sha256 pays on a default client).\n"
+            "  raw boto3, our client config: put_object/get_object of the blob on the I/O "
+            "manager's client with no checksum at all (the floor, not a safe way to store)."
         )
         print(
             f"  one {len(payload) >> 20} MiB payload: sha256 {hash_ms:.1f} ms, xxh3-128 "

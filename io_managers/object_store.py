@@ -29,19 +29,17 @@ from io_managers._partitions import partition_specs, split_multi_partition_outpu
 
 
 def s3_client_for_codec(resource: S3Resource) -> Any:
-    """A boto3 S3 client built from the resource's settings, minus redundant CRC32 work.
+    """A boto3 S3 client built from the resource's settings, minus redundant checksum work.
 
     Same session, credentials, endpoint, SSL and retry settings as ``S3Resource.get_client()``
     (whose client config cannot be extended), merged with
-    :func:`flowstone.storage.s3_store.client_config`: our codec verifies a 128-bit checksum
-    over every payload on load, so botocore's CRC32 over the same bytes only costs time.
+    :func:`flowstone.storage.s3_store.client_config`: each put sends the sha256 the codec
+    computed anyway as S3's checksum, so botocore's own payload hash and CRC32 only cost time.
     """
     import boto3
     from dagster_aws.utils import construct_boto_client_retry_config
 
-    config = construct_boto_client_retry_config(resource.max_attempts).merge(
-        client_config(resource.endpoint_url, signed=not resource.use_unsigned_session)
-    )
+    config = construct_boto_client_retry_config(resource.max_attempts).merge(client_config())
     client = boto3.session.Session(profile_name=resource.profile_name).client(
         "s3",
         region_name=resource.region_name,

@@ -99,6 +99,21 @@ class Encoded:
         """The whole stored blob as one ``bytes`` (joined once, then kept)."""
         return b"".join(self.parts)
 
+    @property
+    def header(self) -> bytes:
+        """The header JSON alone (ASCII), for stores that keep it beside the payload."""
+        return self.parts[0][_PREFIX:]
+
+    @property
+    def payload(self) -> bytes | memoryview:
+        return self.parts[1]
+
+
+def prefix_for_header(header: bytes) -> bytes:
+    """The magic and length in front of ``header``: what a store that kept the header beside
+    the payload (S3 object metadata) puts back in front of it, so every reader sees one layout."""
+    return MAGIC + _LEN.pack(len(header)) + header
+
 
 # --------------------------------------------------------------------------- JSON
 
@@ -318,9 +333,9 @@ def encode(obj: Any, *, trusted: bool = False, compression: str | None = None) -
         flowstone_version=__version__,
         python_type=kind,
     )
-    header = json.dumps(envelope.as_dict(), separators=(",", ":")).encode()
+    header = json.dumps(envelope.as_dict(), separators=(",", ":")).encode("ascii")
     # no copy of the payload here: stores send prefix and payload back to back (Encoded.parts)
-    return Encoded((MAGIC + _LEN.pack(len(header)) + header, payload), envelope)
+    return Encoded((prefix_for_header(header), payload), envelope)
 
 
 def _not_ours(key: str) -> ChecksumError:

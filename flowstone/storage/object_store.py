@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from flowstone.storage.keys import validate_partition_key
+
+if TYPE_CHECKING:
+    from flowstone.storage.codec import Encoded
 
 
 def validate_object_key(key: str) -> str:
@@ -34,6 +37,15 @@ class ObjectStore(ABC):
         never copied into a joined blob first; the default joins and calls ``put``.
         """
         return self.put(key, b"".join(parts))
+
+    def put_encoded(self, key: str, encoded: Encoded) -> tuple[str, int]:
+        """Store a codec-encoded object; returns its URI and the bytes the store now holds.
+
+        The default stores the header and the payload back to back (``put_parts``). A store
+        with per-object metadata may keep the header there instead (S3 does), as long as
+        ``get`` and ``open`` hand back the same bytes.
+        """
+        return self.put_parts(key, encoded.parts), encoded.size
 
     @abstractmethod
     def get(self, key: str) -> bytes:

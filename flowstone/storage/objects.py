@@ -33,8 +33,8 @@ def save_object(
     compression: str | None = None,
 ) -> StoredObject:
     encoded = codec.encode(obj, trusted=trusted, compression=compression)
-    uri = store.put_parts(key, encoded.parts)  # S3 sends header and payload without joining
-    return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=encoded.size)
+    uri, stored_bytes = store.put_encoded(key, encoded)  # never joins header and payload
+    return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=stored_bytes)
 
 
 def load_object(

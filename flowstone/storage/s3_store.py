@@ -5,43 +5,51 @@ Dagster, dagster-aws's ``S3Resource``). S3 PUTs are atomic per object, so no tem
 needed. Transport failures become :class:`StorageError` naming the bucket and key, so that a
 failing primary write is loud and says where it was going.
 
-Checksums: every FlowStone object carries checksums of its payload, verified on load
-(:mod:`flowstone.storage.codec`). botocore's own "flexible checksums" would add a CRC32 over
-the same bytes; :func:`client_config` says where that CRC32 is redundant so that callers who
-build the client (the object-store I/O manager does) can skip it. It never removes the only
-integrity check of a transfer: responses are covered by the codec's checksum; on plain-HTTP endpoints
-requests stay covered by SigV4's signed payload hash (which S3 verifies); on HTTPS the request
-CRC32 is kept, because there botocore would otherwise sign the payload with a slower sha256.
+Layout of a FlowStone object in S3: the body is the payload alone (a Parquet partition is a
+Parquet file that DuckDB, Spark or Athena read as is) and the codec's header travels as object
+metadata (``x-amz-meta-flowstone-envelope``). ``open`` and ``get`` put the header back in
+front, so readers see the same bytes as from any other store; objects written with the header
+inside the body (older FlowStone, or uploaded by hand) read as they are.
+
+Checksums: the put sends the payload's sha256, which the codec computed anyway, as S3's own
+``x-amz-checksum-sha256``: a signed header against which S3 verifies the body, and the
+checksum S3 keeps and reports for the object. That is why the codec client does not also
+SigV4-sign the payload (a second sha256 over the same bytes) or add botocore's CRC32 (a third
+pass): the one sha256 covers the upload end to end, over HTTP as over HTTPS. Plain
+``put``/``put_parts`` of bytes that carry no checksum of their own ask for a CRC32, so no
+upload is unchecked. Reads are verified by the codec (:mod:`flowstone.storage.codec`).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
 
+if TYPE_CHECKING:
+    from flowstone.storage.codec import Encoded
+
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+ENVELOPE_METADATA = "flowstone-envelope"  # x-amz-meta-flowstone-envelope: the codec header
 
 
-def client_config(endpoint_url: str | None, *, signed: bool = True) -> Any:
-    """botocore ``Config`` for an S3 client used only through FlowStone's checksummed codec.
+def client_config() -> Any:
+    """botocore ``Config`` for an S3 client used through :class:`S3ObjectStore`.
 
-    Response CRC32 validation is dropped (the codec's checksum covers every payload byte on
-    load). Request CRC32 is dropped only on plain-HTTP endpoints (MinIO, moto, a local
-    gateway) with signed requests, where SigV4 already signs the payload's sha256 and the
-    server verifies it.
+    Every put names its own checksum (the codec's sha256, or a CRC32 for plain bytes), so
+    botocore adds none of its own and does not SigV4-sign the payload; responses are
+    verified by the codec, so botocore's CRC32 validation on reads is dropped too.
     """
     from botocore.config import Config
 
-    plain_http = bool(endpoint_url) and endpoint_url.lower().startswith("http://")
     return Config(
         response_checksum_validation="when_required",
-        request_checksum_calculation=(
-            "when_required" if plain_http and signed else "when_supported"
-        ),
+        request_checksum_calculation="when_required",
+        s3={"payload_signing_enabled": False},
     )
 
 
@@ -104,17 +112,31 @@ class _PartsBody(io.RawIOBase):
 
 
 class _S3Body(io.RawIOBase):
-    """A GetObject body whose read errors name the object, like every other store error."""
+    """A GetObject body whose read errors name the object, like every other store error.
 
-    def __init__(self, body: Any, fail: Any):
+    ``prefix`` (the codec's magic, length and header, rebuilt from the object's metadata) is
+    served first, then the body itself, so readers see one layout whatever the store keeps.
+    """
+
+    def __init__(self, body: Any, fail: Any, prefix: bytes = b""):
         super().__init__()
         self._body = body
         self._fail = fail
+        self._prefix = prefix
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
+        if self._prefix:
+            if size is None or size < 0:
+                head, self._prefix = self._prefix, b""
+                return head + self._read_body(-1)
+            head, self._prefix = self._prefix[:size], self._prefix[size:]
+            return head
+        return self._read_body(size)
+
+    def _read_body(self, size: int | None) -> bytes:
         try:
             return self._body.read(None if size is None or size < 0 else size)
         except Exception as exc:
@@ -156,19 +178,34 @@ class S3ObjectStore(ObjectStore):
         return self.put_parts(key, (data,))
 
     def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> str:
-        """One PutObject of the parts back to back, never joined (see :class:`_PartsBody`)."""
-        full = self._full(key)
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=_PartsBody(parts))
-        except Exception as exc:
-            raise self._fail("put", key, exc) from exc
+        """One PutObject of the parts back to back, never joined (see :class:`_PartsBody`),
+        with a CRC32 that S3 checks (these bytes carry no checksum of their own)."""
+        self._put(key, _PartsBody(parts), ChecksumAlgorithm="CRC32")
         return self.uri(key)
 
-    def _get_body(self, key: str) -> Any:
+    def put_encoded(self, key: str, encoded: Encoded) -> tuple[str, int]:
+        """The payload as the body, the codec header as metadata, its sha256 as S3's checksum."""
+        digest = bytes.fromhex(encoded.envelope.sha256)
+        self._put(
+            key,
+            _PartsBody((encoded.payload,)),
+            Metadata={ENVELOPE_METADATA: encoded.header.decode("ascii")},
+            ChecksumSHA256=base64.b64encode(digest).decode("ascii"),
+        )
+        return self.uri(key), encoded.envelope.size
+
+    def _put(self, key: str, body: _PartsBody, **extra: Any) -> None:
+        full = self._full(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra)
+        except Exception as exc:
+            raise self._fail("put", key, exc) from exc
+
+    def _get_response(self, key: str) -> dict[str, Any]:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
                 raise ObjectNotFoundError(key, f"s3://{self.bucket}/{self.prefix}") from None
@@ -181,8 +218,14 @@ class S3ObjectStore(ObjectStore):
             return body.read()
 
     def open(self, key: str) -> BinaryIO:
-        """The response body as a stream: the codec reads header, then payload, no re-slicing."""
-        return _S3Body(self._get_body(key), lambda exc: self._fail("get", key, exc))
+        """The object as a stream, header first: the codec reads header, then payload, without
+        re-slicing. A header kept as metadata is put back in front of the body."""
+        from flowstone.storage.codec import prefix_for_header
+
+        response = self._get_response(key)
+        header = (response.get("Metadata") or {}).get(ENVELOPE_METADATA)
+        prefix = prefix_for_header(header.encode("ascii")) if header else b""
+        return _S3Body(response["Body"], lambda exc: self._fail("get", key, exc), prefix)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -16,11 +16,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
 from flowstone.storage.local_store import TEMP_MARKER, LocalObjectStore
 from flowstone.storage.object_store import ObjectStore
+
+if TYPE_CHECKING:
+    from flowstone.storage.codec import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +145,22 @@ class TieredObjectStore(ObjectStore):
 
     def put(self, key: str, data: bytes) -> str:
         uri = self.primary.put(key, data)  # a failing primary fails the write
+        self._after_primary_write(key, "put", data)
+        return uri
+
+    def put_encoded(self, key: str, encoded: Encoded) -> tuple[str, int]:
+        """Each tier stores the object its own way (S3 keeps the header as metadata)."""
+        written = self.primary.put_encoded(key, encoded)  # a failing primary fails the write
+        self._after_primary_write(key, "put_encoded", encoded)
+        return written
+
+    def _after_primary_write(self, key: str, action: str, value: object) -> None:
         if self.write_strategy == "primary_only":
             self._secondary("cache", self.cache, "delete", key)  # do not serve a stale copy
         else:
-            self._secondary("cache", self.cache, "put", key, data)
+            self._secondary("cache", self.cache, action, key, value)
         if self.write_strategy == "replicate_all":
-            self._secondary("archive", self.archive, "put", key, data)
-        return uri
+            self._secondary("archive", self.archive, action, key, value)
 
     def get(self, key: str) -> bytes:
         if self.cache is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -57,10 +60,17 @@ def test_corrupted_s3_object_names_the_key(s3, bucket):
     client = s3
     store = S3ObjectStore(client, bucket)
     save_object(store, "scores/partition=p1.fso", {"values": list(range(50))})
-    raw = bytearray(client.get_object(Bucket=bucket, Key="scores/partition=p1.fso")["Body"].read())
-    raw[-3] ^= 0x01
-    client.put_object(Bucket=bucket, Key="scores/partition=p1.fso", Body=bytes(raw))
-    with pytest.raises(ChecksumError, match="scores/partition=p1.fso"):
+    stored = client.get_object(Bucket=bucket, Key="scores/partition=p1.fso")
+    raw = bytearray(stored["Body"].read())
+    raw[-3] ^= 0x01  # one flipped bit in the payload; the header (metadata) is kept
+    client.put_object(Bucket=bucket, Key="scores/partition=p1.fso", Body=bytes(raw),
+                      Metadata=stored["Metadata"])  # fmt: skip
+    with pytest.raises(
+        ChecksumError, match="checksum mismatch for object 'scores/partition=p1.fso'"
+    ):
+        load_object(store, "scores/partition=p1.fso")
+    client.put_object(Bucket=bucket, Key="scores/partition=p1.fso", Body=bytes(raw))  # no header
+    with pytest.raises(ChecksumError, match="'scores/partition=p1.fso' is not a FlowStone object"):
         load_object(store, "scores/partition=p1.fso")
 
 
@@ -118,6 +128,30 @@ def test_write_strategies(tmp_path, s3, bucket, strategy, in_cache, in_archive):
     primary.delete("k.fso")
     if in_cache:
         assert tiered.get("k.fso") == b"v"
+
+
+def test_tiered_codec_objects_are_stored_by_each_tier_in_its_own_layout(tmp_path, s3, bucket):
+    """S3 tiers keep the header as metadata, the local cache keeps one blob; a read from any
+    tier gives the same verified value."""
+    archive_bucket = f"{bucket}-archive"
+    s3.create_bucket(Bucket=archive_bucket)
+    primary, archive = S3ObjectStore(s3, bucket), S3ObjectStore(s3, archive_bucket)
+    cache = BoundedCacheStore(tmp_path / "cache", max_bytes=1 << 20, ttl_seconds=60)
+    tiered = TieredObjectStore(
+        primary, cache=cache, archive=archive, write_strategy="replicate_all"
+    )
+    value = {"scores": [0.25, 0.5]}
+    stored = save_object(tiered, "r/partition=p.fso", value)
+    for name in (bucket, archive_bucket):
+        response = s3.get_object(Bucket=name, Key="r/partition=p.fso")
+        assert "flowstone-envelope" in response["Metadata"]
+        assert hashlib.sha256(response["Body"].read()).hexdigest() == stored.envelope.sha256
+    assert codec.read_envelope(cache.get("r/partition=p.fso"))[0] == stored.envelope
+    assert load_object(tiered, "r/partition=p.fso") == value  # from the cache
+    cache.delete("r/partition=p.fso")
+    primary.delete("r/partition=p.fso")
+    assert load_object(tiered, "r/partition=p.fso") == value  # from the archive bucket
+    assert codec.read_envelope(cache.get("r/partition=p.fso"))[0] == stored.envelope  # warmed
 
 
 def test_failing_secondary_never_fails_an_accepted_write(tmp_path, s3, bucket):
@@ -181,45 +215,73 @@ def test_killed_writer_never_leaves_a_torn_object(tmp_path):
     assert codec.read_envelope(store.get("big/partition=p.fso"))[0].format == "json"
 
 
-def test_codec_client_skips_only_redundant_crc32(moto_endpoint, bucket):
+def _record_puts(client) -> list[dict]:
+    """The headers of every PutObject request the client sends (botocore's own event)."""
+    sent: list[dict] = []
+    client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: sent.append({k.lower(): v for k, v in request.headers.items()}),
+    )
+    return sent
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_codec_client_sends_one_sha256_and_no_redundant_checksums(moto_endpoint, bucket):
+    """A codec put carries the payload's sha256 as S3's signed checksum header, and nothing
+    else hashes the payload: no SigV4 payload hash, no CRC32. Plain bytes get a CRC32."""
     from dagster_aws.s3 import S3Resource
 
-    from flowstone.storage.s3_store import client_config
     from io_managers.object_store import s3_client_for_codec
 
-    assert client_config("http://127.0.0.1:9000").request_checksum_calculation == "when_required"
-    unsigned = client_config("http://127.0.0.1:9000", signed=False)
-    assert unsigned.request_checksum_calculation == "when_supported"  # CRC32 is all there is
-    https = client_config("https://s3.example.com")
-    assert https.request_checksum_calculation == "when_supported"  # keep CRC32 over TLS
-    assert https.response_checksum_validation == "when_required"  # our sha256 covers reads
     resource = S3Resource(endpoint_url=moto_endpoint, aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1",
                           max_attempts=3)  # fmt: skip
     client = s3_client_for_codec(resource)
     assert client.meta.config.request_checksum_calculation == "when_required"
+    assert client.meta.config.response_checksum_validation == "when_required"
     # the resource's own settings are kept (same retries as S3Resource.get_client())
     assert client.meta.config.retries == resource.get_client().meta.config.retries
+    sent = _record_puts(client)
     store = S3ObjectStore(client, bucket)
-    save_object(store, "big.fso", bytes(range(256)) * 4096)
+    payload = bytes(range(256)) * 4096
+    stored = save_object(store, "big.fso", payload)
+    headers = sent[-1]
+    digest = base64.b64decode(_text(headers["x-amz-checksum-sha256"]))
+    assert digest.hex() == stored.envelope.sha256 == hashlib.sha256(payload).hexdigest()
+    assert _text(headers["x-amz-content-sha256"]) == "UNSIGNED-PAYLOAD"
+    assert "x-amz-checksum-sha256" in _text(headers["authorization"])  # a signed header
+    assert not any(k.startswith("x-amz-checksum-crc") for k in headers)
     with store.open("big.fso") as stream:
-        assert stream.read(4) == codec.MAGIC
-    assert load_object(store, "big.fso") == bytes(range(256)) * 4096
+        assert stream.read(4) == codec.MAGIC  # the header is put back in front on reads
+    assert load_object(store, "big.fso") == payload
+    store.put("plain.bin", b"not a codec object")
+    assert "x-amz-checksum-crc32" in sent[-1] and "x-amz-checksum-sha256" not in sent[-1]
+    assert store.get("plain.bin") == b"not a codec object"
     with pytest.raises(ObjectNotFoundError, match="missing.fso"):
         store.open("missing.fso")
 
 
-def test_s3_put_sends_header_and_payload_without_joining_them(s3, bucket):
-    """Several MiB: botocore reads the parts body in chunks (SigV4 hash, then the send)."""
-    from flowstone.storage.s3_store import _PartsBody
+def test_s3_object_is_the_payload_with_the_header_as_metadata(s3, bucket):
+    """Several MiB: the body is the payload alone, sent from the caller's buffer (no joined
+    blob); get and open hand back header + payload like every other store."""
+    from flowstone.storage.s3_store import ENVELOPE_METADATA, _PartsBody
 
     store = S3ObjectStore(s3, bucket, prefix="team")
     payload = os.urandom(3 * 1024 * 1024 + 17)
     stored = save_object(store, "big/partition=p.fso", payload)
-    blob = s3.get_object(Bucket=bucket, Key="team/big/partition=p.fso")["Body"].read()
-    assert len(blob) == stored.stored_bytes and blob[: len(codec.MAGIC)] == codec.MAGIC
-    assert blob.endswith(payload) and codec.read_envelope(blob)[0].sha256 == stored.envelope.sha256
+    response = s3.get_object(Bucket=bucket, Key="team/big/partition=p.fso")
+    assert response["Body"].read() == payload and stored.stored_bytes == len(payload)
+    header = json.loads(response["Metadata"][ENVELOPE_METADATA])
+    assert header["sha256"] == stored.envelope.sha256 and header["size"] == len(payload)
+    blob = store.get("big/partition=p.fso")
+    assert blob.endswith(payload) and codec.read_envelope(blob)[0] == stored.envelope
     assert load_object(store, "big/partition=p.fso") == payload
+    # an object with the header inside the body (older FlowStone, a hand upload) reads too
+    s3.put_object(Bucket=bucket, Key="team/old.fso", Body=codec.encode(payload).data)
+    assert load_object(store, "old.fso") == payload
 
     body = _PartsBody((b"head", memoryview(b"0123456789")))
     assert bytes(body.read(6)) == b"head01"  # a read across the parts is joined
@@ -232,10 +294,11 @@ def test_s3_put_sends_header_and_payload_without_joining_them(s3, bucket):
         body.seek(-1)
 
 
-def test_s3_put_over_https_streams_the_parts_with_a_crc32_trailer():
-    """Over TLS the codec client keeps botocore's CRC32, sent as an aws-chunked trailer that
-    reads the parts body chunk by chunk: moto's server with a self-signed certificate, its own
-    process on loopback."""
+def test_s3_put_over_https_sends_the_same_single_sha256():
+    """Over TLS too a codec put sends the codec's sha256 as S3's checksum header and nothing
+    else; a plain put streams its CRC32 as an aws-chunked trailer that reads the parts body
+    chunk by chunk: moto's server with a self-signed certificate, its own process on
+    loopback."""
     import socket
     import warnings
 
@@ -264,10 +327,7 @@ def test_s3_put_over_https_streams_the_parts_with_a_crc32_trailer():
                               aws_access_key_id="testing", aws_secret_access_key="testing",
                               region_name="us-east-1")  # fmt: skip
         client = s3_client_for_codec(resource)
-        sent: list[dict] = []
-        client.meta.events.register(
-            "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers))
-        )
+        sent = _record_puts(client)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the self-signed certificate
             client.create_bucket(Bucket="tls")
@@ -275,10 +335,14 @@ def test_s3_put_over_https_streams_the_parts_with_a_crc32_trailer():
             payload = os.urandom(2 * 1024 * 1024 + 5)
             stored = save_object(store, "big.fso", payload)
             assert load_object(store, "big.fso") == payload
-            blob = client.get_object(Bucket="tls", Key="big.fso")["Body"].read()
-        assert len(blob) == stored.stored_bytes
-        assert sent[-1]["X-Amz-Trailer"] == b"x-amz-checksum-crc32"
-        assert sent[-1]["X-Amz-Content-SHA256"] == b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+            codec_put = sent[-1]
+            store.put_parts("plain.bin", (b"head", payload))
+            assert store.get("plain.bin") == b"head" + payload
+        digest = base64.b64decode(_text(codec_put["x-amz-checksum-sha256"]))
+        assert digest.hex() == stored.envelope.sha256
+        assert _text(codec_put["x-amz-content-sha256"]) == "UNSIGNED-PAYLOAD"
+        assert _text(sent[-1]["x-amz-trailer"]) == "x-amz-checksum-crc32"
+        assert _text(sent[-1]["x-amz-content-sha256"]) == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -150,7 +150,7 @@ def partitions_per_run() -> int:
     return value
 
 
-def evaluation_step_settings(mode: str | None = None, per_run: int | None = None) -> StepSettings:
+def evaluation_step_settings(mode: str | None = None) -> StepSettings:
     """The evaluation steps' settings for ``mode``: Dagster's one-machine defaults, or on a
     scale-out executor a retry policy, the ``llm`` pool on the step that calls providers and
     backfills of ``FLOWSTONE_PARTITIONS_PER_RUN`` partitions a run."""
@@ -158,7 +158,7 @@ def evaluation_step_settings(mode: str | None = None, per_run: int | None = None
     if mode == "default":
         return StepSettings()
     return StepSettings(
-        backfill_policy=dg.BackfillPolicy.multi_run(per_run or partitions_per_run()),
+        backfill_policy=dg.BackfillPolicy.multi_run(partitions_per_run()),
         retry_policy=STEP_RETRY,
         llm_pool=LLM_POOL,
     )

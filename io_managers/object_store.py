@@ -8,7 +8,6 @@ from a dict keyed by partition key, and loaded back as such a dict.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 import dagster as dg
@@ -200,7 +199,7 @@ def object_store_io_manager_from_env() -> ObjectStoreIOManager:
     if location.is_s3:
         return ObjectStoreIOManager(
             backend="s3",
-            s3=S3Resource(endpoint_url=os.environ.get("AWS_ENDPOINT_URL")),
+            s3=S3Resource(),  # boto3 reads AWS_ENDPOINT_URL(_S3) and credentials itself
             bucket=location.bucket,
             prefix=location.prefix or DEFAULT_PREFIX,
         )

@@ -134,17 +134,18 @@ def open_cache(location: str | None) -> ResponseCache:
     DAGSTER_HOME shared by several hosts needs ``FLOWSTONE_LLM_CACHE`` pointing at S3.
     """
     location = location or os.environ.get(CACHE_LOCATION_ENV) or None
-    if location and location.startswith("s3://"):
+    if not location or not location.startswith(("s3://", "file://")):
+        return SQLiteResponseCache(location)
+    from flowstone.storage.location import parse_object_store_url
+
+    where = parse_object_store_url(location, "LLM cache location")
+    if where.is_s3:
         import boto3
 
         from flowstone.storage.s3_store import S3ObjectStore
 
-        bucket, _, prefix = location[len("s3://") :].partition("/")
-        return ObjectStoreResponseCache(
-            S3ObjectStore(boto3.client("s3"), bucket), prefix or "llm-cache"
-        )
-    if location and location.startswith("file://"):
-        from flowstone.storage.local_store import LocalObjectStore
+        store = S3ObjectStore(boto3.client("s3"), where.bucket or "")
+        return ObjectStoreResponseCache(store, where.prefix or "llm-cache")
+    from flowstone.storage.local_store import LocalObjectStore
 
-        return ObjectStoreResponseCache(LocalObjectStore(location[len("file://") :]))
-    return SQLiteResponseCache(location)
+    return ObjectStoreResponseCache(LocalObjectStore(where.folder))

@@ -11,6 +11,10 @@ stored, ``created_at``, the FlowStone version and the Python type. ``decode`` ve
 checksum before it parses anything, and raises :class:`ChecksumError` naming the key on
 mismatch.
 
+``decode_stream`` does the same from a readable stream (an S3 response body, a file): it reads
+the header first and then exactly ``size`` payload bytes in one read, so a large payload is never
+copied out of a bigger buffer on its way back to the caller.
+
 Two digests, because they answer two questions. ``sha256`` is the object's identity: what the
 I/O manager reports, what manifests and people compare, what ``sha256sum`` reproduces.
 ``xxh3_128`` is the integrity check every load runs: it catches a flipped bit, a truncation or a
@@ -19,9 +23,6 @@ CRC32), at about 30 GB/s instead of 1.8. A cryptographic hash buys nothing more 
 can rewrite the payload can rewrite the header beside it. ``verify_sha256=True`` checks the
 sha256 as well, for callers who want it; objects written before ``xxh3_128`` existed are
 verified by their sha256.
-``decode_stream`` does the same from a readable stream (an S3 response body, a file): it reads
-the header first and then exactly ``size`` payload bytes in one read, so a large payload is never
-copied out of a bigger buffer on its way back to the caller.
 
 Formats are chosen JSON first (readable, portable), Parquet for pandas DataFrames,
 safetensors for tensors / arrays and dicts of them, raw bytes for ``bytes``, and pickle only

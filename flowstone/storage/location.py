@@ -18,6 +18,7 @@ from flowstone.errors import ConfigError
 
 OBJECT_STORE_ENV = "FLOWSTONE_OBJECT_STORE_URL"
 DEFAULT_PREFIX = "flowstone"
+_EXPECTED = "must be s3://bucket[/prefix], a file:// URL or a folder"
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,10 @@ def parse_object_store_url(url: str, source: str) -> ObjectStoreLocation:
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
         if not bucket:
-            raise ConfigError(
-                source, url, "must be s3://bucket[/prefix], a file:// URL or a folder"
-            )
+            raise ConfigError(source, url, _EXPECTED)
         return ObjectStoreLocation(text, source, bucket=bucket, prefix=prefix.strip("/"))
     if "://" in text and not text.startswith("file://"):
-        raise ConfigError(source, url, "must be s3://bucket[/prefix], a file:// URL or a folder")
+        raise ConfigError(source, url, _EXPECTED)
     folder = text[len("file://") :] if text.startswith("file://") else text
     if not folder:
         raise ConfigError(source, url, "names no folder")

@@ -642,7 +642,7 @@ class WorkerPool:
         worker.last_used = time.monotonic()
         if not ok:
             worker.failures += 1
-        due = self._recycling_due(worker, after_call=True)
+        due = self._recycling_due(worker)
         if due is not None:
             self._retire(worker, *due)
             return
@@ -651,7 +651,7 @@ class WorkerPool:
                 return
             self._hand_off(worker)
 
-    def _recycling_due(self, worker: WorkerProcess, after_call: bool) -> tuple[str, str] | None:
+    def _recycling_due(self, worker: WorkerProcess) -> tuple[str, str] | None:
         """Why ``worker`` should be retired now, as (reason, metrics kind), or None.
 
         Checked each time a call hands a worker back, not only by the health loop: under steady
@@ -662,9 +662,10 @@ class WorkerPool:
         cfg = self.config
         if worker.recycle_reason is not None:
             return worker.recycle_reason, "requested"
-        if after_call and cfg.max_requests is not None and worker.requests >= cfg.max_requests:
-            return f"served {worker.requests} requests (max_requests={cfg.max_requests})", (
-                "max_requests"
+        if cfg.max_requests is not None and worker.requests >= cfg.max_requests:
+            return (
+                f"served {worker.requests} requests (max_requests={cfg.max_requests})",
+                "max_requests",
             )
         if cfg.max_rss_mb is not None:
             rss = worker.rss_bytes()
@@ -927,7 +928,7 @@ class WorkerPool:
                 self._discard(worker, "unhealthy")
                 outcome["replaced"] += 1
                 continue
-            due = self._recycling_due(worker, after_call=False)
+            due = self._recycling_due(worker)
             if due is not None:
                 self._retire(worker, *due)
                 outcome["recycled"] += 1

@@ -144,7 +144,7 @@ def test_object_store_verify_sha256_checks_the_identity_digest_too(tmp_path):
     path = tmp_path / "flowstone/blob_value/__asset__.fso"
     envelope, payload = codec.read_envelope(path.read_bytes())
     header = json.dumps({**envelope.as_dict(), "sha256": "f" * 64}).encode()
-    path.write_bytes(codec.MAGIC + len(header).to_bytes(4, "big") + header + bytes(payload))
+    path.write_bytes(codec.prefix_for_header(header) + bytes(payload))
     context = dg.build_input_context(asset_key=dg.AssetKey("blob_value"))
     assert manager.load_input(context) == b"\x00payload\xff" * 1000
     strict = ObjectStoreIOManager(base_path=str(tmp_path), verify_sha256=True)

@@ -144,7 +144,7 @@ def _with_header(blob: bytes, **changes) -> bytes:
     fields = {**envelope.as_dict(), **changes}
     fields = {k: v for k, v in fields.items() if k not in changes or v is not None}
     header = json.dumps(fields).encode()
-    return codec.MAGIC + len(header).to_bytes(4, "big") + header + bytes(payload)
+    return codec.prefix_for_header(header) + bytes(payload)
 
 
 def test_every_load_checks_xxh3_and_sha256_on_request():

@@ -6,7 +6,7 @@ import pytest
 from flowstone.errors import ConfigError
 from flowstone.ops.checks import check_object_store
 from flowstone.storage.location import object_store_location
-from io_managers.object_store import object_store_io_manager_from_env
+from io_managers.object_store import object_store_io_manager_from_env, s3_client_for_codec
 
 ENV = "FLOWSTONE_OBJECT_STORE_URL"
 
@@ -29,7 +29,7 @@ def test_s3_url_gives_the_s3_backend(monkeypatch, url, bucket, prefix):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     manager = object_store_io_manager_from_env()
     assert (manager.backend, manager.bucket, manager.prefix) == ("s3", bucket, prefix)
-    assert manager.s3.endpoint_url == "http://127.0.0.1:9"
+    assert s3_client_for_codec(manager.s3).meta.endpoint_url == "http://127.0.0.1:9"
 
 
 def test_folder_and_file_url_give_the_local_backend(monkeypatch, tmp_path):

@@ -39,7 +39,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -c "import dagster as dg; from assets.warehouse import ensure_warehouse_pool; ensure_warehouse_pool(dg.DagsterInstance.get())"
+	$(BIN)/python -c "import dagster as dg; from assets.pools import ensure_pool_limits; ensure_pool_limits(dg.DagsterInstance.get())"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)

@@ -12,11 +12,11 @@ from typing import Any
 import dagster as dg
 
 from assets.approval_gate import approved_request
+from assets.pools import BAKING_POOL, WAREHOUSE_POOL
 from flowstone.paths import bake_workspace
 
 PREFIX = "baking"
 GROUP = "baking"
-BAKING_POOL = "baking"
 OWNERS = ["team:ml-platform"]
 MODELS = dg.DynamicPartitionsDefinition(name="models")
 SOURCE_KEY = dg.AssetKey([PREFIX, "source_model"])
@@ -314,7 +314,7 @@ _warehouse: dict[str, Any] = dict(
     **_common,
     kinds={"python", "duckdb"},
     io_manager_key=BAKE_WAREHOUSE_IO_MANAGER_KEY,
-    pool="warehouse",
+    pool=WAREHOUSE_POOL,
     retry_policy=dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL),
     automation_condition=dg.AutomationCondition.eager(),
 )
@@ -372,22 +372,3 @@ BAKE_JOB = dg.define_asset_job(
     partitions_def=MODELS,
     description="Validate, bake, measure and package one model; deployment waits for approval.",
 )
-
-
-def build_baking_definitions() -> dg.Definitions:
-    """The baking line: assets, the bake job, the drop sensor, the approval gate on
-    deployment, and the resources only it uses."""
-    from io_managers.database import DatabaseIOManager
-    from resources.baking import ModelIntakeResource
-    from sensors.approvals import build_approval_sensors
-    from sensors.baking import model_drop_sensor
-
-    return dg.Definitions(
-        assets=BAKE_ASSETS,
-        jobs=[BAKE_JOB],
-        sensors=[model_drop_sensor, *build_approval_sensors(DEPLOYED_KEY, PACKAGE_KEY)],
-        resources={
-            "models": ModelIntakeResource(),
-            BAKE_WAREHOUSE_IO_MANAGER_KEY: DatabaseIOManager(partition_column="model"),
-        },
-    )

@@ -9,16 +9,22 @@ invocation runs in the ``warehouse`` pool, the one writer DuckDB allows.
 import json
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._utils import run_with_concurrent_update_guard  # what DbtProject's preparer uses
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from filelock import FileLock
 
-from assets.warehouse import WAREHOUSE_POOL
+from assets.pools import WAREHOUSE_POOL
 from flowstone.warehouse.project import dbt_executable, dbt_project_dir, manifest_is_stale
 
+if TYPE_CHECKING:  # define_asset_job's return type, which Dagster does not re-export
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+
 GROUP = "analytics"
+DBT_JOB = "dbt_build_job"
 DAILY_TAG = "daily"
 DAILY_START = "2026-01-01"
 LOCK_MESSAGE = "Could not set lock on file"
@@ -30,9 +36,12 @@ def load_dbt_project() -> DbtProject:
     """The project, with a manifest that matches its files (``dbt parse`` if stale)."""
     project = DbtProject(project_dir=dbt_project_dir())
     if manifest_is_stale(project.project_dir, project.manifest_path):
-        # a file lock: dagster dev loads the code location in several processes at once
+        # A file lock: `dagster dev` loads the code location in several processes at once, and
+        # only the first to get the lock parses; the others find a fresh manifest.
         project.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        run_with_concurrent_update_guard(project.manifest_path, parse_dbt_project, project=project)
+        with FileLock(project.manifest_path.with_name("manifest.json.lock"), timeout=600):
+            if manifest_is_stale(project.project_dir, project.manifest_path):
+                parse_dbt_project(project)
     return project
 
 
@@ -120,3 +129,12 @@ def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
 def dbt_resource(project: DbtProject) -> DbtCliResource:
     """The resource under key ``dbt``, running the venv's dbt."""
     return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
+
+
+def build_dbt_job(dbt_defs: list[dg.AssetsDefinition]) -> "UnresolvedAssetJobDefinition":
+    """``dbt build`` of every model and its tests, as one job (the daily schedule's target)."""
+    return dg.define_asset_job(
+        DBT_JOB,
+        selection=dg.AssetSelection.assets(*dbt_defs),
+        description="dbt build: staging, history, marts and their tests.",
+    )

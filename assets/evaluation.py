@@ -37,6 +37,11 @@ class StepSettings:
 KIND_TAGS = {"dagster/kind/python": ""}
 MEAN_PREFIX = "mean/"
 REPORT_KEY = dg.AssetKey([PREFIX, "report"])
+EVALUATION_JOB = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="Suite -> predictions -> scores -> report for suite x system partitions.",
+)
 
 
 def _pipeline():

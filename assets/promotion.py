@@ -8,30 +8,16 @@ gate.
 """
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import dagster as dg
 
 from assets.approval_gate import approved_request
+from assets.evaluation import REPORT_KEY
+from flowstone import atomic
 from flowstone.paths import outputs_dir
 from resources.approvals import ApprovalsResource
 
-REPORT_KEY = dg.AssetKey(["evaluation", "report"])
 PROMOTED_SYSTEM_KEY = dg.AssetKey("promoted_system")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_promotion_asset(
@@ -72,7 +58,7 @@ def build_promotion_asset(
         }
         safe = partition.replace("|", "__").replace("/", "_") or "default"
         path = outputs_dir() / "promotions" / key.to_python_identifier() / f"{safe}.json"
-        _write_atomically(path, json.dumps(record, indent=2, sort_keys=True, default=str))
+        atomic.write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str))
         return dg.MaterializeResult(
             metadata={
                 "approval_request": request.id,

@@ -25,13 +25,13 @@ as a failed run, never as a failed step. ``deploy/README.md`` has the whole pict
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from assets.evaluation import StepSettings
+from assets.pools import LLM_POOL
 from flowstone.errors import ConfigError
 from flowstone.paths import project_root
 
@@ -44,12 +44,6 @@ EXECUTOR_FILES = {
     "celery": (CELERY_CONFIG_ENV, "deploy/celery.yaml"),
     "k8s": (K8S_CONFIG_ENV, "deploy/k8s/executor.yaml"),
 }
-
-LLM_POOL = "llm"
-BAKING_POOL = "baking"
-# Per-pool limits live in the instance database (dagster.yaml only holds a default limit):
-# `ensure_pool_limits` or `dagster instance concurrency set <pool> <limit>` writes them.
-DEFAULT_POOL_LIMITS = {BAKING_POOL: 1, LLM_POOL: 4}
 
 STEP_RETRY = dg.RetryPolicy(
     max_retries=2, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -124,6 +118,9 @@ def build_executor(mode: str | None = None) -> dg.ExecutorDefinition | None:
 def _configured(executor_def: dg.ExecutorDefinition, mode: str) -> dg.ExecutorDefinition:
     """``executor_def`` with the YAML's settings, checked now against the executor's schema
     (Dagster would only check them when a run starts); ``{env: ...}`` values stay unresolved."""
+    # Private on purpose: dagster's public validate_run_config resolves ``{env: ...}`` values,
+    # which must stay unresolved until a worker runs the step (its environment, not ours).
+    # test_a_typo_in_the_executor_settings_stops_the_code_location fails if this breaks.
     from dagster._config import validate_config
 
     config = executor_config(mode)
@@ -162,17 +159,3 @@ def evaluation_step_settings(mode: str | None = None) -> StepSettings:
         retry_policy=STEP_RETRY,
         llm_pool=LLM_POOL,
     )
-
-
-def ensure_pool_limits(
-    instance: dg.DagsterInstance, limits: Mapping[str, int] | None = None
-) -> dict[str, int]:
-    """Give each pool its slot count unless an operator already set one (UI or
-    ``dagster instance concurrency set``). Returns the limits now in force for these pools."""
-    storage = instance.event_log_storage
-    wanted = dict(DEFAULT_POOL_LIMITS if limits is None else limits)
-    known = set(storage.get_concurrency_keys())
-    for pool, slots in wanted.items():
-        if pool not in known:
-            storage.set_concurrency_slots(pool, slots)
-    return {pool: storage.get_concurrency_info(pool).slot_count for pool in wanted}

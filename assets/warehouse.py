@@ -5,7 +5,7 @@ one table schema although suites score with different metrics. Same suite x syst
 partitions as the evaluation; the database I/O manager replaces exactly the partitions of a
 run in one transaction. DuckDB lets one process write a file at a time, so every asset that
 writes the warehouse (and the dbt build) runs in the ``warehouse`` pool, whose limit must be 1
-(``ensure_warehouse_pool``), and retries a few times when another process holds the file.
+(``assets.pools.ensure_pool_limits``), and retries a few times when another process holds the file.
 """
 
 from datetime import UTC, datetime
@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from assets.evaluation import OWNERS, PREFIX, PartitionBatch, evaluation_partitions
+from assets.pools import WAREHOUSE_POOL
 from flowstone.evaluation.catalog import Catalog
 
 GROUP = "warehouse"
-WAREHOUSE_POOL = "warehouse"
+WAREHOUSE_JOB = "warehouse_job"
 WAREHOUSE_IO_MANAGER_KEY = "warehouse_io_manager"
 SCORES_KEY = dg.AssetKey([PREFIX, "warehouse_scores"])
 REPORTS_KEY = dg.AssetKey([PREFIX, "warehouse_reports"])
@@ -26,17 +27,6 @@ REPORTS_KEY = dg.AssetKey([PREFIX, "warehouse_reports"])
 WAREHOUSE_RETRY = dg.RetryPolicy(
     max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-
-
-def ensure_warehouse_pool(instance: dg.DagsterInstance) -> None:
-    """Give the ``warehouse`` pool one slot unless someone configured it already.
-
-    dagster.yaml only sets ``pools.default_limit`` for every pool; a per-pool limit lives in
-    the instance database (``dagster instance concurrency set warehouse 1`` does the same).
-    """
-    storage = instance.event_log_storage
-    if WAREHOUSE_POOL not in storage.get_concurrency_keys():
-        storage.set_concurrency_slots(WAREHOUSE_POOL, 1)
 
 
 def build_warehouse_assets(catalog: Catalog) -> list:
@@ -99,3 +89,10 @@ def build_warehouse_assets(catalog: Catalog) -> list:
         return batch.output(frames)
 
     return [warehouse_scores, warehouse_reports]
+
+
+warehouse_job = dg.define_asset_job(
+    WAREHOUSE_JOB,
+    selection=dg.AssetSelection.assets(SCORES_KEY, REPORTS_KEY),
+    description="Evaluation scores and reports into the DuckDB warehouse.",
+)

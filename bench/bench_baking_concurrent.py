@@ -151,16 +151,18 @@ def setup_home(tmp: Path, label: str) -> dict[str, str]:
     env = {**os.environ, "DAGSTER_HOME": str(home), "FLOWSTONE_OUTPUTS_DIR": str(tmp / label / "out"),
            "FLOWSTONE_MODELS_DIR": str(tmp / "drop"), "FLOWSTONE_BAKE_MEMORY_BUDGET_MB": str(BUDGET_MB),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    prep = ("import dagster as dg; from assets.baking import MODELS; from assets.warehouse import ensure_warehouse_pool;"
-            "i = dg.DagsterInstance.get(); ensure_warehouse_pool(i);"
+    prep = ("import dagster as dg; from assets.baking import MODELS; from assets.pools import ensure_pool_limits;"
+            "i = dg.DagsterInstance.get(); ensure_pool_limits(i);"
             f"i.event_log_storage.set_concurrency_slots('baking', {POOL_LIMIT});"
             f"i.add_dynamic_partitions(MODELS.name, {[f'clf{n:02d}' for n in range(MODELS)]!r})")  # fmt: skip
     subprocess.run([sys.executable, "-c", prep], env=env, cwd=ROOT, check=True)
     return env
 
 
-BAKE = ("import sys; from flowstone.cli import bake_models, exit_now;"
-        "_, out = bake_models(sys.argv[1:]); exit_now(0 if all(r.success for r in out.values()) else 1)")  # fmt: skip
+BAKE = ("import sys, dagster as dg; from assets.runner import bake_models; from flowstone.cli import exit_now;"
+        "from flowstone.definitions import defs;"
+        "out = bake_models(defs, dg.DagsterInstance.get(), sys.argv[1:]);"
+        "exit_now(0 if all(r.success for r in out.values()) else 1)")  # fmt: skip
 
 
 def backfill(env: dict[str, str], names: list[str]) -> str:

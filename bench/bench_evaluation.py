@@ -42,7 +42,7 @@ os.environ.update(
 import dagster as dg  # noqa: E402
 
 warnings.filterwarnings("ignore")
-from flowstone.cli import execute_partitions  # noqa: E402
+from assets.runner import execute_partitions  # noqa: E402
 from flowstone.definitions import defs  # noqa: E402
 from flowstone.evaluation import embedding, pipeline  # noqa: E402
 from flowstone.evaluation.catalog import load_catalog  # noqa: E402

@@ -74,7 +74,7 @@ def count_outcomes(instance, partitions: list[str], run_filter=None) -> dict[str
 def single_machine(root: Path, catalog_env: dict[str, str]) -> tuple[float, dict[str, int]]:
     import dagster as dg
 
-    from flowstone.cli import execute_partitions
+    from assets.runner import execute_partitions
     from flowstone.definitions import build_definitions
 
     home = root / "sqlite_home"
@@ -98,7 +98,7 @@ def scale_out(root: Path, catalog_env: dict[str, str], per_run: int, budget: flo
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from assets.scaleout import ensure_pool_limits
+    from assets.pools import ensure_pool_limits
     from flowstone.definitions import build_definitions
 
     out: dict = {}

@@ -11,9 +11,7 @@ import logging
 import os
 import shutil
 import sys
-import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -33,8 +31,6 @@ app = typer.Typer(
     help="FlowStone: evaluation, model baking and approvals on Dagster.", no_args_is_help=True
 )
 console = Console(width=None if sys.stdout.isatty() else 160)
-# Step-by-step Dagster logs belong in the UI; the terminal shows progress and warnings.
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 app.add_typer(
@@ -75,96 +71,6 @@ def ensure_instance() -> Path:
     return home
 
 
-def execute_partitions(
-    job,
-    instance,
-    keys: Sequence[str],
-    single_run: bool = False,
-    on_done: Callable[[str, bool, float], None] | None = None,
-    run_config: dict | None = None,
-) -> dict:
-    """Run ``job`` in this process over ``keys``: a run each, or one run over the key range
-    (what a single-run backfill does; the keys must be contiguous in the partitions order).
-    Returns the run result per partition key."""
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
-
-    runs = (
-        [
-            (
-                f"{len(keys)} partitions",
-                keys,
-                {
-                    "tags": {
-                        ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                        ASSET_PARTITION_RANGE_END_TAG: keys[-1],
-                    }
-                },
-            )
-        ]
-        if single_run
-        else [(key, [key], {"partition_key": key}) for key in keys]
-    )
-    outcomes = {}
-    for label, covered, target in runs:
-        start = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance,
-            run_config=QUIET_RUN_CONFIG if run_config is None else run_config,
-            raise_on_error=False,
-            **target,
-        )
-        outcomes.update(dict.fromkeys(covered, result))
-        if on_done:
-            on_done(label, result.success, time.perf_counter() - start)
-    return outcomes
-
-
-def materialize_partitions(
-    partition_keys: Sequence[str] | None = None,
-    single_run: bool = False,
-    on_done: Callable[[str, bool, float], None] | None = None,
-):
-    """Observe the evaluation sources, then run the evaluation job in this process against
-    the instance under DAGSTER_HOME. Returns the instance and success per partition."""
-    import dagster as dg
-    from dagster._core.definitions.observe import observe  # not re-exported by Dagster 1.13
-
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    from flowstone.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def("evaluation_job")
-    for key in _source_keys(defs):  # one at a time: their partitions differ (suite vs system)
-        observe([defs.resolve_assets_def(key)], instance=instance, run_config=QUIET_RUN_CONFIG)
-    keys = list(partition_keys or job.partitions_def.get_partition_keys())
-    return instance, execute_partitions(job, instance, keys, single_run, on_done)
-
-
-def _source_keys(defs):
-    graph = defs.resolve_asset_graph()
-    return [key for key in graph.observable_asset_keys if key.path[0] == "evaluation"]
-
-
-def latest_reports(instance, keys: Sequence[str]) -> dict[str, dict]:
-    import dagster as dg
-
-    out = {}
-    for key in keys:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(["evaluation", "report"]), asset_partitions=[key]
-            ),
-            limit=1,
-        ).records
-        if records:
-            out[key] = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-    return out
-
-
 def summary_table(reports: dict[str, dict]) -> Table:
     metrics = sorted({k[5:] for r in reports.values() for k in r if k.startswith("mean/")})
     table = Table(title="Evaluation summary (mean per metric)")
@@ -188,7 +94,9 @@ def summary_table(reports: dict[str, dict]) -> Table:
 def build_analytics(instance, keys: Sequence[str], failures: list[str]) -> None:
     """Load the evaluated partitions into the DuckDB warehouse, build the dbt project on it,
     and print the leaderboard mart."""
-    from assets.analytics import DBT_JOB, WAREHOUSE_JOB, materialize_analytics
+    from assets.dbt import DBT_JOB
+    from assets.runner import QUIET_RUN_CONFIG, materialize_analytics
+    from assets.warehouse import WAREHOUSE_JOB
     from flowstone.definitions import defs
     from flowstone.warehouse.leaderboard import leaderboard
 
@@ -231,24 +139,6 @@ def build_analytics(instance, keys: Sequence[str], failures: list[str]) -> None:
     console.print(table)
 
 
-def bake_models(names: Sequence[str], on_done: Callable[[str, bool, float], None] | None = None):
-    """Add ``names`` as ``models`` partitions (what the drop sensor does) and run the bake job
-    for each in this process. Returns the instance and the run result per model."""
-    import dagster as dg
-
-    from assets.baking import BAKE_JOB, MODELS
-    from assets.warehouse import ensure_warehouse_pool
-    from flowstone.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    ensure_warehouse_pool(instance)
-    missing = [n for n in names if not instance.has_dynamic_partition(MODELS.name, n)]
-    if missing:
-        instance.add_dynamic_partitions(MODELS.name, missing)
-    job = defs.resolve_job_def(BAKE_JOB.name)
-    return instance, execute_partitions(job, instance, list(names), on_done=on_done)
-
-
 def stage_demo_models() -> list[str]:
     """Put the two demo models into the drop folder unless they are there already."""
     from flowstone.baking import demo_models, intake
@@ -264,22 +154,15 @@ def stage_demo_models() -> list[str]:
 
 
 def bake_summary(instance, names: Sequence[str]) -> Table:
-    import dagster as dg
-
     from assets.baking import PACKAGE_KEY, PROFILE_KEY, QUALITY_KEY
-
-    def latest(key, name):
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[name]), limit=1
-        ).records
-        return records[0].asset_materialization.metadata if records else {}
+    from assets.runner import latest_metadata
 
     table = Table(title="Bakes: baked vs original (ratios measured in one run)")
     for column in ("model", "quality", "throughput x", "size x", "package"):
         table.add_column(column)
     for name in names:
         quality, profile, package = (
-            latest(k, name) for k in (QUALITY_KEY, PROFILE_KEY, PACKAGE_KEY)
+            latest_metadata(instance, k, name) for k in (QUALITY_KEY, PROFILE_KEY, PACKAGE_KEY)
         )
         metric = quality.get("metric")
         value = quality.get("value")
@@ -303,7 +186,10 @@ def bake(names: list[str]) -> None:
     def on_done(key: str, ok: bool, seconds: float) -> None:
         console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {key}  {seconds:.1f}s")
 
-    instance, outcomes = bake_models(names, on_done=on_done)
+    from assets.runner import bake_models
+
+    instance, defs = _instance_and_defs()
+    outcomes = bake_models(defs, instance, names, on_done=on_done)
     console.print(bake_summary(instance, names))
     exit_now(0 if all(r.success for r in outcomes.values()) else 1)
 
@@ -362,7 +248,10 @@ def demo(
             f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
         ]
         start(len(keys))
-        instance, outcomes = materialize_partitions(keys, single_run=single_run, on_done=on_done)
+        from assets.runner import bake_models, latest_reports, materialize_partitions
+
+        instance, defs = _instance_and_defs()
+        outcomes = materialize_partitions(defs, instance, keys, single_run, on_done)
     console.print(summary_table(latest_reports(instance, keys)))
     models = stage_demo_models()
     console.print(
@@ -374,7 +263,7 @@ def demo(
         if not ok:
             failures.append(f"bake {key}")
 
-    bake_models(models, on_done=on_baked)
+    bake_models(defs, instance, models, on_done=on_baked)
     console.print(bake_summary(instance, models))
     console.print(
         "Deployment waits for a human: turn on the [bold]baking__deployed_model_approval_requests[/] and "
@@ -391,6 +280,16 @@ def demo(
             f"[red]{len(failures)} run(s) failed:[/] {', '.join(failures)}; see the run logs in the UI"
         )
     exit_now(1 if failures else 0)
+
+
+def _instance_and_defs():
+    """The instance under DAGSTER_HOME and the code location, imported on first use (typer's
+    --help must not load Dagster)."""
+    import dagster as dg
+
+    from flowstone.definitions import defs
+
+    return dg.DagsterInstance.get(), defs
 
 
 def exit_now(code: int) -> None:

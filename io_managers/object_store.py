@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import dagster as dg
-from dagster._utils.cached_method import cached_method
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from flowstone.paths import outputs_dir
 from flowstone.storage.errors import StorageError
@@ -102,9 +101,15 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
         "nobody else writes to: unpickling runs code.",
     )
 
-    @cached_method
+    _store: ObjectStore | None = PrivateAttr(default=None)
+
     def build_store(self) -> ObjectStore:
         """Built once per I/O manager instance: a boto3 client costs ~100 ms to create."""
+        if self._store is None:
+            self._store = self._new_store()
+        return self._store
+
+    def _new_store(self) -> ObjectStore:
         if self.backend == "local":
             return LocalObjectStore(self.base_path or outputs_dir() / "objects")
         if self.s3 is None or not self.bucket:

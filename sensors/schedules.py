@@ -4,10 +4,16 @@ All stopped by default: a fresh clone should not start evaluating on its own. Tu
 the UI (Automation tab) or with ``dagster schedule start`` / ``dagster sensor start``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,  # what define_asset_job returns; not re-exported
-)
+
+if TYPE_CHECKING:  # define_asset_job's return type, which Dagster does not re-export
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 NIGHTLY_EVALUATION_CRON = "0 2 * * *"
 

@@ -5,7 +5,8 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 
-from assets.promotion import PROMOTED_SYSTEM_KEY, REPORT_KEY, build_promotion_asset
+from assets.evaluation import REPORT_KEY
+from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from flowstone.approvals.flow import APPROVAL_REQUEST_TAG, process_decisions, run_key
 from flowstone.approvals.machine import ApprovalPolicy, State
 from flowstone.approvals.store import ApprovalStore, utcnow

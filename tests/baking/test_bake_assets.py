@@ -39,9 +39,9 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
-        from assets.warehouse import ensure_warehouse_pool
+        from assets.pools import ensure_pool_limits
 
-        ensure_warehouse_pool(inst)
+        ensure_pool_limits(inst)
         yield inst
 
 

@@ -10,9 +10,8 @@ import dagster as dg
 import pytest
 from support.evaluation import TunableSystem
 
-from assets.analytics import build_analytics_definitions
 from assets.dbt import load_dbt_project
-from assets.evaluation import build_evaluation_assets
+from assets.runner import execute_partitions
 from flowstone.evaluation.catalog import load_catalog
 from flowstone.systems.base import SystemRegistry
 from flowstone.systems.baselines import EchoSystem
@@ -62,38 +61,23 @@ class Lab:
         self.build()
 
     def build(self) -> None:
-        evaluation_job = dg.define_asset_job(
-            "evaluation_job", selection=dg.AssetSelection.groups("evaluation")
-        )
-        core = dg.Definitions(
-            assets=build_evaluation_assets(self.catalog),
-            jobs=[evaluation_job],
+        """The product's code location on this lab's suites, objects folder and pool."""
+        from flowstone.definitions import build_definitions
+
+        self.project = load_dbt_project()
+        self.defs = build_definitions(
+            catalog=self.catalog,
             resources={
                 "io_manager": ObjectStoreIOManager(base_path=str(self.tmp / "objects")),
                 "worker_pool": PythonWorkerPoolResource(),
             },
         )
-        self.project = load_dbt_project()
-        self.defs = dg.Definitions.merge(
-            core, build_analytics_definitions(self.catalog, evaluation_job, self.project)
-        )
         self.keys = self.defs.resolve_job_def("evaluation_job").partitions_def.get_partition_keys()
 
     def evaluate(self) -> None:
-        from dagster._core.storage.tags import (
-            ASSET_PARTITION_RANGE_END_TAG,
-            ASSET_PARTITION_RANGE_START_TAG,
-        )
-
-        result = self.defs.resolve_job_def("evaluation_job").execute_in_process(
-            instance=self.instance,
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: self.keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: self.keys[-1],
-            },
-            raise_on_error=False,
-        )
-        assert result.success
+        job = self.defs.resolve_job_def("evaluation_job")
+        results = execute_partitions(job, self.instance, self.keys, single_run=True)
+        assert all(result.success for result in results.values())
 
 
 @pytest.fixture

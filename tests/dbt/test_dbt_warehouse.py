@@ -5,7 +5,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from assets.analytics import DBT_JOB, WAREHOUSE_JOB, materialize_analytics
+from assets.dbt import DBT_JOB
+from assets.runner import materialize_analytics
+from assets.warehouse import WAREHOUSE_JOB
 from flowstone.warehouse.leaderboard import leaderboard
 
 TEST_CASES = {"qa": 4, "docs": 3}

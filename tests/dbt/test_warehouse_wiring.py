@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.analytics import DBT_JOB, WAREHOUSE_JOB
-from assets.warehouse import WAREHOUSE_POOL, ensure_warehouse_pool
+from assets.dbt import DBT_JOB
+from assets.pools import WAREHOUSE_POOL, ensure_pool_limits
+from assets.warehouse import WAREHOUSE_JOB
 from flowstone.warehouse.frames import REPORT_COLUMNS, SCORE_COLUMNS, long_scores, report_rows
 from flowstone.warehouse.leaderboard import leaderboard
 from flowstone.warehouse.project import manifest_is_stale
@@ -68,10 +69,10 @@ def test_report_rows_carry_threshold_and_regression():
 
 def test_warehouse_pool_gets_one_slot_and_keeps_a_chosen_limit():
     with dg.instance_for_test() as instance:
-        ensure_warehouse_pool(instance)
+        ensure_pool_limits(instance)
         assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).slot_count == 1
         instance.event_log_storage.set_concurrency_slots(WAREHOUSE_POOL, 2)
-        ensure_warehouse_pool(instance)
+        ensure_pool_limits(instance)
         assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).slot_count == 2
 
 

@@ -74,7 +74,7 @@ def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from assets.scaleout import ensure_pool_limits
+    from assets.pools import ensure_pool_limits
     from flowstone.definitions import build_definitions
     from flowstone.llm.stub_server import StubLLMServer
 
@@ -138,7 +138,7 @@ def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch
         # to create the same tables.
         instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
         cleanup.callback(instance.dispose)
-        assert ensure_pool_limits(instance) == {"baking": 1, "llm": 4}
+        assert ensure_pool_limits(instance) == {"warehouse": 1, "baking": 1, "llm": 4}
 
         defs = build_definitions(mode="celery")
         graph = defs.resolve_asset_graph()

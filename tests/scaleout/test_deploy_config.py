@@ -50,7 +50,7 @@ def test_deploy_instance_runs_on_postgres(pg_env, tmp_path: Path) -> None:
     from dagster._core.run_coordinator import QueuedRunCoordinator
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-    from assets.scaleout import ensure_pool_limits
+    from assets.pools import ensure_pool_limits
 
     instance = _instance(REPO / "deploy" / "dagster.yaml", tmp_path / "home")
     try:
@@ -70,7 +70,7 @@ def test_deploy_instance_runs_on_postgres(pg_env, tmp_path: Path) -> None:
 
         # Per-pool limits live in the database; an operator's own setting is kept.
         instance.event_log_storage.set_concurrency_slots("llm", 2)
-        assert ensure_pool_limits(instance) == {"baking": 1, "llm": 2}
+        assert ensure_pool_limits(instance) == {"warehouse": 1, "baking": 1, "llm": 2}
         assert instance.event_log_storage.get_concurrency_info("baking").slot_count == 1
 
         # Writing events is where the psycopg driver matters (dagster-postgres' NOTIFY).
@@ -206,7 +206,8 @@ def test_celery_mode_sets_executor_retries_pools_and_backfill(monkeypatch) -> No
     import dagster as dg
     from dagster_celery.cli import get_validated_config
 
-    from assets.scaleout import LLM_POOL, STEP_RETRY
+    from assets.pools import LLM_POOL
+    from assets.scaleout import STEP_RETRY
     from flowstone.definitions import build_definitions
 
     monkeypatch.setenv("FLOWSTONE_EXECUTOR", "celery")

@@ -323,7 +323,7 @@ def dagster_dev(
     """`make ui` on a free loopback port with a throw-away instance, stopped at the end."""
     import dagster as dg
 
-    from assets.warehouse import ensure_warehouse_pool
+    from assets.pools import ensure_pool_limits
 
     root = tmp_path_factory.mktemp("dagster-dev")
     home, outputs = root / "dagster_home", root / "outputs"
@@ -350,7 +350,7 @@ def dagster_dev(
 
     # What `make ui` does before `dagster dev`: the warehouse pool gets its single slot.
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        ensure_warehouse_pool(instance)
+        ensure_pool_limits(instance)
 
     port = free_port()
     dev = DagsterDev(

@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flowstone.approvals.machine import ApprovalPolicy, State
-from flowstone.approvals.store import ApprovalRequest, ApprovalStore, OpenResult, utcnow
+from flowstone.approvals.store import ApprovalRequest, ApprovalStore, OpenResult
 from flowstone.notifications import events
 from flowstone.notifications.events import Notification
+from flowstone.storage.sql import utcnow
 
 #: The run tag that carries the approval request id into the gated run.
 APPROVAL_REQUEST_TAG = "flowstone/approval_request"

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,8 +30,11 @@ from flowstone.approvals.machine import (
     check_transition,
 )
 from flowstone.approvals.settings import default_database_url
+from flowstone.storage.sql import aware, create_schema, engine_for, utcnow
 
 log = logging.getLogger("flowstone.approvals")
+
+SCHEMA_LOCK_KEY = 7261540001  # the PostgreSQL advisory lock held while creating the tables
 
 metadata = sa.MetaData()
 
@@ -93,70 +96,27 @@ _POSTGRES_APPEND_ONLY = [
 ]
 
 
-def _make_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 @functools.lru_cache(maxsize=32)
 def _engine_with_schema(url: str) -> sa.Engine:
-    engine = _make_engine(url)
-    for attempt in range(3):
-        try:
-            _create_schema(engine)
-            break
-        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
-            # SQLite only (PostgreSQL is serialised below): another process created a table
-            # between our existence check and our CREATE; the next pass finds it.
-            if engine.dialect.name == "postgresql" or attempt == 2:
-                raise
+    """One engine and one schema check per URL and process. SQLite in write-ahead-log mode:
+    the web page and the CLI read while a sensor tick writes."""
+    engine = engine_for(url, wal=True)
+    create_schema(engine, metadata, lock_key=SCHEMA_LOCK_KEY, extra=_append_only_triggers)
     return engine
 
 
-def _create_schema(engine: sa.Engine) -> None:
-    """Tables, indexes and the append-only triggers, in one transaction.
-
-    On PostgreSQL the whole creation holds an advisory lock: several processes (daemon, run
-    workers on other hosts, the web page) that start at once on an empty database would
-    otherwise all see no table and collide in CREATE TABLE (a pg_type unique violation).
-    """
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261540001)"))
-        metadata.create_all(conn)
-        if engine.dialect.name == "postgresql":
-            exists = conn.execute(
-                sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name"),
-                {"name": "flowstone_approval_audit_append_only"},
-            ).first()
-            statements = [] if exists else _POSTGRES_APPEND_ONLY
-        else:
-            statements = _SQLITE_APPEND_ONLY
-        for statement in statements:
-            conn.execute(sa.text(statement))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; everything here is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _append_only_triggers(conn: sa.Connection) -> None:
+    """The audit log refuses UPDATE and DELETE, whoever connects."""
+    if conn.dialect.name == "postgresql":
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name"),
+            {"name": "flowstone_approval_audit_append_only"},
+        ).first()
+        statements = [] if exists else _POSTGRES_APPEND_ONLY
+    else:
+        statements = _SQLITE_APPEND_ONLY
+    for statement in statements:
+        conn.execute(sa.text(statement))
 
 
 @dataclass(frozen=True)
@@ -208,14 +168,14 @@ class ApprovalRequest:
             escalation_approvers=json.loads(row["escalation_approvers"] or "[]"),
             allow_self_approval=bool(row["allow_self_approval"]),
             on_timeout=row["on_timeout"],
-            requested_at=_aware(row["requested_at"]),
-            timeout_at=_aware(row["timeout_at"]),
+            requested_at=aware(row["requested_at"]),
+            timeout_at=aware(row["timeout_at"]),
             state=State(row["state"]),
             decided_by=row["decided_by"],
-            decided_at=_aware(row["decided_at"]),
+            decided_at=aware(row["decided_at"]),
             comment=row["comment"],
             announced_state=row["announced_state"],
-            run_requested_at=_aware(row["run_requested_at"]),
+            run_requested_at=aware(row["run_requested_at"]),
             run_id=row["run_id"],
         )
 
@@ -302,7 +262,7 @@ class ApprovalStore:
                 actor=r["actor"],
                 comment=r["comment"],
                 detail=json.loads(r["detail"] or "{}"),
-                at=_aware(r["at"]),
+                at=aware(r["at"]),
             )
             for r in rows
         ]

@@ -9,7 +9,8 @@ from assets.evaluation import REPORT_KEY
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
 from flowstone.approvals.flow import APPROVAL_REQUEST_TAG, process_decisions, run_key
 from flowstone.approvals.machine import ApprovalPolicy, State
-from flowstone.approvals.store import ApprovalStore, utcnow
+from flowstone.approvals.store import ApprovalStore
+from flowstone.storage.sql import utcnow
 from resources.approvals import ApprovalsResource
 from resources.notifications import NotificationsResource
 from sensors.approvals import build_approval_sensors

@@ -14,7 +14,8 @@ from flowstone.approvals.machine import (
     State,
     UnauthorisedApprover,
 )
-from flowstone.approvals.store import ApprovalStore, utcnow
+from flowstone.approvals.store import ApprovalStore
+from flowstone.storage.sql import utcnow
 
 POLICY = ApprovalPolicy(
     approvers={"promoted_system": ["alice", "group:leads"]},

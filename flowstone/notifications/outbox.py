@@ -21,17 +21,21 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
 from flowstone.notifications.channels import Channel, DeliveryError
 from flowstone.notifications.events import Notification
 from flowstone.paths import instance_dir
+from flowstone.storage.sql import aware, create_schema, display_url, engine_for, utcnow
 from flowstone.telemetry import metrics
 
 log = logging.getLogger("flowstone.notifications")
+
+SCHEMA_LOCK_KEY = 7261540002  # the PostgreSQL advisory lock held while creating the table
 
 metadata = sa.MetaData()
 
@@ -57,30 +61,18 @@ outbox_table = sa.Table(
 )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 @functools.lru_cache(maxsize=32)
 def _engine_with_schema(url: str) -> sa.Engine:
     """One engine and one schema check per URL and process (sensors build outboxes per tick)."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-    engine = sa.create_engine(url, **kwargs)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Processes starting at once on an empty database would all see no table and
-            # collide in CREATE TABLE; the advisory lock makes them take turns.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261540002)"))
-        metadata.create_all(conn)
+    engine = engine_for(url)
+    create_schema(engine, metadata, lock_key=SCHEMA_LOCK_KEY)
     return engine
+
+
+@functools.lru_cache(maxsize=32)
+def _read_engine(url: str) -> sa.Engine:
+    """An engine that creates nothing: reading the backlog must not make a database appear."""
+    return engine_for(url)
 
 
 def default_outbox_url() -> str:
@@ -156,7 +148,7 @@ class Outbox:
         self, notification: Notification, channels: Sequence[str], now: datetime | None = None
     ) -> list[int]:
         """Store one row per channel; returns the new row ids (empty when suppressed)."""
-        now = now or _now()
+        now = now or utcnow()
         ids: list[int] = []
         written: list[tuple[str, bool]] = []  # (channel, suppressed), counted once committed
         with self.engine.begin() as conn:
@@ -230,7 +222,7 @@ class Outbox:
             if row.channel in broken or time.monotonic() - started > time_budget_seconds:
                 report.still_due += 1
                 continue
-            at = now or _now()
+            at = now or utcnow()
             if not self._claim(row.id, at):
                 continue  # another process is sending it
             try:
@@ -241,7 +233,7 @@ class Outbox:
                 metrics.outbox_delivery(row.channel, ok=False, retry=row.attempts > 0)
                 report.failed += 1
                 continue
-            self._sent(row.id, receipt, now or _now())
+            self._sent(row.id, receipt, now or utcnow())
             metrics.outbox_delivery(row.channel, ok=True, retry=row.attempts > 0)
             report.sent += 1
         return report
@@ -249,7 +241,7 @@ class Outbox:
     def due(
         self, channels: Sequence[str] | None = None, now: datetime | None = None, limit: int = 100
     ) -> list[OutboxRow]:
-        now = now or _now()
+        now = now or utcnow()
         query = sa.select(outbox_table).where(
             sa.or_(
                 sa.and_(outbox_table.c.state == "pending", outbox_table.c.next_attempt_at <= now),
@@ -331,9 +323,71 @@ class Outbox:
             state=r["state"],
             attempts=r["attempts"],
             duplicates=r["duplicates"],
-            created_at=_aware(r["created_at"]),
-            next_attempt_at=_aware(r["next_attempt_at"]),
-            sent_at=_aware(r["sent_at"]),
+            created_at=aware(r["created_at"]),
+            next_attempt_at=aware(r["next_attempt_at"]),
+            sent_at=aware(r["sent_at"]),
             receipt=r["receipt"],
             last_error=r["last_error"],
         )
+
+
+# ---------------------------------------------------------------------- backlog
+
+
+class ChannelBacklog(NamedTuple):
+    """Undelivered rows of one channel: what an operator alerts on."""
+
+    pending: int  # not yet delivered (pending, or being sent)
+    retrying: int  # of those, rows that failed at least once and wait for another attempt
+    oldest_created_at: datetime | None  # when the oldest of them was written
+
+
+def pending_counts(url: str | None = None) -> dict[str, ChannelBacklog]:
+    """The backlog of every channel the outbox has seen, zeros included (an alert on
+    ``pending > 0`` needs a 0, not a missing series), by channel name.
+
+    Why public: the metrics exporter reads it at each scrape, because the rows outlive the
+    processes that wrote and deliver them. Reads only: a database or table that does not exist
+    yet means nothing was ever queued, and is left uncreated. Both queries can use the table's
+    indexes (channel..., state...).
+    """
+    url = url or default_outbox_url()
+    if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///") :]):
+        return {}
+    engine = _read_engine(url)
+    table = outbox_table
+    channels = sa.select(table.c.channel).distinct()
+    query = (
+        sa.select(
+            table.c.channel,
+            sa.func.count(),
+            sa.func.sum(sa.case((table.c.attempts > 0, 1), else_=0)),
+            sa.func.min(table.c.created_at),
+        )
+        .where(table.c.state != "sent")
+        .group_by(table.c.channel)
+    )
+    try:
+        with engine.connect() as conn:
+            known = [row[0] for row in conn.execute(channels)]
+            unsent = {c: (n, f, first) for c, n, f, first in conn.execute(query)}
+    except sa.exc.DBAPIError:
+        if not sa.inspect(engine).has_table(table.name):
+            return {}  # nothing was ever queued here
+        raise
+    backlog = {}
+    for channel in sorted(known):
+        count, failed, first = unsent.get(channel, (0, 0, None))
+        backlog[channel] = ChannelBacklog(int(count), int(failed or 0), aware(first))
+    return backlog
+
+
+def backlog_gauges(url: str | None = None) -> metrics.OutboxCollector:
+    """The exporter's outbox gauges over the database at ``url`` (default: this outbox's).
+
+    Why here: telemetry owns the gauges and the outbox owns its table; the outbox already
+    calls telemetry's hooks, so it is the side that binds the two. ``flowstone metrics serve``
+    gets this function registered by the CLI (``flowstone/cli.py``).
+    """
+    url = url or default_outbox_url()
+    return metrics.OutboxCollector(functools.partial(pending_counts, url), display_url(url))

@@ -6,7 +6,11 @@ database at each scrape, plus (with ``PROMETHEUS_MULTIPROC_DIR`` set to the same
 every FlowStone process) the counters and histograms of all of them summed; without it, only
 its own process's metrics. ``flowstone pool serve --metrics-port`` covers the pool server.
 
-Also runnable alone: ``python -m flowstone.telemetry.cli serve --port 9464``.
+The outbox gauges come from the outbox's public backlog read, which this module cannot import
+(the outbox calls telemetry's hooks, so telemetry stays below it): the ``flowstone`` command
+registers it with :func:`register_outbox_gauges`. Run alone (``python -m flowstone.telemetry.cli
+serve``), the exporter serves the process metrics only; ``python -m flowstone.cli metrics
+serve`` has both.
 """
 
 from __future__ import annotations
@@ -14,11 +18,25 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from flowstone.telemetry.metrics import OutboxCollector
+
 app = typer.Typer(help="Prometheus metrics: a standalone exporter.", no_args_is_help=True)
+
+_outbox_gauges: Callable[[str | None], OutboxCollector] | None = None
+
+
+def register_outbox_gauges(build: Callable[[str | None], OutboxCollector]) -> None:
+    """Let ``serve`` read the outbox: ``build(url)`` returns the collector of the outbox gauges
+    for that database (``None``: the default one), e.g.
+    ``flowstone.notifications.outbox.backlog_gauges``."""
+    global _outbox_gauges
+    _outbox_gauges = build
 
 
 @app.callback()
@@ -46,8 +64,15 @@ def serve(
     """Serve /metrics until SIGTERM or Ctrl-C."""
     from flowstone.telemetry.metrics import MULTIPROC_ENV, exporter_registry, serve_metrics
 
+    if outbox and _outbox_gauges is None:
+        typer.echo(
+            "flowstone metrics: no outbox reader is registered in this process, so no outbox "
+            "gauges (`flowstone metrics serve` registers one)",
+            err=True,
+        )
+    gauges = _outbox_gauges(outbox_url) if outbox and _outbox_gauges is not None else None
     try:
-        server = serve_metrics(port, host, exporter_registry(outbox_url, include_outbox=outbox))
+        server = serve_metrics(port, host, exporter_registry(gauges))
     except OSError as exc:
         typer.echo(f"error: {exc.strerror or exc}", err=True)
         raise typer.Exit(code=1) from None

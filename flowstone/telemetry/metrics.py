@@ -16,8 +16,9 @@ Rules the hooks keep:
 
 Gauges of live state (workers by state, queue depth, breaker state) are read at scrape time
 from the objects themselves, so they need no hook and cannot drift. The outbox's pending rows
-are read from its database by :class:`OutboxCollector`, which the standalone exporter
-(``flowstone metrics serve``) adds because those rows outlive any one process.
+are read from its database by :class:`OutboxCollector` through the outbox's public backlog
+read, which the standalone exporter (``flowstone metrics serve``) adds because those rows
+outlive any one process.
 
 Processes: the registry holds what this process did. Long-lived processes (``flowstone pool
 serve``) expose it directly. For short-lived ones (Dagster step processes), set
@@ -33,8 +34,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("flowstone.telemetry")
 
@@ -393,7 +395,7 @@ class LiveStateCollector:
         sessions = _gauge("flowstone_pool_sessions", "Sessions bound to a worker.", ["bridge"])
         totals: dict[str, dict[str, float]] = {}
         try:
-            for pool in list(pool_module._live_pools):
+            for pool in pool_module.live_pools():
                 stats = pool.stats()
                 row = totals.setdefault(stats["bridge"], {})
                 for key in (
@@ -437,36 +439,38 @@ class LiveStateCollector:
         yield gauge
 
 
+class Backlog(Protocol):
+    """One channel's undelivered rows, as the outbox reports them."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def retrying(self) -> int: ...
+
+    @property
+    def oldest_created_at(self) -> datetime | None: ...
+
+
 class OutboxCollector:
-    """Unsent notification rows per channel, read from the outbox database at scrape time.
+    """Unsent notification rows per channel, read at scrape time through ``read``.
 
     The rows outlive the processes that wrote and deliver them, so only the database knows how
-    many wait. ``flowstone_outbox_up`` is 0 when the database cannot be read (the error is
-    logged); a database that does not exist yet means nothing was ever queued.
+    many wait. The outbox owns its table and this module owns the gauges: ``read`` is the
+    outbox's public backlog read bound to one database, and ``where`` names that database for
+    log lines (``flowstone.notifications.outbox.backlog_gauges`` builds both). The outbox calls
+    this module's hooks, so this module never imports the outbox.
+
+    ``flowstone_outbox_up`` is 0 when the database cannot be read (the error is logged); a
+    database that does not exist yet means nothing was ever queued.
     """
 
-    def __init__(self, url: str | None = None):
-        from flowstone.notifications.outbox import default_outbox_url
-
-        self.url = url or default_outbox_url()
-        self._engine: Any = None
+    def __init__(self, read: Callable[[], Mapping[str, Backlog]], where: str):
+        self.read = read
+        self.where = where
 
     def describe(self) -> list:
         return []
-
-    def _connect(self) -> Any:
-        import sqlalchemy as sa
-
-        if self._engine is None:
-            url = self.url
-            if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url[len("postgresql://") :]
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
-        return self._engine
-
-    def _sqlite_file_missing(self) -> bool:
-        prefix = "sqlite:///"
-        return self.url.startswith(prefix) and not os.path.exists(self.url[len(prefix) :])
 
     def collect(self) -> Iterator[Any]:
         up = _gauge("flowstone_outbox_up", "1 if the outbox database could be read.", [])
@@ -486,65 +490,21 @@ class OutboxCollector:
             ["channel"],
         )
         try:
-            rows = [] if self._sqlite_file_missing() else self._query()
+            backlog = self.read()
         except Exception as exc:
-            log.warning("cannot read the notification outbox at %s: %s", _safe_url(self.url), exc)
+            log.warning("cannot read the notification outbox at %s: %s", self.where, exc)
             up.add_metric([], 0.0)
             yield up
             return
         now = time.time()
-        for channel, count, failed_before, first_created in rows:
-            pending.add_metric([channel], count)
-            retrying.add_metric([channel], failed_before)
-            age = 0.0 if first_created is None else max(0.0, now - first_created.timestamp())
+        for channel, row in backlog.items():
+            pending.add_metric([channel], row.pending)
+            retrying.add_metric([channel], row.retrying)
+            first = row.oldest_created_at
+            age = 0.0 if first is None else max(0.0, now - first.timestamp())
             oldest.add_metric([channel], age)
         up.add_metric([], 1.0)
         yield from (up, pending, retrying, oldest)
-
-    def _query(self) -> list[tuple[str, int, int, Any]]:
-        """(channel, unsent rows, unsent rows tried before, oldest unsent) for every channel
-        the outbox has seen, zeros included: an alert on ``pending > 0`` needs a 0, not a
-        missing series. Both queries can use the table's indexes (channel..., state...)."""
-        import sqlalchemy as sa
-
-        from flowstone.notifications.outbox import _aware, outbox_table
-
-        table = outbox_table
-        engine = self._connect()
-        channels = sa.select(table.c.channel).distinct()
-        query = (
-            sa.select(
-                table.c.channel,
-                sa.func.count(),
-                sa.func.sum(sa.case((table.c.attempts > 0, 1), else_=0)),
-                sa.func.min(table.c.created_at),
-            )
-            .where(table.c.state != "sent")
-            .group_by(table.c.channel)
-        )
-        try:
-            with engine.connect() as conn:
-                known = [row[0] for row in conn.execute(channels)]
-                unsent = {c: (n, f, first) for c, n, f, first in conn.execute(query)}
-        except sa.exc.DBAPIError:
-            if not sa.inspect(engine).has_table(table.name):
-                return []  # nothing was ever queued here
-            raise
-        rows = []
-        for channel in sorted(known):
-            count, failed, first = unsent.get(channel, (0, 0, None))
-            rows.append((channel, int(count), int(failed or 0), _aware(first)))
-        return rows
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for log lines."""
-    try:
-        import sqlalchemy as sa
-
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<outbox database>"
 
 
 # -- exposition ----------------------------------------------------------------------------------
@@ -563,10 +523,10 @@ class _Forward:
         yield from self.source.collect()
 
 
-def exporter_registry(outbox_url: str | None = None, *, include_outbox: bool = True) -> Any:
+def exporter_registry(outbox: OutboxCollector | None = None) -> Any:
     """What ``flowstone metrics serve`` exposes: this process's metrics (or, when
-    ``PROMETHEUS_MULTIPROC_DIR`` is set, the sum over every process that wrote there) plus
-    the outbox gauges read from its database."""
+    ``PROMETHEUS_MULTIPROC_DIR`` is set, the sum over every process that wrote there) plus,
+    when given, the outbox gauges read from its database."""
     from prometheus_client import CollectorRegistry
 
     combined = CollectorRegistry()
@@ -578,8 +538,8 @@ def exporter_registry(outbox_url: str | None = None, *, include_outbox: bool = T
         combined.register(LiveStateCollector())
     else:
         combined.register(_Forward(registry()))
-    if include_outbox:
-        combined.register(OutboxCollector(outbox_url))
+    if outbox is not None:
+        combined.register(outbox)
     return combined
 
 

@@ -186,6 +186,11 @@ class _Waiter:
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
+def live_pools() -> list[WorkerPool]:
+    """The pools of this process not closed yet, for /metrics to report their live state."""
+    return list(_live_pools)
+
+
 @atexit.register
 def _close_live_pools() -> None:
     for pool in list(_live_pools):

@@ -11,7 +11,8 @@ from slack_sdk import WebClient
 from flowstone.notifications import events
 from flowstone.notifications.channels import EmailChannel, LogChannel, SlackChannel
 from flowstone.notifications.notifier import Notifier
-from flowstone.notifications.outbox import Backoff, Outbox, _now
+from flowstone.notifications.outbox import Backoff, Outbox
+from flowstone.storage.sql import utcnow as _now
 from resources.notifications import NotificationsResource
 
 

@@ -15,7 +15,7 @@ from telemetry_helpers import sample, scrape
 
 from flowstone.notifications.channels import EmailChannel
 from flowstone.notifications.events import Notification
-from flowstone.notifications.outbox import Outbox
+from flowstone.notifications.outbox import Outbox, backlog_gauges
 from flowstone.telemetry.metrics import exporter_registry, registry, serve_metrics
 
 CHILD = textwrap.dedent(
@@ -37,10 +37,21 @@ def value(name: str, **labels: str) -> float:
     return registry().get_sample_value(name, labels) or 0.0
 
 
+# `flowstone metrics serve` as flowstone/cli.py composes it: the exporter plus the outbox reader
+EXPORTER = textwrap.dedent(
+    """
+    from flowstone.notifications.outbox import backlog_gauges
+    from flowstone.telemetry import cli
+
+    cli.register_outbox_gauges(backlog_gauges)
+    cli.app()
+    """
+)
+
+
 def _exporter(env: dict, outbox_url: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowstone.telemetry.cli", "serve", "--port", "0",
-         "--outbox-url", outbox_url],
+        [sys.executable, "-c", EXPORTER, "serve", "--port", "0", "--outbox-url", outbox_url],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -102,7 +113,7 @@ def test_outbox_counters_gauges_and_the_multiprocess_exporter(tmp_path):
         controller.stop()
     assert value("flowstone_outbox_retries_total", channel="email") == before["retries"] + 1
     assert value("flowstone_outbox_sent_total", channel="email") == before["sent"] + 1
-    server = serve_metrics(0, source=exporter_registry(url))
+    server = serve_metrics(0, source=exporter_registry(backlog_gauges(url)))
     try:
         _, text = scrape(server.url)
     finally:
@@ -113,7 +124,7 @@ def test_outbox_counters_gauges_and_the_multiprocess_exporter(tmp_path):
 
 def test_an_unreachable_outbox_database_scrapes_as_down(caplog, tmp_path):
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
-    server = serve_metrics(0, source=exporter_registry(dead))
+    server = serve_metrics(0, source=exporter_registry(backlog_gauges(dead)))
     try:
         _, text = scrape(server.url)  # still a 200: one broken source must not hide the rest
     finally:
@@ -123,7 +134,7 @@ def test_an_unreachable_outbox_database_scrapes_as_down(caplog, tmp_path):
     assert "cannot read the notification outbox" in caplog.text
     assert "postgres@127.0.0.1" in caplog.text
     missing = f"sqlite:///{tmp_path / 'never-created.db'}"
-    server = serve_metrics(0, source=exporter_registry(missing))
+    server = serve_metrics(0, source=exporter_registry(backlog_gauges(missing)))
     try:
         _, text = scrape(server.url)
     finally:

@@ -3,6 +3,9 @@
 A suite's cases go out in parallel up to ``concurrency`` threads (the provider rate limits
 still pace them). Results keep the input order. The first failure cancels what has not
 started and is raised naming the item, so a partition is never half-written.
+
+The batch needs only a client's ``complete``; it names that shape (``Completer``) here rather
+than importing ``LLMClient``, so the client can import the batch and not the other way round.
 """
 
 from __future__ import annotations
@@ -10,14 +13,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from flowstone.llm.errors import LLMError
 from flowstone.llm.pricing import CostTotals
 from flowstone.llm.types import Completion, Params, Prompt
 
-if TYPE_CHECKING:
-    from flowstone.llm.client import LLMClient
+
+class Completer(Protocol):
+    """What a batch calls once per prompt: ``LLMClient.complete`` has this shape."""
+
+    def complete(
+        self,
+        prompt: Prompt,
+        *,
+        params: Params | dict | None = ...,
+        use_cache: bool = ...,
+        totals: CostTotals | None = ...,
+    ) -> Completion: ...
 
 
 class BatchItemError(LLMError):
@@ -30,7 +43,7 @@ class BatchItemError(LLMError):
 
 
 def complete_many(
-    client: LLMClient,
+    client: Completer,
     prompts: Sequence[Prompt],
     *,
     params: Params | dict | None = None,

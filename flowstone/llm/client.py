@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from flowstone.llm.batch import complete_many
 from flowstone.llm.breaker import breaker_for
 from flowstone.llm.cache import ResponseCache, cache_key, open_cache
 from flowstone.llm.config import ClientConfig, ProviderConfig
@@ -415,8 +416,8 @@ class LLMClient:
         labels: Sequence[str] | None = None,
         totals: CostTotals | None = None,
     ) -> list[Completion]:
-        from flowstone.llm.batch import complete_many
-
+        """One completion per prompt, in order, up to ``concurrency`` (the configured
+        ``max_concurrency`` by default) in flight; see :func:`flowstone.llm.batch.complete_many`."""
         return complete_many(
             self,
             prompts,

@@ -11,9 +11,13 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flowstone.evaluation import embedding
 from flowstone.evaluation.text import Normalization, tokenize
+
+if TYPE_CHECKING:
+    from flowstone.evaluation.judge_metric import JudgedScores
 
 MetricFn = Callable[..., list[float]]
 
@@ -178,20 +182,6 @@ def embedding_similarity(
     return [max(0.0, s) for s in sims]
 
 
-class JudgedScores(list):
-    """Scores from an LLM judge: NaN where a judgement was invalid (never 0.0), with the raw
-    reply of each invalid one and what the judging cost."""
-
-    def __init__(self, scores: list[float], replies: list[str | None], cost_usd: float = 0.0):
-        super().__init__(scores)
-        self.replies = replies
-        self.cost_usd = cost_usd
-
-    @property
-    def invalid(self) -> int:
-        return sum(1 for s in self if s != s)  # NaN is the only value unequal to itself
-
-
 def _judge(kind: str) -> MetricFn:
     def judge(
         predictions: Sequence[str],
@@ -205,7 +195,7 @@ def _judge(kind: str) -> MetricFn:
         max_attempts: int = 3,
         concurrency: int = 4,
     ) -> JudgedScores:
-        from flowstone.llm.judge_metric import judge_scores
+        from flowstone.evaluation.judge_metric import judge_scores  # loaded only to judge
 
         _check_lengths(predictions, references)
         return judge_scores(

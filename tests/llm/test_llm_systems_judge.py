@@ -9,9 +9,9 @@ import dagster as dg
 import pytest
 
 from flowstone.errors import ConfigError
+from flowstone.evaluation.judges import LLMJudge, parse_score, summarise
 from flowstone.evaluation.suites import Case
 from flowstone.llm.errors import MissingSecretError
-from flowstone.llm.judge import LLMJudge, parse_score, summarise
 from flowstone.llm.systems import load_llm_systems
 from flowstone.systems.base import System
 from resources.llm import LLMProviderConfig, LLMResource
@@ -159,7 +159,7 @@ def test_judge_records_invalid_with_raw_reply_never_zero(stub, make_client, prov
     assert not no_context.valid and no_context.score is None and "no context" in no_context.error
     summary = summarise(judgements)
     assert summary == {"mean": None, "valid": 0, "invalid": 2, "cost_usd": summary["cost_usd"]}
-    from flowstone.llm.judge import scores_with_invalid_as_nan
+    from flowstone.evaluation.judges import scores_with_invalid_as_nan
 
     assert all(math.isnan(x) for x in scores_with_invalid_as_nan(judgements))
 

@@ -5,6 +5,9 @@ The rubric (a Jinja file in ``prompts/``) asks the judge to end its reply with
 asked again (the judge sees its own reply and is told what was wrong), and after
 ``max_attempts`` the case is recorded as *invalid* with the raw reply: never as 0.0, because a
 judge that failed to answer says nothing about the prediction.
+
+A judge is evaluation logic that happens to call a model, so it lives here and uses
+``flowstone.llm`` (a leaf) for the client, the message types and the template rendering.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Prints one row a check (ok / warn / fail, what was found, how to fix it) as a ta
 JSON with ``--json`` for scripts and CI. Exits 1 when any check fails (``--strict``: or warns),
 so ``flowstone doctor && dagster dev`` stops early on a broken setup.
 
-Also runnable alone: ``python -m flowstone.ops.doctor --json``.
+Also runnable alone: ``python -m flowstone.ops.doctor --json``, without the Dagster instance
+check, which needs Dagster: the ``flowstone`` command registers it from the wiring
+(``assets/instance_check.py``) with :func:`flowstone.ops.checks.runner.register_check`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-from flowstone.ops.checks import CHECKS, FAIL, OK, WARN, CheckResult, run_checks
+from flowstone.ops.checks.result import FAIL, OK, WARN, CheckResult
+from flowstone.ops.checks.runner import run_checks
 
 app = typer.Typer(help="Check that FlowStone's services and files are usable.")
 
@@ -29,7 +32,10 @@ def doctor(
     ] = False,
     only: Annotated[
         list[str] | None,
-        typer.Option(help=f"Run only these checks (repeatable): {', '.join(CHECKS)}."),
+        typer.Option(
+            help="Run only these checks (repeatable), e.g. --only warehouse --only dbt; an "
+            "unknown name lists the known ones."
+        ),
     ] = None,
     object_store: Annotated[
         str | None,

@@ -12,11 +12,15 @@ import typer
 from support.net import free_port
 from typer.testing import CliRunner
 
-from flowstone.ops.checks import check_instance, check_object_store, run_checks
+from assets.instance_check import check_instance
+from flowstone.ops.checks.object_store import check_object_store
+from flowstone.ops.checks.runner import register_check, run_checks
 from flowstone.ops.doctor import app as doctor_app
 
+# mounted, with the wiring's instance check registered, the way flowstone/cli.py does it
+register_check("instance", check_instance, before="warehouse")
 root = typer.Typer()
-root.add_typer(doctor_app, name="doctor")  # mounted the way flowstone/cli.py mounts it
+root.add_typer(doctor_app, name="doctor")
 
 
 @root.callback()
@@ -178,7 +182,7 @@ def test_instance_on_postgresql(healthy):
 
 
 def test_credentials_for_vault_and_bad_references(healthy, monkeypatch):
-    from flowstone.ops.checks import check_credentials
+    from flowstone.ops.checks.credentials import check_credentials
 
     text = healthy.systems.read_text()
     monkeypatch.delenv("VAULT_ADDR", raising=False)

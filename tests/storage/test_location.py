@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from flowstone.errors import ConfigError
-from flowstone.ops.checks import check_object_store
+from flowstone.ops.checks.object_store import check_object_store
 from flowstone.storage.location import object_store_location
 from io_managers.object_store import object_store_io_manager_from_env, s3_client_for_codec
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -370,12 +370,14 @@ def pending_counts(url: str | None = None) -> dict[str, ChannelBacklog]:
     try:
         with engine.connect() as conn:
             known = [row[0] for row in conn.execute(channels)]
-            unsent = {c: (n, f, first) for c, n, f, first in conn.execute(query)}
+            unsent: dict[str, tuple[Any, Any, Any]] = {
+                row[0]: (row[1], row[2], row[3]) for row in conn.execute(query)
+            }
     except sa.exc.DBAPIError:
         if not sa.inspect(engine).has_table(table.name):
             return {}  # nothing was ever queued here
         raise
-    backlog = {}
+    backlog: dict[str, ChannelBacklog] = {}
     for channel in sorted(known):
         count, failed, first = unsent.get(channel, (0, 0, None))
         backlog[channel] = ChannelBacklog(int(count), int(failed or 0), aware(first))

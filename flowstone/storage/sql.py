@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 
@@ -83,6 +83,14 @@ def create_schema(
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC: the only kind of datetime these tables hold."""
     return datetime.now(UTC)
+
+
+@overload
+def aware(value: datetime) -> datetime: ...
+
+
+@overload
+def aware(value: None) -> None: ...
 
 
 def aware(value: datetime | None) -> datetime | None:

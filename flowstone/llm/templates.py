@@ -1,8 +1,10 @@
 """Prompt templates kept as Jinja files, rendered strictly.
 
-A template sees the case's ``input``, ``context``, ``id`` and ``tags`` (never ``expected``:
-a system must not see the answer). An undefined variable is an error naming the template,
-not an empty string in a prompt.
+Both the prompt-template systems (:mod:`flowstone.systems.prompt_template`) and the LLM
+judges' rubrics (:mod:`flowstone.evaluation.judges`) render prompts with it, so it sits in the
+llm leaf that both already use rather than in either of them. What values a template sees is
+its caller's business. An undefined variable is an error naming the template, not an empty
+string in a prompt.
 """
 
 from __future__ import annotations

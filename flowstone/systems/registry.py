@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def default_systems() -> SystemRegistry:
-    from flowstone.llm.systems import load_llm_systems
+    from flowstone.systems.config import load_llm_systems
 
     registry = SystemRegistry(baseline_systems())
     for system in load_llm_systems():

@@ -12,8 +12,8 @@ from flowstone.errors import ConfigError
 from flowstone.evaluation.judges import LLMJudge, parse_score, summarise
 from flowstone.evaluation.suites import Case
 from flowstone.llm.errors import MissingSecretError
-from flowstone.llm.systems import load_llm_systems
 from flowstone.systems.base import System
+from flowstone.systems.config import load_llm_systems
 from resources.llm import LLMProviderConfig, LLMResource
 
 REPO = Path(__file__).resolve().parents[2]

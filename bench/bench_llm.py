@@ -13,16 +13,22 @@ Run: .venv/bin/python bench/bench_llm.py   (about two minutes)
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from flowstone.llm.client import LLMClient
-from flowstone.llm.config import ClientConfig, ProviderConfig
-from flowstone.llm.ratelimit import RateLimits, reset_limiters
-from flowstone.llm.retry import RetryPolicy
-from flowstone.llm.stub_server import StubLLMServer
+# The stub provider is a test helper (tests/support, not shipped): put tests/ on sys.path the
+# way tests/conftest.py does, so it imports as ``support.llm_stub_server``.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.llm_stub_server import StubLLMServer  # noqa: E402
+
+from flowstone.llm.client import LLMClient  # noqa: E402
+from flowstone.llm.config import ClientConfig, ProviderConfig  # noqa: E402
+from flowstone.llm.ratelimit import RateLimits, reset_limiters  # noqa: E402
+from flowstone.llm.retry import RetryPolicy  # noqa: E402
 
 LIMIT_PER_MIN = 120
 THROUGHPUT_REQUESTS = 150

@@ -73,10 +73,10 @@ def _logs(stack: st.LocalStack) -> str:
 def test_backfill_on_celery_survives_a_killed_worker(tmp_path: Path, monkeypatch) -> None:
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
+    from support.llm_stub_server import StubLLMServer
 
     from assets.pools import ensure_pool_limits
     from flowstone.definitions import build_definitions
-    from flowstone.llm.stub_server import StubLLMServer
 
     started = time.monotonic()
     deadline = started + DEADLINE_S

@@ -258,9 +258,9 @@ def test_step_retry_policy_reruns_a_failed_llm_step(tmp_path: Path, monkeypatch)
     import dagster as dg
     from dagster._core.events import DagsterEventType
     from moto.server import ThreadedMotoServer
+    from support.llm_stub_server import StubLLMServer
 
     from flowstone.definitions import build_definitions
-    from flowstone.llm.stub_server import StubLLMServer
 
     with contextlib.ExitStack() as cleanup:
         stub = cleanup.enter_context(StubLLMServer())

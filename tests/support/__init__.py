@@ -12,6 +12,8 @@ bench/bench_scaleout.py uses) put tests/ on sys.path themselves.
 - :mod:`support.postgres`: the running PostgreSQL or a throwaway cluster, fresh databases.
 - :mod:`support.chromium`: Debian's chromium + chromium-driver and a headless Selenium driver.
 - :mod:`support.approvals_page`: the approvals page served on a free loopback port.
-- :mod:`support.llm_stub`: fixtures for flowstone.llm.stub_server on loopback.
+- :mod:`support.llm_stub_server`: a loopback server speaking the Anthropic, OpenAI and Gemini
+  wire protocols (tests and bench/bench_llm.py start it; it is not shipped in the wheel).
+- :mod:`support.llm_stub`: fixtures for support.llm_stub_server on loopback.
 - :mod:`support.evaluation`: a real evaluation system whose quality a test can turn down.
 """

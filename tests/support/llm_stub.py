@@ -1,6 +1,6 @@
 """Fixtures for tests that call LLM providers through the loopback stub server.
 
-tests/llm and tests/telemetry both run flowstone.llm.stub_server and reset the process-wide
+tests/llm and tests/telemetry both run support.llm_stub_server and reset the process-wide
 breakers and rate limiters around each test; fixtures do not cross test folders, so each had a
 copy. A conftest.py imports the fixtures it wants from here (importing registers them there):
 ``stub = llm_stub.stub`` after ``from support import llm_stub``.
@@ -12,7 +12,7 @@ import pytest
 
 from flowstone.llm.breaker import reset_breakers
 from flowstone.llm.ratelimit import reset_limiters
-from flowstone.llm.stub_server import StubLLMServer
+from support.llm_stub_server import StubLLMServer
 
 
 @pytest.fixture(scope="session")

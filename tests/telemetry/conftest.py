@@ -1,8 +1,8 @@
 """Fixtures for the telemetry tests: the loopback LLM stub, span capture, scrape helpers.
 
 ``stub_server``, ``stub`` and the autouse ``fresh_llm_registries`` come from
-tests/support/llm_stub.py (shared with tests/llm); they start flowstone.llm.stub_server on
-127.0.0.1.
+tests/support/llm_stub.py (shared with tests/llm); they start tests/support/llm_stub_server.py
+on 127.0.0.1.
 """
 
 from __future__ import annotations

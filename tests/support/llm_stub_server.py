@@ -1,5 +1,8 @@
-"""A local HTTP server that speaks the providers' wire formats, for tests, benchmarks and
-offline demos.
+"""A local HTTP server that speaks the providers' wire formats, for tests and benchmarks.
+
+It lives in tests/support, outside the packages the wheel ships: only the tests and
+bench/bench_llm.py start it (the scale-out tests start it in the test process; Celery workers
+reach it over HTTP and never import it).
 
 It answers Anthropic Messages (``POST /v1/messages``), OpenAI Chat Completions
 (``POST /v1/chat/completions``) and Gemini ``generateContent`` / ``streamGenerateContent``,

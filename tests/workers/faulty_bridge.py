@@ -6,8 +6,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 from flowstone.workers.bridge import Bridge, command
+
+
+def _await_file(path: str, timeout_s: float) -> bool:
+    """True once path exists, False after timeout_s (a gate the test opens by creating it)."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class FaultyBridge(Bridge):
@@ -16,10 +27,30 @@ class FaultyBridge(Bridge):
     def setup(self) -> None:
         if self.options.get("fail_setup"):
             raise RuntimeError("setup refused on purpose")
+        gate = self.options.get("setup_gate")
+        if gate and not _await_file(gate, 120):
+            raise RuntimeError(f"setup gate {gate} never opened")
 
     @command(idempotent=True)
     def pid(self) -> int:
         return os.getpid()
+
+    @command
+    def echo(self, value: object = None) -> object:
+        return value
+
+    @command
+    def wait_for(self, marker: str, timeout_s: float = 120.0) -> int:
+        """Hold this worker until the test creates marker (deterministic "busy", no sleeps)."""
+        if not _await_file(marker, timeout_s):
+            raise TimeoutError(f"{marker} was never created")
+        return os.getpid()
+
+    @command
+    def gated_count(self, marker: str, timeout_s: float = 60.0) -> Iterator[object]:
+        """Yield 0, then 1 once marker exists; "gate timed out" if it never does."""
+        yield 0
+        yield 1 if _await_file(marker, timeout_s) else "gate timed out"
 
     @command
     def kill_self(self, sig: str = "SIGKILL") -> None:

@@ -21,6 +21,30 @@ from flowstone.workers.pool import WorkerPool
 FAULTY = "faulty_bridge:FaultyBridge"
 
 
+def _wait_for(predicate, timeout=60.0, step=0.01):
+    """Poll until predicate holds; generous, since it returns as soon as it does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def _hold_a_worker(pool, marker, session_id=None):
+    """A call that keeps one worker busy until marker is created; returns (thread, results)."""
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            pool.execute("faulty:wait_for", {"marker": str(marker)}, session_id=session_id)
+        )
+    )
+    busy = pool.stats()["workers_busy"]
+    thread.start()
+    assert _wait_for(lambda: pool.stats()["workers_busy"] == busy + 1), "the holder never ran"
+    return thread, results
+
+
 def test_execute_with_dict_list_and_no_args(make_pool):
     pool = make_pool(bridge="echo", size=2)
     assert pool.execute("echo:echo", {"value": {"a": [1, 2.5]}}) == {"a": [1, 2.5]}
@@ -39,23 +63,45 @@ def test_execute_with_dict_list_and_no_args(make_pool):
     }
 
 
-def test_workers_start_concurrently_and_report_ready(make_pool):
-    started = time.monotonic()
-    pool = make_pool(bridge="echo", size=4)
-    assert time.monotonic() - started < 10
-    rows = pool.workers()
-    assert len(rows) == 4 and {r["state"] for r in rows} == {"idle"}
-    assert len({r["pid"] for r in rows}) == 4
-    assert all(r["rss_mb"] and r["rss_mb"] > 1 for r in rows)
+def test_workers_start_concurrently_and_report_ready(registry_dir, tmp_path):
+    from worker_helpers import HERE
+
+    gate = tmp_path / "setup-gate"
+    pool = WorkerPool(
+        bridge=FAULTY,
+        size=4,
+        registry_dir=registry_dir,
+        pythonpath=[str(HERE)],
+        health_interval_s=None,
+        bridge_options={"setup_gate": str(gate)},
+    )
+    try:
+        pool.start(wait=False)
+        # No worker can finish setup before the gate opens: started one after another, only
+        # one would ever be starting.
+        assert _wait_for(lambda: pool.stats()["workers_starting"] == 4)
+        assert pool.worker_pids() == []
+        gate.touch()
+        pool.await_ready(timeout=120)
+        rows = pool.workers()
+        assert len(rows) == 4 and {r["state"] for r in rows} == {"idle"}
+        assert len({r["pid"] for r in rows}) == 4
+        assert all(r["rss_mb"] and r["rss_mb"] > 1 for r in rows)
+    finally:
+        pool.close()
 
 
-def test_streaming_yields_chunks_as_they_come(make_pool):
+def test_streaming_yields_chunks_as_they_come(make_pool, tmp_path):
+    gated = make_pool(bridge=FAULTY, size=1)
+    gate = tmp_path / "second-chunk"
+    stream = gated.execute_stream("faulty:gated_count", {"marker": str(gate), "timeout_s": 60})
+    # The worker yields 1 only after the gate opens, which happens only once 0 arrived here:
+    # a stream buffered until the end would see "gate timed out" instead.
+    assert next(stream) == 0
+    gate.touch()
+    assert list(stream) == [1]
     pool = make_pool(bridge="echo", size=1)
-    stream = pool.execute_stream("echo:count", {"n": 3, "delay_s": 0.2})
-    started = time.monotonic()
-    first = next(stream)
-    assert first == 0 and time.monotonic() - started < 0.45  # not buffered until the end
-    assert list(stream) == [1, 2]
+    assert list(pool.execute_stream("echo:count", {"n": 3, "delay_s": 0.05})) == [0, 1, 2]
     assert pool.execute("echo:count", {"n": 4}) == [0, 1, 2, 3]
     assert list(pool.execute_stream("echo:echo", {"value": "one"})) == ["one"]
 
@@ -114,54 +160,53 @@ def test_map_keeps_order_and_uses_all_workers(make_pool):
     assert pool2.map("echo:echo", [{"value": i} for i in range(100)]) == list(range(100))
 
 
-def test_saturation_fails_fast_past_the_queue(make_pool):
-    pool = make_pool(bridge="echo", size=1, queue_size=1)
-    results = []
-    first = threading.Thread(
-        target=lambda: results.append(pool.execute("echo:sleep", {"seconds": 1.0}))
-    )
-    first.start()
-    time.sleep(0.2)
+def test_saturation_fails_fast_past_the_queue(make_pool, tmp_path):
+    pool = make_pool(bridge=FAULTY, size=1, queue_size=1)
+    gate = tmp_path / "release"
+    first, results = _hold_a_worker(pool, gate)
     second = threading.Thread(
-        target=lambda: results.append(pool.execute("echo:sleep", {"seconds": 0.1}))
+        target=lambda: results.append(pool.execute("faulty:echo", {"value": "queued"}))
     )
     second.start()
-    time.sleep(0.2)
-    assert pool.stats()["queue_depth"] == 1
-    started = time.monotonic()
-    with pytest.raises(PoolSaturatedError, match="pool saturated"):
-        pool.execute("echo:noop")
-    assert time.monotonic() - started < 0.5
+    assert _wait_for(lambda: pool.stats()["queue_depth"] == 1)
+    # Fails at once (the full-queue message, not the queue-timeout one) while the only worker
+    # cannot free up: the gate is still closed.
+    with pytest.raises(PoolSaturatedError, match="pool saturated: .* 1 calls already wait"):
+        pool.execute("faulty:pid")
+    assert first.is_alive() and second.is_alive() and results == []
+    gate.touch()
     first.join()
     second.join()
-    assert sorted(results) == [0.1, 1.0]
+    assert sorted(map(str, results)) == sorted([str(pool.worker_pids()[0]), "queued"])
     assert pool.stats()["saturated"] == 1
 
 
-def test_queue_wait_is_bounded(make_pool):
-    pool = make_pool(bridge="echo", size=1, queue_timeout_s=0.3)
-    blocker = threading.Thread(target=lambda: pool.execute("echo:sleep", {"seconds": 1.0}))
-    blocker.start()
-    time.sleep(0.1)
+def test_queue_wait_is_bounded(make_pool, tmp_path):
+    pool = make_pool(bridge=FAULTY, size=1, queue_timeout_s=0.3)
+    gate = tmp_path / "release"
+    blocker, _ = _hold_a_worker(pool, gate)
     with pytest.raises(PoolSaturatedError, match="within 0.3s"):
-        pool.execute("echo:noop")
+        pool.execute("faulty:pid")
+    assert blocker.is_alive()  # the wait gave up: the worker never became free
+    gate.touch()
     blocker.join()
+    assert pool.stats()["saturated"] == 1 and pool.stats()["queue_depth"] == 0
 
 
-def test_fifo_dispatch_serves_waiters_in_order(make_pool):
-    pool = make_pool(bridge="echo", size=1)
+def test_fifo_dispatch_serves_waiters_in_order(make_pool, tmp_path):
+    pool = make_pool(bridge=FAULTY, size=1)
+    gate = tmp_path / "release"
     order = []
-    blocker = threading.Thread(target=lambda: pool.execute("echo:sleep", {"seconds": 0.5}))
-    blocker.start()
-    time.sleep(0.1)
+    blocker, _ = _hold_a_worker(pool, gate)
     threads = []
     for i in range(5):
         t = threading.Thread(
-            target=lambda i=i: order.append(pool.execute("echo:echo", {"value": i}))
+            target=lambda i=i: order.append(pool.execute("faulty:echo", {"value": i}))
         )
         t.start()
         threads.append(t)
-        time.sleep(0.03)
+        assert _wait_for(lambda i=i: pool.stats()["queue_depth"] == i + 1)  # queued in turn
+    gate.touch()
     for t in [blocker, *threads]:
         t.join()
     assert order == [0, 1, 2, 3, 4]
@@ -177,32 +222,36 @@ def test_session_affinity_hint_keeps_state_on_one_worker(make_pool):
     assert sum(r["sessions"] for r in pool.workers()) == 1
 
 
-def test_session_hint_falls_back_when_its_worker_is_busy(make_pool):
+def test_session_hint_falls_back_when_its_worker_is_busy(make_pool, tmp_path):
     pool = make_pool(bridge=FAULTY, size=2)
     home = pool.execute("faulty:pid", session_id="s")
-    busy = threading.Thread(
-        target=lambda: pool.execute("faulty:hang", {"seconds": 0.6}, session_id="s")
-    )
-    busy.start()
-    time.sleep(0.1)
+    gate = tmp_path / "release"
+    busy, held_by = _hold_a_worker(pool, gate, session_id="s")
     other = pool.execute("faulty:pid", session_id="s")  # hint: take the free worker
+    gate.touch()
     busy.join()
+    assert held_by == [home]  # the session's own worker was the busy one
     assert other != home
     assert pool.stats()["affinity_misses"] >= 1
 
 
-def test_strict_session_waits_for_its_worker(make_pool):
+def test_strict_session_waits_for_its_worker(make_pool, tmp_path):
     pool = make_pool(bridge=FAULTY, size=2, session_mode="strict")
     home = pool.execute("faulty:pid", session_id="s")
-    busy = threading.Thread(
-        target=lambda: pool.execute("faulty:hang", {"seconds": 0.5}, session_id="s")
+    gate = tmp_path / "release"
+    busy, held_by = _hold_a_worker(pool, gate, session_id="s")
+    answers = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(pool.execute("faulty:pid", session_id="s"))
     )
-    busy.start()
-    time.sleep(0.1)
-    started = time.monotonic()
-    assert pool.execute("faulty:pid", session_id="s") == home
-    assert time.monotonic() - started > 0.25
+    waiter.start()
+    # It queues although the other worker is idle, and cannot be served before the gate opens.
+    assert _wait_for(lambda: pool.stats()["queue_depth"] == 1)
+    assert pool.stats()["workers_idle"] == 1 and waiter.is_alive() and answers == []
+    gate.touch()
     busy.join()
+    waiter.join()
+    assert held_by == [home] and answers == [home]
 
 
 def test_strict_session_is_lost_when_its_worker_dies(make_pool):
@@ -246,9 +295,14 @@ def test_stats_report_latency_percentiles(make_pool):
     stats = pool.stats()
     assert stats["requests"] == 200 and stats["succeeded"] == 200
     latency = stats["latency"]
-    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] < 1000
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
     assert stats["workers_alive"] == 2 and stats["queue_depth"] == 0
     assert sum(r["requests"] for r in pool.workers()) == 200
+    # Milliseconds of the whole call: calls that sleep 0.25 s cannot report less than 250.
+    sleepy = make_pool(bridge="echo", size=1)
+    for _ in range(3):
+        sleepy.execute("echo:sleep", {"seconds": 0.25})
+    assert sleepy.stats()["latency"]["p50_ms"] >= 250
 
 
 def test_close_stops_every_worker(registry_dir):

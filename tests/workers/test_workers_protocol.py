@@ -58,10 +58,9 @@ def test_oversize_header_is_a_protocol_error_at_once():
     r, w = _pipe()
     os.write(w, (10_000_000).to_bytes(4, "big") + b"{}")
     reader = FrameReader(r, JSON, max_frame_bytes=1024)
-    started = time.monotonic()
+    # The body never comes: a reader that waited for it would end in FrameTimeout after 60 s.
     with pytest.raises(ProtocolError, match="above the 1024-byte limit"):
-        reader.read(time.monotonic() + 5)
-    assert time.monotonic() - started < 1.0
+        reader.read(time.monotonic() + 60)
 
 
 def test_garbage_body_is_a_protocol_error():
@@ -82,10 +81,11 @@ def test_stream_ending_inside_a_frame_is_a_protocol_error():
 
 def test_silent_peer_times_out_instead_of_hanging():
     r, _w = _pipe()
-    started = time.monotonic()
+    deadline = time.monotonic() + 0.2
     with pytest.raises(FrameTimeout):
-        FrameReader(r).read(time.monotonic() + 0.2)
-    assert 0.15 < time.monotonic() - started < 1.0
+        FrameReader(r).read(deadline)
+    # Not before its deadline, and long before a hang (generous: a busy machine is slow).
+    assert deadline <= time.monotonic() < deadline + 10
 
 
 def test_encoding_a_message_over_the_limit_is_refused():

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -48,11 +47,14 @@ def test_spans_are_off_without_configuration(monkeypatch, echo_pool):
     assert not span.is_recording() and span is tracing.span("y")  # the shared no-op span
     assert echo_pool.execute("echo:echo", {"value": 3}) == 3
     assert not tracing.enabled()  # a pool call did not turn anything on
-    started = time.perf_counter()
-    for _ in range(10_000):
-        tracing.finish(tracing.start_span("flowstone.pool.call"), "ok")
-    per_call = (time.perf_counter() - started) / 10_000
-    assert per_call < 20e-6, f"an unconfigured span costs {per_call * 1e6:.1f} us"
+    # Unconfigured, every span is that one shared object: nothing is allocated or recorded.
+    # (What it costs per call is a performance claim: bench/bench_telemetry.py measures it.)
+    noop = tracing.span("z")
+    for _ in range(1_000):
+        made = tracing.start_span("flowstone.pool.call", {"bridge": "echo"})
+        assert made is noop and not made.is_recording()
+        tracing.finish(made, "ok")
+    assert not tracing.enabled()
 
 
 def test_pool_call_spans(spans, echo_pool):

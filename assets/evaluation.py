@@ -8,9 +8,11 @@ metadata still lands on each partition).
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
+from assets.metadata import to_metadata
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from resources.worker_pool import PythonWorkerPoolResource
@@ -59,19 +61,6 @@ def evaluation_partitions(catalog: Catalog) -> dg.MultiPartitionsDefinition:
             "system": dg.StaticPartitionsDefinition(catalog.systems.names),
         }
     )
-
-
-def to_metadata(raw: dict) -> dict:
-    """Plain values from the core into metadata that reads well in the UI."""
-    out = {}
-    for key, value in raw.items():
-        if hasattr(value, "to_markdown"):  # a DataFrame (pandas stays out of code-location load)
-            out[key] = dg.MetadataValue.md(value.to_markdown(index=False, floatfmt=".3f"))
-        elif key.endswith("_path") or key == "file":
-            out[key] = dg.MetadataValue.path(value)
-        else:
-            out[key] = value
-    return out
 
 
 class PartitionBatch:
@@ -237,7 +226,7 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
             {name: settings.for_suite(name).fingerprint() for name in catalog.suite_names}
         )
 
-    common = dict(
+    common: dict[str, Any] = dict(
         key_prefix=[PREFIX],
         partitions_def=partitions,
         group_name=GROUP,

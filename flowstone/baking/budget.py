@@ -14,12 +14,18 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from flowstone.baking.errors import BakeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowstone.baking.config import BakeConfig
+    from flowstone.baking.records.source import SourceRecord
 
 DEFAULT_BUDGET_MB = float(os.environ.get("FLOWSTONE_BAKE_MEMORY_BUDGET_MB", "8192"))
 # A bake process holds the interpreter, torch and ONNX Runtime besides the model itself.
@@ -98,3 +104,37 @@ class MemoryBudget:
                 yield waited
             finally:
                 db.execute("delete from reservations where rowid = ?", (rowid,))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a bake step held of the budget, and how long it waited for room."""
+
+    mb: float
+    waited_seconds: float
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "memory_reserved_mb": round(self.mb, 1),
+            "memory_wait_seconds": round(self.waited_seconds, 1),
+        }
+
+
+@contextlib.contextmanager
+def reserve_for_bake(
+    budget: MemoryBudget,
+    source: SourceRecord,
+    config: BakeConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Reservation]:
+    """Hold the estimate for baking ``source`` (its config's ``memory_estimate_mb`` wins) while
+    the block runs; ``log`` hears once if the step has to wait for room."""
+    need = estimate_mb(source.size_bytes, config.memory_estimate_mb)
+
+    def on_wait(mb: float) -> None:
+        if log:
+            log(f"waiting for {mb:.0f} MB of the {budget.budget_mb:.0f} MB bake memory budget")
+
+    with budget.reserve(source.model, need, on_wait=on_wait if log else None) as waited:
+        yield Reservation(need, waited)

@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flowstone.atomic import write_text
 from flowstone.baking.errors import BakeError
 from flowstone.baking.package import MANIFEST
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class Deployments:

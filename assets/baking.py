@@ -6,13 +6,17 @@ metadata a person reads in the UI. A failure on any asset stops its partition th
 bad bake never overwrites what is downstream, and the deployed version stays as it was.
 """
 
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from assets.approval_gate import approved_request
+from assets.metadata import to_metadata
 from assets.pools import BAKING_POOL, WAREHOUSE_POOL
+from flowstone.baking.records.bake import BakeRecord
+from flowstone.baking.records.profile import ProfileRecord
+from flowstone.baking.records.quality import QualityRecord
+from flowstone.baking.records.source import SourceRecord
 from flowstone.paths import bake_workspace
 
 PREFIX = "baking"
@@ -33,16 +37,6 @@ _common: dict[str, Any] = dict(
 )  # fmt: skip
 
 
-def _mb(n: float) -> float:
-    return round(n / 2**20, 2)
-
-
-def _record_and_config(source_model: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    from flowstone.baking.pipeline import config_of
-
-    return source_model, config_of(source_model)
-
-
 @dg.asset(
     **_common,
     kinds={"pytorch"},
@@ -55,36 +49,12 @@ def source_model(context: dg.AssetExecutionContext) -> dg.Output[dict]:
     from flowstone.baking.pipeline import prepare_source
 
     name = context.partition_key
-    path = context.resources.models.local_path(name)
-    record = prepare_source(name, path, bake_workspace())
+    record = prepare_source(name, context.resources.models.local_path(name), bake_workspace())
     return dg.Output(
-        record,
-        metadata={
-            "version": record["version"],
-            "kind": record["kind"],
-            "task": record["task"],
-            "parameters": record["parameters"],
-            "size_mb": _mb(record["size_bytes"]),
-            "sha256": record["sha256"],
-            "forward_ms": record["forward_ms"],
-            "load_seconds": record["load_seconds"],
-            "passes": ", ".join(p["name"] for p in record["config"]["passes"]),
-            "bake_config": record["config"]["source"],
-            "path": dg.MetadataValue.path(record["source_path"]),
-        },
-        data_version=dg.DataVersion(record["version"]),
+        record.to_dict(),
+        metadata=to_metadata(record.metadata()),
+        data_version=dg.DataVersion(record.version),
     )
-
-
-def _passes_table(passes: list[dict[str, Any]]) -> str:
-    rows = [
-        "| # | pass | options | format | size (MB) | seconds | resumed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for i, p in enumerate(passes, start=1):
-        rows.append(f"| {i} | {p['pass']} | {p['options'] or ''} | {p['format']} | {_mb(p['size_bytes'])} | "
-                    f"{p['seconds']} | {'yes' if p['resumed'] else ''} |")  # fmt: skip
-    return "\n".join(rows)
 
 
 @dg.asset(
@@ -97,29 +67,17 @@ def _passes_table(passes: list[dict[str, Any]]) -> str:
     "pass resumes from the last good one.",
 )
 def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Output[dict]:
-    from flowstone.baking.budget import estimate_mb
+    from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.pipeline import run_passes
 
-    record, config = _record_and_config(source_model)
+    source = SourceRecord.from_dict(source_model)
     budget = context.resources.models.budget()
-    need = estimate_mb(record["size_bytes"], config.memory_estimate_mb)
-    with budget.reserve(record["model"], need, on_wait=lambda mb: context.log.info(
-            f"waiting for {mb:.0f} MB of the {budget.budget_mb:.0f} MB bake memory budget")) as waited:  # fmt: skip
-        baked = run_passes(record, log=context.log.info)
+    with reserve_for_bake(budget, source, source.bake_config(), log=context.log.info) as held:
+        baked = run_passes(source, log=context.log.info)
     return dg.Output(
-        baked,
-        metadata={
-            "version": record["version"],
-            "format": baked["artifact"]["format"],
-            "size_mb": _mb(baked["size_bytes"]),
-            "size_ratio": round(baked["size_bytes"] / record["size_bytes"], 3),
-            "sha256": baked["sha256"],
-            "resumed_passes": baked["resumed_passes"],
-            "passes": dg.MetadataValue.md(_passes_table(baked["passes"])),
-            "memory_reserved_mb": round(need, 1),
-            "memory_wait_seconds": round(waited, 1),
-        },
-        data_version=dg.DataVersion(baked["sha256"][:16]),
+        baked.to_dict(),
+        metadata=to_metadata({**baked.metadata(source), **held.metadata()}),
+        data_version=dg.DataVersion(baked.sha256[:16]),
     )
 
 
@@ -141,46 +99,21 @@ def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Out
     "Spearman rho of pair similarities (embedding models).",
 )
 def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict):
-    from flowstone.baking.budget import estimate_mb
+    from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.quality import measure_quality
 
-    record, config = _record_and_config(source_model)
-    budget = context.resources.models.budget()
-    with budget.reserve(
-        record["model"], estimate_mb(record["size_bytes"], config.memory_estimate_mb)
-    ):
-        quality = measure_quality(record, baked_model, config)
-    figures = {
-        k: v for k, v in quality.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    yield dg.Output(quality, metadata={**{k: float(v) for k, v in figures.items()},
-                                       "metric": quality["metric"], "passed": quality["passed"]})  # fmt: skip
+    source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
+    config = source.bake_config()
+    with reserve_for_bake(context.resources.models.budget(), source, config):
+        quality = measure_quality(source, baked, config)
+    yield dg.Output(quality.to_dict(), metadata=to_metadata(quality.metadata()))
     yield dg.AssetCheckResult(
         check_name=QUALITY_CHECK,
-        passed=quality["passed"],
+        passed=quality.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "metric": quality["metric"],
-            "value": float(quality["value"]),
-            "threshold": quality["threshold"],
-        },  # fmt: skip
-        description=f"{quality['metric']} = {quality['value']:.4f} against a threshold of "
-        f"{quality['threshold']}; a failing check stops this bake before profiling and packaging.",
+        metadata=to_metadata(quality.check_metadata()),
+        description=quality.check_description(),
     )
-
-
-def _profile_table(profile: dict[str, Any]) -> str:
-    rows = ["| batch | p50 original (ms) | p50 baked (ms) | p95 original | p95 baked | throughput x |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
-    for b in map(str, profile["batch_sizes"]):
-        o, k, r = (
-            profile["original"]["per_batch"][b],
-            profile["baked"]["per_batch"][b],
-            profile["ratios"][b],
-        )
-        rows.append(f"| {b} | {o['latency_p50_ms']:.2f} | {k['latency_p50_ms']:.2f} | {o['latency_p95_ms']:.2f} | "
-                    f"{k['latency_p95_ms']:.2f} | {r['throughput_ratio']:.2f} |")  # fmt: skip
-    return "\n".join(rows)
 
 
 @dg.asset(
@@ -195,40 +128,17 @@ def _profile_table(profile: dict[str, Any]) -> str:
 def bake_profile(
     context: dg.AssetExecutionContext, source_model: dict, baked_model: dict
 ) -> dg.Output[dict]:
-    from flowstone.baking.budget import estimate_mb
+    from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.chart import profile_chart
-    from flowstone.baking.profile import profile_variants
-    from flowstone.baking.quality import resolve_validation, validation_pairs
+    from flowstone.baking.profile import profile_variants, profiling_sentences
 
-    record, config = _record_and_config(source_model)
-    sentences: list[str] = []
-    if config.task == "embedding":
-        pairs = validation_pairs(record, resolve_validation(record, config.validation))
-        sentences = [s for pair in pairs[:64] for s in pair]
-    budget = context.resources.models.budget()
-    with budget.reserve(
-        record["model"], estimate_mb(record["size_bytes"], config.memory_estimate_mb)
-    ):
-        profile = profile_variants(record, baked_model, config, sentences)
-    chart = profile_chart(profile, f"{record['model']} {record['version']}: original vs baked",
-                          bake_workspace() / record["model"] / record["version"] / "profile.png")  # fmt: skip
-    largest = str(max(profile["batch_sizes"]))
-    return dg.Output(
-        profile,
-        metadata={
-            "threads": profile["threads"],
-            "load_average": profile["load_average"],
-            f"throughput_ratio_batch_{largest}": round(profile["throughput_ratio"], 3),
-            f"baked_throughput_per_s_batch_{largest}": round(
-                profile["baked"]["per_batch"][largest]["throughput_per_s"], 1
-            ),
-            "size_ratio": round(profile["size_ratio"], 3),
-            "peak_rss_ratio": round(profile["peak_rss_ratio"], 3),
-            "baked_peak_rss_mb": _mb(profile["baked"]["peak_rss_bytes"]),
-            "latency": dg.MetadataValue.md(_profile_table(profile)),
-            "chart": dg.MetadataValue.path(str(chart)),
-        },
-    )
+    source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
+    config = source.bake_config()
+    sentences = profiling_sentences(source, config)
+    with reserve_for_bake(context.resources.models.budget(), source, config):
+        profile = profile_variants(source, baked, config, sentences)
+    chart = profile_chart(profile, source, bake_workspace())
+    return dg.Output(profile.to_dict(), metadata=to_metadata(profile.metadata(chart)))
 
 
 @dg.asset(
@@ -244,31 +154,18 @@ def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_mo
     from flowstone.baking.package import build_manifest, build_package
     from flowstone.notifications.events import bake_ready
 
-    manifest = build_manifest(source_model, baked_model, bake_quality, bake_profile)
-    package = build_package(manifest, baked_model)
-    figures = {"version": manifest["version"], bake_quality["metric"]: round(bake_quality["value"], 4),
-               "throughput x": round(bake_profile["throughput_ratio"], 2),
-               "size x": round(bake_profile["size_ratio"], 3)}  # fmt: skip
-    context.resources.notifications.notify(
-        bake_ready(
-            source_model["model"],
-            figures,
-            context.resources.notifications.run_url(context.run_id),
-            version=manifest["version"],
-        )  # fmt: skip
-    )
+    baked = BakeRecord.from_dict(baked_model)
+    manifest = build_manifest(SourceRecord.from_dict(source_model), baked,
+                              QualityRecord.from_dict(bake_quality),
+                              ProfileRecord.from_dict(bake_profile))  # fmt: skip
+    package = build_package(manifest, baked)
+    notifications = context.resources.notifications
+    notifications.notify(bake_ready(manifest.model, manifest.summary_figures(),
+                                    notifications.run_url(context.run_id), version=manifest.version))  # fmt: skip
     return dg.Output(
         package,
-        metadata={
-            "version": manifest["version"],
-            "package_mb": _mb(len(package)),
-            "baked_sha256": manifest["baked"]["sha256"],
-            "source_sha256": manifest["source"]["sha256"],
-            "manifest": dg.MetadataValue.json(
-                {k: manifest[k] for k in ("model", "version", "baked", "quality", "libraries")}
-            ),
-        },
-        data_version=dg.DataVersion(manifest["baked"]["sha256"][:16]),
+        metadata=to_metadata(manifest.metadata(len(package))),
+        data_version=dg.DataVersion(manifest.baked.sha256[:16]),
     )
 
 
@@ -296,20 +193,6 @@ def deployed_model(context: dg.AssetExecutionContext, bake_package: bytes) -> dg
     )
 
 
-def _rows(
-    context: dg.AssetExecutionContext, rows: list[dict[str, Any]], floats: tuple[str, ...]
-) -> Any:
-    """The rows as a frame whose figure columns are float64 even when a figure does not apply
-    to this model (NULL), so every model writes the same table schema."""
-    import pandas as pd
-
-    now = datetime.now(UTC).replace(tzinfo=None)
-    frame = pd.DataFrame(
-        [{**row, "materialized_at": now, "run_id": context.run_id} for row in rows]
-    )
-    return frame.astype(dict.fromkeys(floats, "float64"))
-
-
 _warehouse: dict[str, Any] = dict(
     **_common,
     kinds={"python", "duckdb"},
@@ -320,27 +203,14 @@ _warehouse: dict[str, Any] = dict(
 )
 
 
-QUALITY_FLOATS = ("value", "threshold", "accuracy_original", "accuracy_baked", "fidelity",
-                  "fidelity_min", "spearman_rho", "max_abs_logit_diff")  # fmt: skip
-
-
 @dg.asset(**_warehouse, description="Bake quality rows for dbt: one per model version and variant.")
 def warehouse_bake_quality(
     context: dg.AssetExecutionContext, source_model: dict, bake_quality: dict
 ):
-    task = source_model["task"]
-    return _rows(context, [{
-        "version": source_model["version"], "variant": "baked", "task": task,
-        "metric": bake_quality["metric"], "value": float(bake_quality["value"]),
-        "threshold": float(bake_quality["threshold"]), "passed": bool(bake_quality["passed"]),
-        "accuracy_original": bake_quality.get("accuracy_original"),
-        "accuracy_baked": bake_quality.get("accuracy_baked"),
-        # cosine of unit vectors in float arithmetic can exceed 1 by an ulp; dbt tests [0, 1]
-        "fidelity": min(1.0, bake_quality.get("cosine_mean", bake_quality.get("label_agreement"))),
-        "fidelity_min": bake_quality.get("cosine_min"),
-        "spearman_rho": bake_quality.get("spearman_rho"),
-        "max_abs_logit_diff": bake_quality.get("max_abs_logit_diff"),
-    }], QUALITY_FLOATS)  # fmt: skip
+    from flowstone.warehouse.bake_rows import quality_rows
+
+    source, quality = SourceRecord.from_dict(source_model), QualityRecord.from_dict(bake_quality)
+    return quality_rows(source, quality, context.run_id)
 
 
 @dg.asset(
@@ -349,19 +219,10 @@ def warehouse_bake_quality(
 def warehouse_bake_profile(
     context: dg.AssetExecutionContext, source_model: dict, bake_profile: dict
 ):
-    largest = str(max(bake_profile["batch_sizes"]))
-    rows = []
-    for variant in ("original", "baked"):
-        figures = bake_profile[variant]
-        rows.append({
-            "version": source_model["version"], "variant": variant, "batch_size": int(largest),
-            "latency_p50_ms": figures["per_batch"][largest]["latency_p50_ms"],
-            "latency_p95_ms": figures["per_batch"][largest]["latency_p95_ms"],
-            "throughput_per_s": figures["per_batch"][largest]["throughput_per_s"],
-            "size_bytes": int(figures["size_bytes"]), "peak_memory_bytes": int(figures["peak_rss_bytes"]),
-            "threads": int(bake_profile["threads"]),
-        })  # fmt: skip
-    return _rows(context, rows, ("latency_p50_ms", "latency_p95_ms", "throughput_per_s"))
+    from flowstone.warehouse.bake_rows import profile_rows
+
+    source, profile = SourceRecord.from_dict(source_model), ProfileRecord.from_dict(bake_profile)
+    return profile_rows(source, profile, context.run_id)
 
 
 BAKE_ASSETS = [source_model, baked_model, bake_quality, bake_profile, bake_package,

@@ -6,8 +6,9 @@ beside it.
 
 What it does:
 1. Encodes every text of the held-out pairs (flowstone/baking/data/minilm_fidelity_pairs.json)
-   with the original, then builds each recipe with flowstone.baking.onnx_runtime and reports
-   fidelity (rho, mean/min cosine) and size on disk.
+   with the original, then builds each recipe with flowstone.baking.onnx and reports fidelity
+   (rho, mean/min cosine: flowstone.baking.fidelity, the math the bake's quality check uses)
+   and size on disk.
 2. Throughput: a third of the pair texts (every third in length order, so all lengths are
    covered; 334 texts) is cut into blocks of 4 batches; each block is one encode(batch_size=32)
    call. Within a pass every block is run by the original and by every recipe in a shuffled
@@ -49,19 +50,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from flowstone.baking import onnx_runtime as ort_bake  # noqa: E402
+from flowstone.baking.fidelity import (  # noqa: E402
+    FIDELITY_PAIRS,
+    FidelityReport,
+    cosine_fidelity,
+    fidelity_report,
+    load_fidelity_pairs,
+)
+from flowstone.baking.onnx.export import export_transformer_onnx  # noqa: E402
+from flowstone.baking.onnx.optimize import optimize_onnx  # noqa: E402
+from flowstone.baking.onnx.quantize import quantize_onnx  # noqa: E402
+from flowstone.baking.onnx.recipe import SENSITIVE_NODES, recommended_recipe  # noqa: E402
+from flowstone.baking.onnx.runtime import OnnxEmbedder  # noqa: E402
 
 BATCH = 32
 
-# Exclusions come from the per-node sweep (--sensitivity), ranked in ort_bake.SENSITIVE_NODES.
-SENSITIVE = list(ort_bake.SENSITIVE_NODES)
+# Exclusions come from the per-node sweep (--sensitivity), ranked in SENSITIVE_NODES.
+SENSITIVE = list(SENSITIVE_NODES)
 FFN_OUT_ALL = ["*/output/dense/MatMul"]  # the attention output dense is ".../attention/output/..."
 DYN_PC = {"per_channel": True, "op_types": ["MatMul"]}  # plain graph: weight MatMuls only
 NBITS8 = {"per_channel": True, "method": "matmul_nbits"}  # int8 blocks of 32, accuracy_level 4
 
 # name -> (base graph, quantisation steps). "export" is the plain exported graph, "fused" the
 # transformer-optimizer output. Steps are quantize_onnx keyword arguments, applied in order. The
-# recommended recipe is added from ort_bake.recommended_recipe() by recommended_name().
+# recommended recipe is added from recommended_recipe() by recommended_name().
 RECIPES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "ort-fp32": ("export", []),
     "ort-fp32-fused": ("fused", []),
@@ -86,7 +98,7 @@ TORCH_PEER = "torch-dyn-per-channel"  # the issue's reference point, same proces
 
 def recommended_name() -> str:
     """Register the module's recommended recipe, read step by step as the pass runner would."""
-    recipe = ort_bake.recommended_recipe()
+    recipe = recommended_recipe()
     base, steps = "export", []
     for step in recipe["steps"]:
         if step["step"] == "optimize":
@@ -187,7 +199,7 @@ def tuning_sentences() -> list[str]:
         for para in re.split(r"\n\s*\n", text):
             para = " ".join(line.strip(" -*#>|") for line in para.splitlines())
             out.extend(s for s in sentences(para) if 4 <= len(s.split()) <= 80)
-    held_out = set(json.loads(ort_bake.FIDELITY_PAIRS.read_text())["texts"])
+    held_out = set(json.loads(FIDELITY_PAIRS.read_text())["texts"])
     return [s for s in dict.fromkeys(out) if s not in held_out]
 
 
@@ -200,7 +212,7 @@ def build_recipe(name: str, work: Path, bases: dict[str, Path]) -> Path:
     for index, step in enumerate(steps):
         options = dict(step)
         out = work / f"{name}.step{index}.onnx"
-        ort_bake.quantize_onnx(
+        quantize_onnx(
             current,
             out,
             per_channel=options.pop("per_channel"),
@@ -214,12 +226,12 @@ def build_recipe(name: str, work: Path, bases: dict[str, Path]) -> Path:
 def build_bases(model_dir: Path, work: Path, need_fused: bool = True) -> dict[str, Path]:
     exported = work / "export.onnx"
     if not exported.exists():
-        ort_bake.export_transformer_onnx(model_dir, exported)
+        export_transformer_onnx(model_dir, exported)
     bases = {"export": exported}
     if need_fused:
         fused = work / "fused.onnx"
         if not fused.exists():
-            ort_bake.optimize_onnx(exported, fused)
+            optimize_onnx(exported, fused)
         bases["fused"] = fused
     return bases
 
@@ -315,7 +327,7 @@ def main_bench() -> None:
     budget = float(os.environ.get("BAKE_BENCH_BUDGET_S", "270"))
     names, recommended = select_recipes()
     model_dir = model_path()
-    texts, pairs = ort_bake.load_fidelity_pairs()
+    texts, pairs = load_fidelity_pairs()
     print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     original = SentenceTransformer(str(model_dir), device="cpu")
     reference = original.encode(texts, batch_size=BATCH, show_progress_bar=False)
@@ -340,8 +352,9 @@ def main_bench() -> None:
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     subset = [texts[i] for i in order[::3]]
     encoders: dict[str, Any] = {"original": st_encoder(original)}
-    rows: dict[str, dict[str, Any]] = {}
-    embedders: dict[str, ort_bake.OnnxEmbedder] = {}
+    rows: dict[str, FidelityReport] = {}
+    sizes: dict[str, float | None] = {}  # MB on disk (None: the torch peer has no file)
+    embedders: dict[str, OnnxEmbedder] = {}
     for name in names:
         start = time.perf_counter()
         if name == TORCH_PEER:
@@ -350,16 +363,14 @@ def main_bench() -> None:
             size = None
         else:
             path = build_recipe(name, work, bases)
-            embedders[name] = ort_bake.OnnxEmbedder(model_dir, path, threads=threads)
+            embedders[name] = OnnxEmbedder(model_dir, path, threads=threads)
             encoders[name] = lambda texts, e=embedders[name]: e.encode(texts, batch_size=BATCH)
             size = path.stat().st_size
         baked = encoders[name](texts)
-        rows[name] = {
-            **ort_bake.fidelity_report(reference, baked, pairs),
-            "size_mb": size and size / 1e6,
-        }
+        rows[name] = fidelity_report(reference, baked, pairs)
+        sizes[name] = size and size / 1e6
         print(
-            f"built {name} in {time.perf_counter() - start:.1f} s: rho {rows[name]['spearman_rho']:.5f}"
+            f"built {name} in {time.perf_counter() - start:.1f} s: rho {rows[name].spearman_rho:.5f}"
         )
     print(f"ORT intra-op threads {sorted({e.threads for e in embedders.values()})}, inter-op 1")
 
@@ -417,13 +428,13 @@ def main_bench() -> None:
     )
     for name in names:
         row, sp = rows[name], speed[name]
-        size = f"{row['size_mb']:6.1f}" if row["size_mb"] else "     -"
+        size = f"{sizes[name]:6.1f}" if sizes[name] else "     -"
         print(
             f"{name + (' *' if name == recommended else ''):46s} "
             f"{n / statistics.median(totals[name]):8.1f} {statistics.median(sp):7.2f}x "
-            f"{min(sp):5.2f}-{max(sp):5.2f}x {row['spearman_rho']:8.5f} "
-            f"{row['spearman_rho_min_by_kind']:8.4f} {row['cosine_mean']:9.5f} "
-            f"{row['cosine_min']:8.5f} {size}"
+            f"{min(sp):5.2f}-{max(sp):5.2f}x {row.spearman_rho:8.5f} "
+            f"{row.spearman_rho_min_by_kind:8.4f} {row.cosine_mean:9.5f} "
+            f"{row.cosine_min:8.5f} {size}"
         )
     print("(rho kind: the lowest Spearman rho within one kind of pair; * recommended)")
     med = {name: statistics.median(runs) for name, runs in head_totals.items()}
@@ -445,15 +456,15 @@ def main_bench() -> None:
         f"{100 * med['original tokenize'] / med['original e2e']:.1f}% / "
         f"{100 * med['baked tokenize'] / med['baked e2e']:.1f}% of each side's end-to-end time"
     )
-    kinds = ", ".join(f"{k} {v:.4f}" for k, v in row["spearman_rho_by_kind"].items())
+    kinds = ", ".join(f"{k} {v:.4f}" for k, v in row.spearman_rho_by_kind.items())
     print(
-        f"fidelity   : Spearman rho {row['spearman_rho']:.5f} over {row['pairs']} held-out pairs "
-        f"(target >= 0.99); within kinds: {kinds}; cosine mean {row['cosine_mean']:.5f}, "
-        f"min {row['cosine_min']:.5f}; largest pair-similarity change "
-        f"{row['pair_similarity_max_abs_change']:.4f}"
+        f"fidelity   : Spearman rho {row.spearman_rho:.5f} over {row.pairs} held-out pairs "
+        f"(target >= 0.99); within kinds: {kinds}; cosine mean {row.cosine_mean:.5f}, "
+        f"min {row.cosine_min:.5f}; largest pair-similarity change "
+        f"{row.pair_similarity_max_abs_change:.4f}"
     )
     print(
-        f"size       : {row['size_mb']:.1f} MB (fp32 export {bases['export'].stat().st_size / 1e6:.1f} MB)"
+        f"size       : {sizes[recommended]:.1f} MB (fp32 export {bases['export'].stat().st_size / 1e6:.1f} MB)"
     )
     print(f"threads    : torch {threads}, ORT intra-op {embedder.threads}")
     print(
@@ -491,9 +502,9 @@ def main_sensitivity() -> None:
 
         def cosine(exclude: list[str]) -> tuple[float, float]:
             out = work / "q.onnx"
-            ort_bake.quantize_onnx(exported, out, **DYN_PC, exclude_nodes=exclude)
-            baked = ort_bake.OnnxEmbedder(model_dir, out).encode(tuning, batch_size=BATCH)
-            cos = (baked * reference).sum(axis=1)
+            quantize_onnx(exported, out, **DYN_PC, exclude_nodes=exclude)
+            baked = OnnxEmbedder(model_dir, out).encode(tuning, batch_size=BATCH)
+            cos = cosine_fidelity(reference, baked)
             return float(cos.mean()), float(cos.min())
 
         base_mean, base_min = cosine([])
@@ -508,12 +519,10 @@ def main_sensitivity() -> None:
 
 if __name__ == "__main__":
     if "--write-pairs" in sys.argv:
-        ort_bake.FIDELITY_PAIRS.parent.mkdir(parents=True, exist_ok=True)
+        FIDELITY_PAIRS.parent.mkdir(parents=True, exist_ok=True)
         data = build_pairs()
-        ort_bake.FIDELITY_PAIRS.write_text(json.dumps(data, ensure_ascii=False) + "\n")
-        print(
-            f"wrote {ort_bake.FIDELITY_PAIRS}: {len(data['texts'])} texts, {len(data['pairs'])} pairs"
-        )
+        FIDELITY_PAIRS.write_text(json.dumps(data, ensure_ascii=False) + "\n")
+        print(f"wrote {FIDELITY_PAIRS}: {len(data['texts'])} texts, {len(data['pairs'])} pairs")
     elif "--sensitivity" in sys.argv:
         main_sensitivity()
     else:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowstone.baking.onnx.runtime import OnnxEmbedder
 
 FORMATS = ("sentence_transformers", "state_dict", "torch_module", "torchscript", "onnx")
 
@@ -122,19 +125,23 @@ class ClassifierRunner:
 
 class EmbeddingRunner:
     """Embeddings for a list of sentences, from a SentenceTransformer (pickled or folder) or
-    an ONNX network run by ``flowstone.baking.onnx_runtime.OnnxEmbedder``."""
+    an ONNX network run by ``flowstone.baking.onnx.runtime.OnnxEmbedder``."""
 
     def __init__(self, artifact: Artifact, *, threads: int | None = None, batch_size: int = 32):
         self.artifact = artifact
         self.batch_size = batch_size
+        self._onnx: OnnxEmbedder | None = None
+        self._model: Any = None
         if artifact.format == "onnx":
-            from flowstone.baking.onnx_runtime import OnnxEmbedder
+            from flowstone.baking.onnx.runtime import OnnxEmbedder
 
+            if artifact.tokenizer_dir is None:
+                raise ValueError(
+                    f"{artifact.path}: an ONNX embedding model needs its tokenizer_dir"
+                )
             self._onnx = OnnxEmbedder(artifact.tokenizer_dir, artifact.path, threads=threads)
-            self._model = None
         else:
             set_threads(threads)
-            self._onnx = None
             self._model = load_torch_module(artifact)
 
     def run(self, sentences: list[str], batch_size: int | None = None) -> Any:

@@ -39,10 +39,10 @@ RECIPE_STEPS = {"export": "onnx_export", "optimize": "onnx_optimize", "quantize"
 
 def default_passes(task: str) -> list[dict[str, Any]]:
     """Embedding models default to the recipe bench/bench_baking_minilm.py settled on (one
-    source of truth, in flowstone.baking.onnx_runtime); classifiers to torch int8 + TorchScript."""
+    source of truth, in flowstone.baking.onnx.recipe); classifiers to torch int8 + TorchScript."""
     if task != "embedding":
         return DEFAULT_PASSES[task]
-    from flowstone.baking.onnx_runtime import recommended_recipe
+    from flowstone.baking.onnx.recipe import recommended_recipe
 
     return [
         {"name": RECIPE_STEPS[step["step"]], **step["options"]}

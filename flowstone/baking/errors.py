@@ -13,3 +13,7 @@ class BakeError(FlowStoneError):
         super().__init__(f"model '{model}' [{stage}]: {message}")
         self.model = model
         self.stage = stage
+
+
+class OnnxBakeError(RuntimeError):
+    """An ONNX bake step failed; the message names the step, the file and what to do."""

@@ -15,9 +15,12 @@ import tarfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-from flowstone.baking.artifacts import Artifact
+from flowstone.baking.records.bake import BakeRecord
+from flowstone.baking.records.manifest import BakedSummary, Manifest, ProfileSummary, SourceSummary
+from flowstone.baking.records.profile import ProfileRecord
+from flowstone.baking.records.quality import QualityRecord
+from flowstone.baking.records.source import SourceRecord
 
 MANIFEST = "manifest.json"
 LIBRARIES = (
@@ -54,49 +57,34 @@ def _add_file(archive: tarfile.TarFile, path: Path, arcname: str) -> None:
         archive.addfile(info, handle)
 
 
-def build_manifest(record: dict[str, Any], baked: dict[str, Any], quality: dict[str, Any],
-                   profile: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    artifact = Artifact.from_dict(baked["artifact"])
-    return {
-        "model": record["model"],
-        "version": record["version"],
-        "task": record["task"],
-        "source": {
-            "kind": record["kind"],
-            "sha256": record["sha256"],
-            "size_bytes": record["size_bytes"],
-            "parameters": record["parameters"],
-        },  # fmt: skip
-        "baked": {
-            "format": artifact.format,
-            "sha256": baked["sha256"],
-            "size_bytes": baked["size_bytes"],
-            "file": f"model/{artifact.path.name}",
-        },  # fmt: skip
-        "passes": baked["passes"],
-        "config": record["config"],
-        "quality": quality,
-        "profile": {
-            "threads": profile["threads"],
-            "batch_sizes": profile["batch_sizes"],
-            "ratios": profile["ratios"],
-            "throughput_ratio": profile["throughput_ratio"],
-            "size_ratio": profile["size_ratio"],
-            "peak_rss_ratio": profile["peak_rss_ratio"],
-            "baked": profile["baked"]["per_batch"],
-            "original": profile["original"]["per_batch"],
-        },
-        "libraries": library_versions(),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
+def build_manifest(record: SourceRecord, baked: BakeRecord, quality: QualityRecord,
+                   profile: ProfileRecord) -> Manifest:  # fmt: skip
+    """The manifest of ``baked``, made from ``record`` and measured as ``quality`` and
+    ``profile`` say, with the library versions of this process."""
+    artifact = baked.artifact
+    return Manifest(
+        model=record.model,
+        version=record.version,
+        task=record.task,
+        source=SourceSummary(record.kind, record.sha256, record.size_bytes, record.parameters),
+        baked=BakedSummary(
+            artifact.format, baked.sha256, baked.size_bytes, f"model/{artifact.path.name}"
+        ),
+        passes=list(baked.passes),
+        config=record.config,
+        quality=quality,
+        profile=ProfileSummary.of(profile),
+        libraries=library_versions(),
+        created_at=datetime.now(UTC).isoformat(),
+    )
 
 
-def build_package(manifest: dict[str, Any], baked: dict[str, Any]) -> bytes:
+def build_package(manifest: Manifest, baked: BakeRecord) -> bytes:
     """The tar archive: ``manifest.json``, ``model/<artifact files>``, ``tokenizer/`` if any."""
-    artifact = Artifact.from_dict(baked["artifact"])
+    artifact = baked.artifact
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        data = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=str).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)
         archive.addfile(info, io.BytesIO(data))
@@ -111,9 +99,10 @@ def build_package(manifest: dict[str, Any], baked: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def read_manifest(package: bytes) -> dict[str, Any]:
+def read_manifest(package: bytes) -> Manifest:
+    """The manifest inside a package built by :func:`build_package`."""
     with tarfile.open(fileobj=io.BytesIO(package), mode="r") as archive:
         member = archive.extractfile(MANIFEST)
         if member is None:
             raise ValueError("package has no manifest.json")
-        return json.loads(member.read())
+        return Manifest.from_dict(json.loads(member.read()))

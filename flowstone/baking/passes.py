@@ -135,10 +135,10 @@ def torchscript(
 def onnx_export(
     artifact: Artifact, options: dict[str, Any], out_dir: Path, sample: Any
 ) -> Artifact:
-    """Export to ONNX; embedding models export their transformer (see onnx_runtime)."""
+    """Export to ONNX; embedding models export their transformer (see baking.onnx.export)."""
     path = out_dir / "model.onnx"
     if artifact.task == "embedding":
-        from flowstone.baking import onnx_runtime
+        from flowstone.baking.onnx.export import export_transformer_onnx
 
         source = artifact.path
         if artifact.format == "torch_module":  # e.g. pruned: save it as a folder first
@@ -147,7 +147,7 @@ def onnx_export(
             module.save(str(source))
         elif artifact.format != "sentence_transformers":
             raise PassNotApplicable(f"onnx_export cannot take a {artifact.format} embedding model")
-        onnx_runtime.export_transformer_onnx(Path(source), path, opset=options.get("opset"))
+        export_transformer_onnx(Path(source), path, opset=options.get("opset"))
         if source != artifact.path:
             shutil.rmtree(source, ignore_errors=True)
         return Artifact("onnx", path, "embedding", artifact.tokenizer_dir or artifact.path)
@@ -174,9 +174,9 @@ def onnx_optimize(
 ) -> Artifact:
     """ONNX Runtime graph optimisation (fusions) saved offline."""
     _onnx_input(artifact, "onnx_optimize")
-    from flowstone.baking import onnx_runtime
+    from flowstone.baking.onnx.optimize import optimize_onnx
 
-    path = onnx_runtime.optimize_onnx(artifact.path, out_dir / "model.onnx", **options)
+    path = optimize_onnx(artifact.path, out_dir / "model.onnx", **options)
     return Artifact("onnx", Path(path), artifact.task, artifact.tokenizer_dir)
 
 
@@ -185,12 +185,12 @@ def onnx_quantize(
 ) -> Artifact:
     """ONNX Runtime dynamic int8 quantisation, with per-node exclusions."""
     _onnx_input(artifact, "onnx_quantize")
-    from flowstone.baking import onnx_runtime
+    from flowstone.baking.onnx.quantize import quantize_onnx
 
     opts = dict(options)
     per_channel = bool(opts.pop("per_channel", False))
     exclude = opts.pop("exclude_nodes", None) or opts.pop("exclude", None)
-    path = onnx_runtime.quantize_onnx(
+    path = quantize_onnx(
         artifact.path,
         out_dir / "model.onnx",
         per_channel=per_channel,

@@ -16,14 +16,18 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flowstone.atomic import write_text
 from flowstone.baking import sources
 from flowstone.baking.artifacts import Artifact, open_runner
-from flowstone.baking.config import BakeConfig, parse_config
+from flowstone.baking.config import BakeConfig
 from flowstone.baking.errors import BakeError
 from flowstone.baking.passes import PASSES
+from flowstone.baking.records.bake import BakeRecord, PassStep
+from flowstone.baking.records.source import SourceRecord
 
 
 def _check_output(
@@ -68,7 +72,7 @@ def _copy_original(
     return Artifact(fmt, path, config.task, tokenizer)
 
 
-def prepare_source(name: str, model_path: Path, workspace: Path) -> dict[str, Any]:
+def prepare_source(name: str, model_path: Path, workspace: Path) -> SourceRecord:
     """Validate the dropped model (size, format, import, forward pass) and record it."""
     config = sources.config_for(model_path, name)
     source = sources.inspect_model(model_path, name, max_size_mb=config.max_size_mb)
@@ -94,40 +98,35 @@ def prepare_source(name: str, model_path: Path, workspace: Path) -> dict[str, An
     version = source.version({k: v for k, v in config.as_dict().items() if k != "source"})
     workdir = workspace / name / version
     original = _copy_original(source, model, config, workdir)
-    return {
-        "model": name,
-        "version": version,
-        "kind": source.kind,
-        "task": config.task,
-        "sha256": source.sha256,
-        "size_bytes": source.size_bytes,
-        "parameters": sources.parameter_count(model),
-        "load_seconds": round(load_seconds, 3),
-        "forward_ms": round(forward_ms, 2),
-        "output_shape": list(shape),
-        "input_shape": list(sources.input_shape(model, config, name))
+    return SourceRecord(
+        model=name,
+        version=version,
+        kind=source.kind,
+        task=config.task,
+        sha256=source.sha256,
+        size_bytes=source.size_bytes,
+        parameters=sources.parameter_count(model),
+        load_seconds=round(load_seconds, 3),
+        forward_ms=round(forward_ms, 2),
+        output_shape=list(shape),
+        input_shape=list(sources.input_shape(model, config, name))
         if config.task == "classifier"
         else None,
-        "source_path": str(model_path),
-        "workdir": str(workdir),
-        "config": config.as_dict(),
-        "original": original.as_dict(),
-    }
+        source_path=str(model_path),
+        workdir=workdir,
+        config=config.as_dict(),
+        original=original,
+    )
 
 
-def config_of(record: dict[str, Any]) -> BakeConfig:
-    """The bake config the source step validated (kept in its record)."""
-    raw = {k: v for k, v in record["config"].items() if k != "source"}
-    return parse_config(raw, task=record["task"], source=record["config"].get("source", "defaults"))
-
-
-def _sample(record: dict[str, Any], config: BakeConfig) -> Any:
+def _sample(record: SourceRecord, config: BakeConfig) -> Any:
     if config.task == "embedding":
         return sources.SAMPLE_SENTENCES
     import torch
 
+    assert record.input_shape is not None  # the source step records it for classifiers
     generator = torch.Generator().manual_seed(0)
-    return torch.randn((2, *record["input_shape"]), generator=generator)
+    return torch.randn((2, *record.input_shape), generator=generator)
 
 
 def _hash_files(artifact: Artifact) -> str:
@@ -139,26 +138,25 @@ def _hash_files(artifact: Artifact) -> str:
     return digest.hexdigest()
 
 
-def run_passes(record: dict[str, Any], *, log: Any = None) -> dict[str, Any]:
+def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None) -> BakeRecord:
     """Run the configured passes in order, resuming from matching checkpoints."""
-    name = record["model"]
-    config = config_of(record)
-    workdir = Path(record["workdir"])
-    artifact = Artifact.from_dict(record["original"])
+    name = record.model
+    config = record.bake_config()
+    artifact = record.original
     sample = _sample(record, config)
-    chain = record["sha256"]
-    steps: list[dict[str, Any]] = []
+    chain = record.sha256
+    steps: list[PassStep] = []
     for index, spec in enumerate(config.passes):
         chain = hashlib.sha256(
             (chain + json.dumps(spec.as_dict(), sort_keys=True)).encode()
         ).hexdigest()
-        folder = workdir / "passes" / f"{index:02d}-{spec.name}"
+        folder = record.workdir / "passes" / f"{index:02d}-{spec.name}"
         saved = folder / "record.json"
         if saved.exists():
             previous = json.loads(saved.read_text())
             if previous.get("chain") == chain:
                 artifact = Artifact.from_dict(previous["artifact"])
-                steps.append({**previous["step"], "resumed": True})
+                steps.append(PassStep.from_dict(previous["step"]).resumed_copy())
                 if log:
                     log(f"pass {index + 1} '{spec.name}': resumed from checkpoint {folder}")
                 continue
@@ -181,7 +179,7 @@ def run_passes(record: dict[str, Any], *, log: Any = None) -> dict[str, Any]:
             raise
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            done = ", ".join(s["pass"] for s in steps) or "none"
+            done = ", ".join(s.name for s in steps) or "none"
             raise BakeError(
                 name, "baked_model", f"pass {index + 1} '{spec.name}' failed: {exc}. Passes done "
                 f"and checkpointed: {done}; fix the model or its bake config and materialize "
@@ -190,39 +188,30 @@ def run_passes(record: dict[str, Any], *, log: Any = None) -> dict[str, Any]:
         try:
             # The same sample as the source step: the same output shape is expected.
             _check_output(name, "baked_model", f"pass {index + 1} '{spec.name}'", output,
-                          tuple(record["output_shape"]))  # fmt: skip
+                          tuple(record.output_shape))  # fmt: skip
         except BakeError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        step = {
-            "pass": spec.name,
-            "options": spec.options,
-            "format": final.format,
-            "seconds": round(time.perf_counter() - started, 3),
-            "size_bytes": produced.size_bytes(),
-            "extra": produced.extra,
-            "resumed": False,
-        }
+        seconds, size_bytes = round(time.perf_counter() - started, 3), produced.size_bytes()
         staging.rename(folder)
-        step["sha256"] = _hash_files(final)
-        (folder / "record.json").write_text(
-            json.dumps(
-                {"chain": chain, "artifact": final.as_dict(), "step": step}, indent=2, default=str
-            )
-        )
+        step = PassStep(
+            name=spec.name, options=spec.options, format=final.format, seconds=seconds,
+            size_bytes=size_bytes, extra=produced.extra, resumed=False, sha256=_hash_files(final),
+        )  # fmt: skip
+        checkpoint = {"chain": chain, "artifact": final.as_dict(), "step": step.to_dict()}
+        write_text(folder / "record.json", json.dumps(checkpoint, indent=2, default=str))
         steps.append(step)
         artifact = final
         if log:
-            log(f"pass {index + 1} '{spec.name}': {step['seconds']} s, {step['size_bytes']} bytes")
+            log(f"pass {index + 1} '{spec.name}': {step.seconds} s, {step.size_bytes} bytes")
     if not steps:
         raise BakeError(name, "baked_model", "the bake config lists no passes")
-    return {
-        "model": name,
-        "version": record["version"],
-        "task": config.task,
-        "artifact": artifact.as_dict(),
-        "sha256": _hash_files(artifact),
-        "size_bytes": artifact.size_bytes(),
-        "passes": steps,
-        "resumed_passes": sum(1 for s in steps if s["resumed"]),
-    }
+    return BakeRecord(
+        model=name,
+        version=record.version,
+        task=config.task,
+        artifact=artifact,
+        sha256=_hash_files(artifact),
+        size_bytes=artifact.size_bytes(),
+        passes=steps,
+    )

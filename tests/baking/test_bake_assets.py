@@ -97,11 +97,9 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     assert profile["threads"].value >= 1 and profile["size_ratio"].value > 0
     package = result.output_for_node("baking__bake_package")
     manifest = read_manifest(package)
-    assert manifest["model"] == "tiny" and [p["pass"] for p in manifest["passes"]] == [
+    assert manifest.model == "tiny" and [p.name for p in manifest.passes] == [
         "prune", "quantize_dynamic", "torchscript"]  # fmt: skip
-    assert (
-        manifest["quality"]["metric"] == "accuracy_retention" and "torch" in manifest["libraries"]
-    )
+    assert manifest.quality.metric == "accuracy_retention" and "torch" in manifest.libraries
     uri = latest(instance, PACKAGE_KEY)[0].metadata["uri"].value
     assert "baking/bake_package/partition%3Dtiny" in uri
     with duckdb.connect(str(env / "wh.duckdb"), read_only=True) as db:
@@ -132,7 +130,7 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     assert deploy(instance, tags=run.tags).success
     deployments = defs.resources["models"].deployments()
     v1 = deployments.current("tiny")
-    assert v1 == manifest["version"]
+    assert v1 == manifest.version
     assert (deployments.version_dir("tiny", v1) / "manifest.json").exists()
 
     # A new version whose bake fails its quality bar stops before profile and package;

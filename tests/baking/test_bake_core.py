@@ -3,7 +3,7 @@ checkpoints, quality, packaging, deployment and rollback."""
 
 import json
 import tarfile
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,8 +13,10 @@ from flowstone.baking import intake, pipeline
 from flowstone.baking.config import parse_config
 from flowstone.baking.deploy import Deployments
 from flowstone.baking.errors import BakeError
-from flowstone.baking.package import build_package, read_manifest
+from flowstone.baking.package import build_manifest, build_package, read_manifest
 from flowstone.baking.quality import measure_quality
+from flowstone.baking.records.profile import ProfileRecord
+from flowstone.baking.records.quality import ClassifierFigures
 from flowstone.errors import ConfigError, FlowStoneError
 
 
@@ -66,19 +68,19 @@ def test_bad_models_fail_on_the_source_step_with_the_model_named(tmp_path):
 
 def test_passes_checkpoint_and_resume_after_a_config_change(tmp_path, tiny_drop):
     record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
-    assert record["parameters"] == sum(p.numel() for p in _tiny().parameters())
+    assert record.parameters == sum(p.numel() for p in _tiny().parameters())
     first = pipeline.run_passes(record)
-    assert [s["pass"] for s in first["passes"]] == ["prune", "quantize_dynamic", "torchscript"]
-    assert first["resumed_passes"] == 0 and first["artifact"]["format"] == "torchscript"
-    assert first["passes"][0]["extra"]["sparsity"] == 0.3
+    assert [s.name for s in first.passes] == ["prune", "quantize_dynamic", "torchscript"]
+    assert first.resumed_passes == 0 and first.artifact.format == "torchscript"
+    assert first.passes[0].extra["sparsity"] == 0.3
 
     again = pipeline.run_passes(record)
-    assert again["resumed_passes"] == 3 and again["sha256"] == first["sha256"]
+    assert again.resumed_passes == 3 and again.sha256 == first.sha256
 
     # Change the last pass only: the first two come from their checkpoints.
-    record["config"]["passes"][2] = {"name": "torchscript", "freeze": False}
+    record.config["passes"][2] = {"name": "torchscript", "freeze": False}
     changed = pipeline.run_passes(record)
-    assert [s["resumed"] for s in changed["passes"]] == [True, True, False]
+    assert [s.resumed for s in changed.passes] == [True, True, False]
 
 
 def test_a_pass_that_breaks_the_forward_pass_is_named_and_earlier_passes_stay(tmp_path):
@@ -96,7 +98,7 @@ def test_a_pass_that_breaks_the_forward_pass_is_named_and_earlier_passes_stay(tm
         match=r"model 'brittle' \[baked_model\]: pass 2 'quantize_dynamic' failed: .*Passes done and checkpointed: prune",
     ):
         pipeline.run_passes(record)
-    passes = Path(record["workdir"]) / "passes"
+    passes = record.workdir / "passes"
     assert sorted(p.name for p in passes.iterdir()) == ["00-prune"]  # no half-written checkpoint
 
 
@@ -114,13 +116,16 @@ def test_quality_and_wrong_shape_validation_data(tmp_path, tiny_drop):
 
     record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
     baked = pipeline.run_passes(record)
-    config = pipeline.config_of(record)
+    config = record.bake_config()
     quality = measure_quality(record, baked, config)
-    assert 0.5 < quality["accuracy_original"] <= 1.0
-    assert quality["accuracy_retention"] >= 0.95 and quality["passed"] is (
-        quality["accuracy_retention"] >= 0.99
+    figures = quality.figures
+    assert isinstance(figures, ClassifierFigures)
+    assert 0.5 < figures.accuracy_original <= 1.0
+    assert figures.accuracy_retention >= 0.95 and quality.passed is (
+        figures.accuracy_retention >= 0.99
     )
-    assert quality["max_abs_logit_diff"] > 0  # int8 changes logits a little, not nothing
+    assert quality.value == figures.accuracy_retention
+    assert figures.max_abs_logit_diff > 0  # int8 changes logits a little, not nothing
 
     np.savez(
         tiny_drop.parent / "tiny.validation.npz",
@@ -137,16 +142,18 @@ def test_quality_and_wrong_shape_validation_data(tmp_path, tiny_drop):
 def test_package_deploy_and_rollback(tmp_path, tiny_drop):
     record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
     baked = pipeline.run_passes(record)
-    manifest = {"model": "tiny", "version": "v1", "baked": {"sha256": baked["sha256"]}}
+    quality = measure_quality(record, baked, record.bake_config())
+    manifest = replace(build_manifest(record, baked, quality, _profile()), version="v1")
     package = build_package(manifest, baked)
-    assert read_manifest(package)["baked"]["sha256"] == baked["sha256"]
+    assert read_manifest(package) == manifest
+    assert read_manifest(package).baked.sha256 == baked.sha256
     with tarfile.open(fileobj=__import__("io").BytesIO(package)) as archive:
         assert "model/model.ts" in archive.getnames()
 
     deployments = Deployments(tmp_path / "deploy")
     deployments.deploy("tiny", package, approved_by="ada")
     deployments.deploy(
-        "tiny", build_package({**manifest, "version": "v2"}, baked), approved_by="bob"
+        "tiny", build_package(replace(manifest, version="v2"), baked), approved_by="bob"
     )
     assert deployments.current("tiny") == "v2"
     event = deployments.rollback("tiny")
@@ -172,6 +179,21 @@ def test_drop_folder_intake_and_names(tmp_path, tiny_drop):
     before = drops[0].signature
     intake.add_model(tiny_drop, "clf-1", folder, replace=True)
     assert intake.scan_local(folder)[0].signature != before or True  # same bytes may keep size
+
+
+def _profile() -> ProfileRecord:
+    """A profile as ``bake_profile`` stores it (figures made up: packaging only copies them)."""
+    timing = {"latency_p50_ms": 1.0, "latency_p95_ms": 1.5, "throughput_per_s": 900.0,
+              "iterations": 10}  # fmt: skip
+    variant = {"per_batch": {"1": timing}, "peak_rss_bytes": 2**28, "model_rss_bytes": 2**20,
+               "load_seconds": 0.1, "torch_threads": 1, "threads": 1, "size_bytes": 4096,
+               "format": "torchscript"}  # fmt: skip
+    ratios = {"1": {"speedup_p50": 1.0, "speedup_p95": 1.0, "throughput_ratio": 1.0}}
+    return ProfileRecord.from_dict({
+        "threads": 1, "load_average": 0.5, "batch_sizes": [1], "original": variant,
+        "baked": variant, "ratios": ratios, "throughput_ratio": 1.0, "size_ratio": 1.0,
+        "peak_rss_ratio": 1.0, "model_rss_ratio": 1.0,
+    })  # fmt: skip
 
 
 def _tiny():

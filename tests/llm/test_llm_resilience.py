@@ -62,11 +62,25 @@ def test_permanent_errors_are_not_retried(stub, make_client, provider, status):
     assert stub.calls == 1
 
 
-def test_breaker_opens_fails_fast_then_recovers_through_half_open(stub, make_client, provider):
+class _Clock:
+    """A breaker clock the test moves: no wall-clock window between "open" and "half open"."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_fails_fast_then_recovers_through_half_open(
+    stub, make_client, provider, monkeypatch
+):
     breaker = BreakerConfig(failure_threshold=2, recovery_timeout_s=0.4)
     client = make_client(
         provider("openai"), retry=RetryPolicy(1, 0.01, 0.01), breaker=breaker, cache=False
     )
+    clock = _Clock()
+    monkeypatch.setattr(client.breakers["openai"], "_clock", clock)
     stub.inject("500", "500")
     for _ in range(2):
         with pytest.raises(RetryExhaustedError):
@@ -76,7 +90,9 @@ def test_breaker_opens_fails_fast_then_recovers_through_half_open(stub, make_cli
     with pytest.raises(NoProviderAvailableError, match="circuit breaker open"):
         client.complete("fail fast")
     assert stub.calls == calls  # no request reached the provider while open
-    time.sleep(0.45)
+    clock.now += 0.3
+    assert client.breakers["openai"].state is BreakerState.OPEN  # not before its timeout
+    clock.now += 0.2
     assert client.breakers["openai"].state is BreakerState.HALF_OPEN
     assert client.complete("trial call").text == "stub answer: trial call"
     assert client.breaker_states() == {"openai": "closed"}
@@ -87,15 +103,18 @@ def test_breaker_opens_fails_fast_then_recovers_through_half_open(stub, make_cli
     ]
 
 
-def test_failed_half_open_trial_reopens(stub, make_client, provider):
+def test_failed_half_open_trial_reopens(stub, make_client, provider, monkeypatch):
     breaker = BreakerConfig(failure_threshold=1, recovery_timeout_s=0.2)
     client = make_client(
         provider("anthropic"), retry=RetryPolicy(1, 0.01, 0.01), breaker=breaker, cache=False
     )
+    clock = _Clock()
+    monkeypatch.setattr(client.breakers["anthropic"], "_clock", clock)
     stub.inject("529")
     with pytest.raises(RetryExhaustedError):
         client.complete("a")
-    time.sleep(0.25)
+    clock.now += 0.25
+    assert client.breakers["anthropic"].state is BreakerState.HALF_OPEN
     stub.inject("529")
     with pytest.raises(RetryExhaustedError):
         client.complete("b")
@@ -169,6 +188,9 @@ def test_rate_limit_is_respected_under_parallel_load(stub, make_client, provider
     client = make_client(
         provider("openai", limits=RateLimits(requests_per_minute=600)), cache=False
     )
+    # One call first: the cold first call (SDK client built, ~1 s on a busy machine) would let
+    # the other threads bank paced tokens meanwhile and then reach the server all at once.
+    assert client.complete("warm up").text == "stub answer: warm up"
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: client.complete(f"parallel {i}"), range(20)))

@@ -18,12 +18,14 @@ TEMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, fsync: bool = False, *, prefix: str = TEMP_PREFIX) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; once the block returns, the file written there
     replaces ``path``. If the block raises, the temporary file goes and ``path`` is untouched.
-    ``fsync`` flushes the file (and the folder entry) to disk before and after the rename."""
+    ``fsync`` flushes the file (and the folder entry) to disk before and after the rename.
+    ``prefix`` starts the temporary file's name: a folder whose reader skips (and cleans up)
+    its own marker, like the local object store, passes that marker."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f"{prefix}{path.name}.{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
         if fsync:
@@ -37,16 +39,26 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
         fsync_dir(path.parent)
 
 
-def write_bytes(path: Path, data: bytes, fsync: bool = False) -> Path:
-    """``path`` holds ``data`` afterwards, or what it held before if this fails."""
-    with atomic_path(path, fsync=fsync) as tmp:
-        tmp.write_bytes(data)
+def write_bytes(
+    path: Path, data: bytes | memoryview, fsync: bool = False, *, prefix: str = TEMP_PREFIX
+) -> Path:
+    """``path`` holds ``data`` afterwards, or what it held before if this fails.
+
+    With ``fsync`` the handle that wrote the data flushes it, so the file is not opened twice.
+    """
+    with atomic_path(path, prefix=prefix) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    if fsync:
+        fsync_dir(path.parent)
     return path
 
 
-def write_text(path: Path, text: str, fsync: bool = False) -> Path:
+def write_text(path: Path, text: str, fsync: bool = False, *, prefix: str = TEMP_PREFIX) -> Path:
     """``path`` holds ``text`` (UTF-8) afterwards, or what it held before if this fails."""
-    return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+    return write_bytes(path, text.encode("utf-8"), fsync=fsync, prefix=prefix)
 
 
 def fsync_dir(folder: Path) -> None:

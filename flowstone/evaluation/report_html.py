@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowstone import atomic
 from flowstone.evaluation.aggregate import Report
 from flowstone.evaluation.regression import Regression
 
@@ -129,8 +130,4 @@ figure {{ display: inline-block; margin: 0.3rem; }}
 
 def write_report(path: Path, content: str) -> Path:
     """Write atomically, so an open browser tab never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic.write_text(path, content)

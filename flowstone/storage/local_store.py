@@ -1,10 +1,10 @@
 """Object store on the local filesystem, with atomic writes.
 
-A write goes to a temporary file in the same folder, is flushed and fsynced, and then
-``os.replace``d over the target: rename within one filesystem is atomic, so a reader (or a
-process killed half way) sees the old object or the new one, never a torn one. Temporary files
-left by a killed writer are invisible to ``list``/``get`` and removed by
-``remove_stale_temp_files``.
+A write goes through :mod:`flowstone.atomic`: a temporary file in the same folder, flushed and
+fsynced, then ``os.replace``d over the target. Rename within one filesystem is atomic, so a
+reader (or a process killed half way) sees the old object or the new one, never a torn one.
+Temporary files are named with ``TEMP_MARKER`` first; those left by a killed writer are
+invisible to ``list``/``get`` and removed by ``remove_stale_temp_files``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import BinaryIO
 
+from flowstone.atomic import write_bytes
 from flowstone.storage.errors import ObjectNotFoundError, UnsafeKeyError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
 
+# The store's own marker, not atomic.TEMP_PREFIX: a key may be any relative name, and the store
+# hides (and cleans up) exactly the names it has always treated as its temporary files.
 TEMP_MARKER = ".fstmp-"
 
 
@@ -37,35 +39,8 @@ class LocalObjectStore(ObjectStore):
         return path
 
     def put(self, key: str, data: bytes) -> str:
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        if self.fsync:
-            self._fsync_dir(path.parent)
+        write_bytes(self.path_for(key), data, fsync=self.fsync, prefix=TEMP_MARKER)
         return self.uri(key)
-
-    @staticmethod
-    def _fsync_dir(folder: Path) -> None:
-        """Make the rename itself durable (POSIX only; a no-op where dirs cannot be opened)."""
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def get(self, key: str) -> bytes:
         try:

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from flowstone import atomic
 from flowstone.paths import instance_dir
 
 WORKER_MARKER = "flowstone.workers.worker"
@@ -68,9 +69,9 @@ def _create_time(pid: int) -> float | None:
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    """Whole or not at all: another pool may read the file at any moment. The temporary name
+    (``atomic.TEMP_PREFIX`` first) never matches the ``pool-*.json`` the readers glob."""
+    atomic.write_text(path, json.dumps(payload, indent=1))
 
 
 class PidRegistry:

@@ -136,9 +136,12 @@ def bake_models(
     """Add ``names`` as ``models`` partitions (what the drop sensor does) and run the bake job
     for each. Returns the run result per model."""
     ensure_pool_limits(instance)
-    missing = [n for n in names if not instance.has_dynamic_partition(MODELS.name, n)]
+    partitions_name = MODELS.name
+    if partitions_name is None:
+        raise ValueError("the bake job's `models` DynamicPartitionsDefinition has no name")
+    missing = [n for n in names if not instance.has_dynamic_partition(partitions_name, n)]
     if missing:
-        instance.add_dynamic_partitions(MODELS.name, missing)
+        instance.add_dynamic_partitions(partitions_name, missing)
     job = defs.resolve_job_def(BAKE_JOB.name)
     return execute_partitions(job, instance, list(names), on_done=on_done)
 

@@ -129,7 +129,7 @@ def _configured(executor_def: dg.ExecutorDefinition, mode: str) -> dg.ExecutorDe
         raise ConfigError(
             executor_config_path(mode),
             "execution.config",
-            "; ".join(error.message for error in checked.errors),
+            "; ".join(error.message for error in checked.errors or ()),  # set when not success
         )
     return executor_def.configured(config, name=mode)
 

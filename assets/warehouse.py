@@ -9,6 +9,7 @@ writes the warehouse (and the dbt build) runs in the ``warehouse`` pool, whose l
 """
 
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
@@ -31,7 +32,7 @@ WAREHOUSE_RETRY = dg.RetryPolicy(
 
 def build_warehouse_assets(catalog: Catalog) -> list:
     """The two warehouse assets for the catalog's suite x system partitions."""
-    common = dict(
+    common: dict[str, Any] = dict(
         key_prefix=[PREFIX],
         partitions_def=evaluation_partitions(catalog),
         group_name=GROUP,

@@ -297,7 +297,9 @@ def exit_now(code: int) -> None:
     "leaked functions" report that reads like a failure; everything is written by now."""
     from multiprocessing import util as mp_util
 
-    mp_util._exit_function()  # release multiprocessing semaphores (dbt makes one) before leaving
+    # release multiprocessing semaphores (dbt makes one) before leaving; typeshed's stub
+    # leaves out this private (but long-stable) atexit hook
+    mp_util._exit_function()  # type: ignore[attr-defined]
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

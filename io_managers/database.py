@@ -77,6 +77,7 @@ class DatabaseIOManager(dg.ConfigurableIOManager):
             return
         store, table = self._target(context)
         specs = partition_specs(context)
+        items: list[tuple[dict[str, str] | None, Any]]
         if specs:
             items = [
                 (self._db_partition(spec), frame)

@@ -8,6 +8,7 @@ from a dict keyed by partition key, and loaded back as such a dict.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import dagster as dg
@@ -23,7 +24,7 @@ from flowstone.storage.object_store import ObjectStore
 from flowstone.storage.objects import load_object, save_object
 from flowstone.storage.s3_store import S3ObjectStore, client_config
 from flowstone.storage.tiered_store import BoundedCacheStore, TieredObjectStore
-from io_managers._partitions import partition_specs, split_multi_partition_output
+from io_managers._partitions import PartitionSpec, partition_specs, split_multi_partition_output
 
 
 def s3_client_for_codec(resource: S3Resource) -> Any:
@@ -145,7 +146,9 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
             return
         store = self.build_store()
         specs = partition_specs(context)
-        items = split_multi_partition_output(context, obj, specs) if specs else [(None, None, obj)]
+        items: Sequence[tuple[str | None, PartitionSpec | None, Any]] = (
+            [(None, None, obj)] if not specs else split_multi_partition_output(context, obj, specs)
+        )
         written = []
         for partition_key, spec, value in items:
             key = self._key(context, spec)
@@ -170,13 +173,15 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
                 }
             )
             return
+        # several values come only from a multi-partition run, each under its partition key
+        keyed = [(pk, s) for pk, s in written if pk is not None]
         context.add_output_metadata(
             {
                 "objects": len(written),
                 "bytes": sum(s.stored_bytes for _, s in written),
                 "format": ", ".join(sorted({s.envelope.format for _, s in written})),
-                "uris": dg.MetadataValue.json({pk: s.uri for pk, s in written}),
-                "sha256": dg.MetadataValue.json({pk: s.envelope.sha256 for pk, s in written}),
+                "uris": dg.MetadataValue.json({pk: s.uri for pk, s in keyed}),
+                "sha256": dg.MetadataValue.json({pk: s.envelope.sha256 for pk, s in keyed}),
             }
         )
 

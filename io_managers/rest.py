@@ -8,13 +8,14 @@ auth token comes from a secret (``dg.EnvVar``). Loads retry 429/5xx/timeouts and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
 from flowstone.storage.rest import IDEMPOTENCY_HEADER, RestPartitionClient, RestSettings
-from io_managers._partitions import partition_specs, split_multi_partition_output
+from io_managers._partitions import PartitionSpec, partition_specs, split_multi_partition_output
 
 
 class RestIOManager(dg.ConfigurableIOManager):
@@ -60,7 +61,9 @@ class RestIOManager(dg.ConfigurableIOManager):
             return
         asset = "/".join(context.asset_key.path)
         specs = partition_specs(context)
-        items = split_multi_partition_output(context, obj, specs) if specs else [(None, None, obj)]
+        items: Sequence[tuple[str | None, PartitionSpec | None, Any]] = (
+            [(None, None, obj)] if not specs else split_multi_partition_output(context, obj, specs)
+        )
         client = self.build_client()
         sent = {}
         try:

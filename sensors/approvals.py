@@ -39,8 +39,16 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _summary(record: dg.EventLogRecord) -> dict[str, Any]:
+def _materialization(record: dg.EventLogRecord) -> dg.AssetMaterialization:
+    """The materialization a ``fetch_materializations`` record carries."""
     materialization = record.asset_materialization
+    if materialization is None:
+        raise ValueError(f"event log record {record.storage_id} carries no asset materialization")
+    return materialization
+
+
+def _summary(record: dg.EventLogRecord) -> dict[str, Any]:
+    materialization = _materialization(record)
     summary = {k: _jsonable(v.value) for k, v in (materialization.metadata or {}).items()}
     summary["upstream_run_id"] = record.run_id
     return summary
@@ -108,7 +116,7 @@ def build_approval_sensors(
         ).records
         opened = 0
         for record in records:
-            materialization = record.asset_materialization
+            materialization = _materialization(record)
             version = (materialization.tags or {}).get(_DATA_VERSION_TAG) or (
                 f"storage-{record.storage_id}"
             )

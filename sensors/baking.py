@@ -50,7 +50,7 @@ def bake_requests(
 )
 def model_drop_sensor(context: dg.SensorEvaluationContext, models: ModelIntakeResource):
     drops = models.scan()
-    existing = set(context.instance.get_dynamic_partitions(MODELS.name))
+    existing = set(MODELS.get_partition_keys(dynamic_partitions_store=context.instance))
     runs, new_partitions, cursor = bake_requests(drops, context.cursor, existing)
     if not runs:
         return dg.SkipReason(f"no new or changed model in {models.resolved_location()}")

@@ -60,7 +60,7 @@ def failure_notifications(
     by_step = _assets_by_step(instance, run)
     out = []
     for event in step_failures:
-        error = event.event_specific_data.error
+        error = event.step_failure_data.error
         text = _error_text(error) if error is not None else (event.message or "step failed")
         names = by_step.get(event.step_key or "") or [f"{run.job_name}.{event.step_key}"]
         for name in names:
@@ -84,7 +84,7 @@ def failed_check_notifications(
     """Notifications for every asset check that did not pass in ``run``."""
     out = []
     for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.dagster_event.event_specific_data
+        evaluation = entry.get_dagster_event().asset_check_evaluation_data
         if evaluation.passed:
             continue
         out.append(

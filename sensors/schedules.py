@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-if TYPE_CHECKING:  # define_asset_job's return type, which Dagster does not re-export
+if TYPE_CHECKING:  # define_asset_job's and build_schedule_from_partitioned_job's return
+    # types, which Dagster does not re-export
+    from dagster._core.definitions.partitions.partitioned_schedule import (
+        UnresolvedPartitionedAssetScheduleDefinition,
+    )
     from dagster._core.definitions.unresolved_asset_job_definition import (
         UnresolvedAssetJobDefinition,
     )
@@ -43,9 +47,12 @@ def build_nightly_evaluation_schedule(
     return nightly_evaluation
 
 
-def build_dbt_schedule(dbt_job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+def build_dbt_schedule(
+    dbt_job: UnresolvedAssetJobDefinition,
+) -> UnresolvedPartitionedAssetScheduleDefinition | dg.ScheduleDefinition:
     """The whole dbt build once a day at 04:00, for the day-partitioned trend mart's latest
-    day, whatever automation did in between."""
+    day, whatever automation did in between (an unresolved schedule: ``Definitions`` resolves
+    it against the job's assets)."""
     return dg.build_schedule_from_partitioned_job(
         dbt_job,
         name="daily_dbt_build",

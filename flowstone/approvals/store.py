@@ -8,6 +8,7 @@ transaction, so the CLI, the web page and sensor ticks in other processes cannot
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import logging
@@ -156,7 +157,7 @@ class ApprovalRequest:
         return self.approvers
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ApprovalRequest:
+    def from_row(cls, row: sa.RowMapping) -> ApprovalRequest:
         return cls(
             id=row["id"],
             asset=row["asset"],
@@ -246,7 +247,7 @@ class ApprovalStore:
             rows = conn.execute(query.limit(limit)).mappings().all()
         return [ApprovalRequest.from_row(r) for r in rows]
 
-    def audit(self, request_id: str | None = None) -> list[AuditEntry]:
+    def audit(self, request_id: str | None = None) -> builtins.list[AuditEntry]:
         query = sa.select(audit_table).order_by(audit_table.c.id)
         if request_id is not None:
             query = query.where(audit_table.c.request_id == request_id)
@@ -446,7 +447,7 @@ class ApprovalStore:
 
     def sweep_timeouts(
         self, now: datetime | None = None, asset: str | None = None
-    ) -> list[ApprovalRequest]:
+    ) -> builtins.list[ApprovalRequest]:
         """Expire or escalate every overdue pending request; returns the ones this call moved.
 
         Each request is moved by exactly one caller even when several sweep at once, so the
@@ -502,7 +503,7 @@ class ApprovalStore:
 
     def unannounced(
         self, states: Sequence[State], asset: str | None = None
-    ) -> list[ApprovalRequest]:
+    ) -> builtins.list[ApprovalRequest]:
         """Requests in one of ``states`` whose current state nobody has been told about."""
         col = requests_table.c.announced_state
         query = sa.select(requests_table).where(
@@ -538,7 +539,7 @@ class ApprovalStore:
                 return True
         return False
 
-    def approved_without_run(self, asset: str | None = None) -> list[ApprovalRequest]:
+    def approved_without_run(self, asset: str | None = None) -> builtins.list[ApprovalRequest]:
         query = sa.select(requests_table).where(
             requests_table.c.state == State.APPROVED.value, requests_table.c.run_id.is_(None)
         )

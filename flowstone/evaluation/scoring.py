@@ -79,6 +79,13 @@ def score_suite(
             raise ScoringError(f"metric '{name}' failed on suite '{suite.name}': {exc}") from exc
         table[name] = scores
         if metric.judge:
+            from flowstone.evaluation.judge_metric import JudgedScores  # loaded only to judge
+
+            if not isinstance(scores, JudgedScores):
+                raise ScoringError(
+                    f"judge metric '{name}' returned {type(scores).__name__}, not JudgedScores "
+                    "(the judge's replies and cost are missing)"
+                )
             table[f"{name}_invalid_reply"] = scores.replies
             judge_cost += scores.cost_usd
     table.attrs["judge_cost_usd"] = judge_cost

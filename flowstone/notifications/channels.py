@@ -154,6 +154,7 @@ class EmailChannel:
 
     def send(self, notification: Notification, message_key: str) -> str:
         msg = self.message(notification, message_key)
+        smtp: smtplib.SMTP  # or its subclass SMTP_SSL
         try:
             if self.use_ssl:
                 smtp = smtplib.SMTP_SSL(

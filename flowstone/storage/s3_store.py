@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from flowstone.storage.errors import ObjectNotFoundError, StorageError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
@@ -93,7 +93,7 @@ class _PartsBody(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def read(self, size: int | None = -1) -> bytes | memoryview:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> bytes | memoryview:
         end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
         pieces = []
         for start, view in zip(self._starts, self._views, strict=True):
@@ -225,7 +225,8 @@ class S3ObjectStore(ObjectStore):
         response = self._get_response(key)
         header = (response.get("Metadata") or {}).get(ENVELOPE_METADATA)
         prefix = prefix_for_header(header.encode("ascii")) if header else b""
-        return _S3Body(response["Body"], lambda exc: self._fail("get", key, exc), prefix)
+        body = _S3Body(response["Body"], lambda exc: self._fail("get", key, exc), prefix)
+        return cast(BinaryIO, body)  # a binary stream; typeshed's BinaryIO is nominal
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -24,7 +24,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -447,7 +447,8 @@ class PoolClient:
         self._checkin(conn)  # the reply is complete: the connection is clean for the next call
         yield frame
 
-    def _call(self, message: dict[str, Any], timeout: float | None) -> Iterator[Any]:
+    def _call(self, message: dict[str, Any], timeout: float | None) -> Generator[Any, None, Any]:
+        """Yields the reply's stream chunks, then returns its result."""
         for frame in self._frames(message, timeout):
             if "chunk" in frame:
                 yield frame["chunk"]

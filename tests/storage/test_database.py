@@ -222,3 +222,41 @@ def test_duckdb_file_locked_by_another_process_is_a_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_backend_is_picked_once_from_the_url(tmp_path):
+    from flowstone.storage.database.duckdb_backend import DuckDBBackend, DuckDBEngineBackend
+    from flowstone.storage.database.generic_backend import SqlAlchemyBackend
+    from flowstone.storage.database.postgres_backend import PostgresBackend
+
+    duck = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    engine = sa.create_engine(duck, poolclass=sa.NullPool)
+    picked = {
+        duck: DuckDBBackend,
+        "postgresql+psycopg://u@127.0.0.1/db": PostgresBackend,
+        f"sqlite:///{tmp_path / 'w.sqlite'}": SqlAlchemyBackend,
+    }
+    for url, backend in picked.items():
+        assert type(PartitionedTableStore(url)._backend) is backend
+    assert type(PartitionedTableStore(duck, engine=engine)._backend) is DuckDBEngineBackend
+    engine.dispose()
+
+
+def test_duckdb_through_a_caller_supplied_engine(tmp_path):
+    """A SQLAlchemy engine for DuckDB: its connections, the same rows and errors."""
+    url = f"duckdb:///{tmp_path / 'e.duckdb'}"
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    store = PartitionedTableStore(url, schema="wh", engine=engine)
+    store.write("scores", frame(3, "a"), {"partition_key": "p1"})
+    store.write("scores", frame(2, "b"), {"partition_key": "p2"})
+    pd.testing.assert_frame_equal(
+        store.read("scores", [{"partition_key": "p2"}]), frame(2, "b"), check_dtype=False
+    )
+    assert store.row_count("scores") == 5
+    with pytest.raises(SchemaChangeError, match=r"new columns \['extra'\]"):
+        store.write("scores", frame(1, "c").assign(extra=1), {"partition_key": "p3"})
+    with pytest.raises(StorageError, match="does not exist.*materialize"):
+        store.read("nope")
+    store.dispose()
+    engine.dispose()
+    assert PartitionedTableStore(url, schema="wh").row_count("scores", {"partition_key": "p1"}) == 3

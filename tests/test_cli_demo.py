@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole demo in a subprocess: bakes two models (~90 s)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test loads the code location in a new interpreter, ~6 s
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BIN = os.path.dirname(sys.executable)

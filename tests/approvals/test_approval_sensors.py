@@ -73,6 +73,7 @@ def tick(sensor, instance, resources, cursor=None):
         return sensor(ctx)
 
 
+@pytest.mark.slow
 def test_one_request_per_data_version_across_ticks(instance, resources, fake_slack, store_url):
     requests_sensor, _ = build_approval_sensors(PROMOTED_SYSTEM_KEY, REPORT_KEY)
     store = ApprovalStore(store_url)
@@ -157,6 +158,7 @@ def test_exactly_one_run_per_approval_across_restarts(instance, resources, fake_
     assert fake_slack.titles().count("Approved: promoted_system [qa|base]") == 1
 
 
+@pytest.mark.slow
 def test_gated_asset_refuses_runs_without_an_approval(instance, resources, store_url):
     materialize_report(instance, BASE, "v1")
     with pytest.raises(dg.Failure, match="gated on human approval"):

@@ -24,6 +24,7 @@ from flowstone.systems.baselines import EchoSystem, LeadSummariser
 from io_managers.object_store import ObjectStoreIOManager
 from resources.worker_pool import PythonWorkerPoolResource
 
+pytestmark = pytest.mark.slow  # real Dagster runs of the evaluation assets, 3-20 s each
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 REPORT = dg.AssetKey(["evaluation", "report"])
 

@@ -75,6 +75,7 @@ def deploy(instance, tags=None):
     )
 
 
+@pytest.mark.slow  # a whole bake, approval, deploy and rollback through Dagster (~35 s)
 def test_drop_bake_approve_deploy_and_rollback(env, instance):
     staged = write_tiny_classifier(env / "staging")
     intake.add_model(staged, "tiny", env / "drop")

@@ -19,6 +19,7 @@ from flowstone.baking import fidelity  # noqa: E402
 from flowstone.baking.errors import OnnxBakeError  # noqa: E402
 from flowstone.baking.onnx import export, graph, optimize, quantize, recipe, runtime  # noqa: E402
 
+pytestmark = pytest.mark.slow  # exports, fuses and quantizes the real MiniLM (ONNX)
 SUBSET = 240  # texts of the held-out set used here (the bench uses all 1001)
 
 

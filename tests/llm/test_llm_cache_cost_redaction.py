@@ -14,6 +14,7 @@ from flowstone.llm.retry import RetryPolicy
 from flowstone.llm.secrets import resolve_secret
 
 
+@pytest.mark.slow
 def test_rerun_is_served_from_the_durable_cache(stub, make_client, provider, tmp_path):
     first = make_client(provider("anthropic"))
     prompts = [f"question {i}" for i in range(5)]

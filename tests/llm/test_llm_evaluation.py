@@ -95,6 +95,7 @@ def metadata(instance, key, partition):
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_llm_system_is_a_partition_and_reruns_from_cache(llm_env, stub, monkeypatch):
     build, instance = llm_env
     monkeypatch.setattr(stub.state, "reply", lambda p: "SCORE: 0.9" if "SCORE" in p else "city 1")
@@ -119,6 +120,7 @@ def test_llm_system_is_a_partition_and_reruns_from_cache(llm_env, stub, monkeypa
     assert stub.calls == calls  # neither the system nor the judge called the provider again
 
 
+@pytest.mark.slow
 def test_invalid_judgement_is_counted_not_scored_zero(llm_env, stub, monkeypatch):
     build, instance = llm_env
 

@@ -37,6 +37,7 @@ def by_name(output: str) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(output)}
 
 
+@pytest.mark.slow
 def test_healthy_setup_is_all_ok(healthy, short_tmp, monkeypatch):
     from flowstone.workers.pool import WorkerPool
     from flowstone.workers.server import PoolServer

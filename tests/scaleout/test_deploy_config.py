@@ -182,6 +182,7 @@ def test_k8s_instance_builds_run_and_step_jobs(
 # --------------------------------------------------------------------------- code location
 
 
+@pytest.mark.slow
 def test_default_mode_leaves_the_code_location_alone(monkeypatch) -> None:
     import dagster as dg
 

@@ -76,6 +76,7 @@ def aws(moto_endpoint: str, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # runs the real aws CLI against a moto server
 def test_cli_reads_what_our_store_wrote(aws, s3, bucket, tmp_path):
     """In S3 the object is the plain payload (here a Parquet file any tool reads) and the
     codec header is object metadata, which the CLI shows."""
@@ -100,6 +101,7 @@ def test_cli_reads_what_our_store_wrote(aws, s3, bucket, tmp_path):
     pd.testing.assert_frame_equal(load_object(store, "scores/partition=p1.fso"), value)
 
 
+@pytest.mark.slow  # runs the real aws CLI against a moto server
 def test_our_store_reads_what_the_cli_wrote_and_verifies_it(aws, s3, bucket, tmp_path):
     store = S3ObjectStore(s3, bucket, prefix="team")
     value = {"model": "tiny", "accuracy": 0.91}

@@ -197,6 +197,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # kills real writers of 8 MB objects three times
 def test_killed_writer_never_leaves_a_torn_object(tmp_path):
     store = LocalObjectStore(tmp_path)
     save_object(store, "big/partition=p.fso", {"version": 0, "pad": ""})

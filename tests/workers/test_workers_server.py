@@ -129,6 +129,7 @@ def _serve(socket_path: Path, dagster_home: Path, bridge: str = "echo") -> subpr
     return proc
 
 
+@pytest.mark.slow  # starts real pool servers (CLI processes)
 def test_server_restart_while_a_client_is_connected(short_tmp, tmp_path):
     sock = short_tmp / "r.sock"
     first = _serve(sock, tmp_path)
@@ -176,6 +177,7 @@ def test_server_restart_while_a_client_is_connected(short_tmp, tmp_path):
         first.wait()
 
 
+@pytest.mark.slow  # starts real pool servers (CLI processes)
 def test_cli_status_stats_and_stop(short_tmp, tmp_path):
     sock = short_tmp / "c.sock"
     proc = _serve(sock, tmp_path)

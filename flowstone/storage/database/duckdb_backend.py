@@ -98,8 +98,9 @@ class DuckDBBackend:
 
         url = self.names.url
         database = url.database or ":memory:"
+        config: dict[str, Any] = dict(url.query)
         try:
-            con = duckdb.connect(database, config=dict(url.query))
+            con = duckdb.connect(database, config=config)
         except duckdb.IOException as exc:
             raise StorageError(
                 f"cannot open DuckDB file {database}: {exc}. Another process (a dbt run, another "
@@ -177,5 +178,5 @@ class DuckDBEngineBackend(SqlAlchemyBackend):
     ) -> Any:
         where, params = partition_filter(partitions, "qmark")
         select = ", ".join(quote_identifier(n) for n in names)
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection  # duckdb's connection
         return raw.execute(f"SELECT {select} FROM {self.names.quoted(table)}{where}", params).df()

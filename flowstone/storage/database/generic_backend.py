@@ -173,4 +173,4 @@ class SqlAlchemyBackend:
             sa.text(COLUMNS_SQL.format(schema=":schema", table=":table")),
             {"schema": self.names.schema or default_schema, "table": table},
         ).all()
-        return {name: str(type_name) for name, type_name in rows} or None
+        return {str(name): str(type_name) for name, type_name in rows} or None

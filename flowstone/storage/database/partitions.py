@@ -37,7 +37,8 @@ def partition_filter(partitions: Sequence[Partition], style: str) -> tuple[str, 
     if not partitions:
         return "", []
     mark = _MARKS[style]
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[str] = []
     for p in partitions:
         columns = sorted(p)
         clauses.append("(" + " AND ".join(f"{quote_identifier(c)} = {mark}" for c in columns) + ")")

@@ -63,7 +63,7 @@ def copy_in(conn: sa.Connection, quoted_table: str, frame: Any, partition: Parti
         arrow = arrow.append_column(p, pa.repeat(pa.scalar(partition[p]), len(arrow)))
     # tz-aware timestamps are written as UTC instants; PostgreSQL reads the offset
     target = ", ".join(quote_identifier(c) for c in arrow.column_names)
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection  # psycopg's connection
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
     with (
         raw.cursor() as cur,
@@ -109,7 +109,7 @@ def copy_out(
         f"COPY (SELECT {', '.join(select)} FROM {quoted_table}{where}) "
         "TO STDOUT (FORMAT csv, HEADER true)"
     )
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection  # psycopg's connection
     buf = io.BytesIO()
     with raw.cursor() as cur:
         # A parallel scan returns rows in worker order; a serial one keeps insertion order,

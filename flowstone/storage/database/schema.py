@@ -70,7 +70,7 @@ def sql_type_for(series: Any) -> sa.types.TypeEngine:
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return sa.DateTime()
     inferred = pd.api.types.infer_dtype(series, skipna=True)
-    return {
+    by_inferred: dict[str, sa.types.TypeEngine] = {
         "boolean": sa.Boolean(),
         "integer": sa.BigInteger(),
         "floating": sa.Double(),
@@ -80,7 +80,8 @@ def sql_type_for(series: Any) -> sa.types.TypeEngine:
         "datetime64": sa.DateTime(),
         "bytes": sa.LargeBinary(),
         "decimal": sa.Numeric(),
-    }.get(inferred, sa.Text())
+    }
+    return by_inferred.get(inferred, sa.Text())
 
 
 def family(type_name: str) -> str:

@@ -112,7 +112,7 @@ class PartitionedTableStore:
             if col in frame.columns:
                 if not (frame[col].astype(str) == value).all():
                     raise StorageError(
-                        f"frame for {self.qualified(table)} partition {dict(partition)} has a "
+                        f"frame for {self.qualified(table)} partition {dict(partition or {})} has a "
                         f"'{col}' column with values other than {value!r}; the store fills "
                         "that column from the partition key. Drop or rename the column."
                     )

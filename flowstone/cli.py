@@ -19,12 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from assets.instance_check import check_instance
 from flowstone import paths
 from flowstone import progress as case_progress
 from flowstone.approvals import cli as approvals_cli
 from flowstone.baking import cli as models_cli
+from flowstone.notifications.outbox import backlog_gauges
+from flowstone.ops.checks.runner import register_check
 from flowstone.ops.doctor import app as doctor_app
 from flowstone.telemetry.cli import app as metrics_app
+from flowstone.telemetry.cli import register_outbox_gauges
 from flowstone.workers import cli as pool_cli
 
 app = typer.Typer(
@@ -52,6 +56,11 @@ app.add_typer(
     name="models",
     help="Model baking: add, bake, list, deployments, rollback.",
 )
+
+# The wiring adds what the core cannot know without Dagster: the instance check, and the
+# outbox backlog the exporter serves.
+register_check("instance", check_instance, before="warehouse")
+register_outbox_gauges(backlog_gauges)
 
 
 @app.callback()

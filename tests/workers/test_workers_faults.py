@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from support.polling import wait_for
 from worker_helpers import HERE, alive, child_env
 
 from flowstone.workers.errors import (
@@ -25,16 +26,6 @@ from flowstone.workers.registry import reap_orphans
 FAULTY = "faulty_bridge:FaultyBridge"
 
 
-def _wait_for(predicate, timeout=60.0, step=0.02):
-    """Poll until predicate holds; generous, since it returns as soon as it does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def test_worker_sigkilled_mid_call_is_classified_and_replaced(make_pool):
     pool = make_pool(bridge=FAULTY, size=2)
     before = set(pool.worker_pids())
@@ -44,7 +35,7 @@ def test_worker_sigkilled_mid_call_is_classified_and_replaced(make_pool):
         return [w["pid"] for w in pool.workers() if w["state"] == "busy"]
 
     def kill_once_busy():
-        _wait_for(busy_pids)
+        wait_for(busy_pids)
         victim["pid"] = busy_pids()[0]
         os.kill(victim["pid"], signal.SIGKILL)
 
@@ -54,7 +45,7 @@ def test_worker_sigkilled_mid_call_is_classified_and_replaced(make_pool):
     error = caught.value
     assert error.details["exit"]["signal"] == "SIGKILL"
     assert f"pid {victim['pid']}" in str(error) and "SIGKILL" in str(error)
-    assert _wait_for(lambda: len(pool.worker_pids()) == 2)
+    assert wait_for(lambda: len(pool.worker_pids()) == 2)
     after = set(pool.worker_pids())
     assert victim["pid"] not in after and len(after - before) == 1
     assert pool.stats()["crashes"] == 1 and pool.stats()["retries"] == 0
@@ -98,7 +89,7 @@ def test_memory_cap_kills_only_the_runaway_worker(make_pool):
     ) as caught:
         pool.execute("faulty:allocate", {"megabytes": 2000})
     assert caught.value.details["exit"]["kind"] == "out_of_memory"
-    assert _wait_for(lambda: len(pool.worker_pids()) == 2)
+    assert wait_for(lambda: len(pool.worker_pids()) == 2)
     assert len(survivor_pids & set(pool.worker_pids())) == 1  # the other worker lived on
     assert pool.execute("faulty:allocate", {"megabytes": 20}) == 20 * 1024 * 1024
 
@@ -122,7 +113,7 @@ def test_health_check_replaces_a_frozen_worker(make_pool):
     os.kill(pid, signal.SIGSTOP)
     outcome = pool.check_health()
     assert outcome["replaced"] == 1
-    assert _wait_for(lambda: pool.worker_pids() and pool.worker_pids()[0] != pid)
+    assert wait_for(lambda: pool.worker_pids() and pool.worker_pids()[0] != pid)
     assert pool.execute("echo:echo", {"value": 5}) == 5
     assert pool.stats()["health_failures"] == 1
 
@@ -131,7 +122,7 @@ def test_health_loop_runs_on_its_interval(make_pool):
     pool = make_pool(bridge="echo", size=1, health_interval_s=0.2, health_timeout_s=0.3)
     pid = pool.worker_pids()[0]
     os.kill(pid, signal.SIGKILL)  # dies while idle
-    assert _wait_for(lambda: pool.worker_pids() and pool.worker_pids()[0] != pid)
+    assert wait_for(lambda: pool.worker_pids() and pool.worker_pids()[0] != pid)
 
 
 def test_recycling_by_request_count(make_pool):
@@ -179,12 +170,12 @@ def test_recycling_of_idle_workers_by_age(make_pool):
     first = aged.worker_pids()[0]
     time.sleep(0.3)
     aged.execute("echo:noop")  # served, then retired on release
-    assert _wait_for(lambda: aged.worker_pids() and aged.worker_pids()[0] != first)
+    assert wait_for(lambda: aged.worker_pids() and aged.worker_pids()[0] != first)
     idle = make_pool(bridge="echo", size=1, max_age_s=0.2, health_interval_s=None)
     first = idle.worker_pids()[0]
     time.sleep(0.3)
     assert idle.check_health()["recycled"] == 1  # never called: the health pass retires it
-    assert _wait_for(lambda: idle.worker_pids() and idle.worker_pids()[0] != first)
+    assert wait_for(lambda: idle.worker_pids() and idle.worker_pids()[0] != first)
 
 
 PARENT_SCRIPT = """
@@ -208,7 +199,7 @@ def test_no_worker_survives_a_sigkilled_parent(tmp_path):
         assert len(pids) == 3 and all(alive(p) for p in pids)
         parent.kill()
         parent.wait()
-        assert _wait_for(lambda: not any(alive(p) for p in pids), timeout=30), "orphaned workers"
+        assert wait_for(lambda: not any(alive(p) for p in pids), timeout=30), "orphaned workers"
     finally:
         parent.kill()
         parent.wait()

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from support.polling import wait_for
 
 from flowstone.workers.errors import (
     BridgeError,
@@ -21,16 +22,6 @@ from flowstone.workers.pool import WorkerPool
 FAULTY = "faulty_bridge:FaultyBridge"
 
 
-def _wait_for(predicate, timeout=60.0, step=0.01):
-    """Poll until predicate holds; generous, since it returns as soon as it does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def _hold_a_worker(pool, marker, session_id=None):
     """A call that keeps one worker busy until marker is created; returns (thread, results)."""
     results = []
@@ -41,7 +32,7 @@ def _hold_a_worker(pool, marker, session_id=None):
     )
     busy = pool.stats()["workers_busy"]
     thread.start()
-    assert _wait_for(lambda: pool.stats()["workers_busy"] == busy + 1), "the holder never ran"
+    assert wait_for(lambda: pool.stats()["workers_busy"] == busy + 1), "the holder never ran"
     return thread, results
 
 
@@ -79,7 +70,7 @@ def test_workers_start_concurrently_and_report_ready(registry_dir, tmp_path):
         pool.start(wait=False)
         # No worker can finish setup before the gate opens: started one after another, only
         # one would ever be starting.
-        assert _wait_for(lambda: pool.stats()["workers_starting"] == 4)
+        assert wait_for(lambda: pool.stats()["workers_starting"] == 4)
         assert pool.worker_pids() == []
         gate.touch()
         pool.await_ready(timeout=120)
@@ -168,7 +159,7 @@ def test_saturation_fails_fast_past_the_queue(make_pool, tmp_path):
         target=lambda: results.append(pool.execute("faulty:echo", {"value": "queued"}))
     )
     second.start()
-    assert _wait_for(lambda: pool.stats()["queue_depth"] == 1)
+    assert wait_for(lambda: pool.stats()["queue_depth"] == 1)
     # Fails at once (the full-queue message, not the queue-timeout one) while the only worker
     # cannot free up: the gate is still closed.
     with pytest.raises(PoolSaturatedError, match="pool saturated: .* 1 calls already wait"):
@@ -205,7 +196,7 @@ def test_fifo_dispatch_serves_waiters_in_order(make_pool, tmp_path):
         )
         t.start()
         threads.append(t)
-        assert _wait_for(lambda i=i: pool.stats()["queue_depth"] == i + 1)  # queued in turn
+        assert wait_for(lambda i=i: pool.stats()["queue_depth"] == i + 1)  # queued in turn
     gate.touch()
     for t in [blocker, *threads]:
         t.join()
@@ -246,7 +237,7 @@ def test_strict_session_waits_for_its_worker(make_pool, tmp_path):
     )
     waiter.start()
     # It queues although the other worker is idle, and cannot be served before the gate opens.
-    assert _wait_for(lambda: pool.stats()["queue_depth"] == 1)
+    assert wait_for(lambda: pool.stats()["queue_depth"] == 1)
     assert pool.stats()["workers_idle"] == 1 and waiter.is_alive() and answers == []
     gate.touch()
     busy.join()

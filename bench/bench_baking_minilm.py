@@ -143,7 +143,7 @@ def build_pairs(seed: int = 6) -> dict[str, Any]:
     """Held-out pairs from the shipped suites: the suites' own pairs (input/expected/context),
     adjacent sentences of one document, each sentence against a deterministic perturbation of
     itself (drop, swap, substitute, truncate, frame, plain, shuffle), and random pairs."""
-    from flowstone.evaluation.text import sentences
+    from flowstone.text import sentences
 
     rng = random.Random(seed)
     texts: dict[str, int] = {}
@@ -190,7 +190,7 @@ def build_pairs(seed: int = 6) -> dict[str, Any]:
 def tuning_sentences() -> list[str]:
     """Sentences for choosing exclusions: the model card and the repo's prose, never the pairs."""
     from flowstone.evaluation.embedding import model_path
-    from flowstone.evaluation.text import sentences
+    from flowstone.text import sentences
 
     sources = [model_path() / "README.md", REPO / "README.md", REPO / "bench" / "README.md"]
     out: list[str] = []

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from flowstone.evaluation import embedding, metrics  # noqa: E402
-from flowstone.evaluation.text import sentences  # noqa: E402
+from flowstone.text import sentences  # noqa: E402
 
 BATCH = 64
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flowstone.evaluation import embedding
-from flowstone.evaluation.text import Normalization, tokenize
+from flowstone.text import Normalization, tokenize
 
 if TYPE_CHECKING:
     from flowstone.evaluation.judge_metric import JudgedScores

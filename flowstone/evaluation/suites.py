@@ -14,22 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowstone.cases import Case
 from flowstone.errors import SuiteError
 
 REQUIRED_FIELDS = ("id", "input", "expected")
 OPTIONAL_FIELDS = ("context", "tags")
 SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One input to a system and what a good answer looks like."""
-
-    id: str
-    input: str
-    expected: str
-    context: str | None = None
-    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from flowstone.evaluation.suites import Case
+from flowstone.cases import Case
 
 Progress = Callable[[int], None]
 

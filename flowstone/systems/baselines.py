@@ -10,9 +10,9 @@ import math
 import time
 from collections.abc import Sequence
 
-from flowstone.evaluation.suites import Case
-from flowstone.evaluation.text import sentences, words
+from flowstone.cases import Case
 from flowstone.systems.base import Prediction, Progress, System
+from flowstone.text import sentences, words
 
 # Function words that carry no topic: overlap on them says nothing about relevance.
 STOPWORDS = frozenset(

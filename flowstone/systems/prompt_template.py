@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowstone.cases import Case
 from flowstone.errors import SystemUnderTestError
-from flowstone.evaluation.suites import Case
 from flowstone.llm.config import ClientConfig, ProviderConfig
 from flowstone.llm.errors import LLMError, MissingSecretError
 from flowstone.llm.templates import PromptTemplate

@@ -1,6 +1,6 @@
 """The local baselines are deterministic and do what their names say."""
 
-from flowstone.evaluation.suites import Case
+from flowstone.cases import Case
 from flowstone.systems.base import SystemRegistry
 from flowstone.systems.baselines import (
     EchoSystem,

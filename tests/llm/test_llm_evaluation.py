@@ -145,7 +145,7 @@ def test_invalid_judgement_is_counted_not_scored_zero(llm_env, stub, monkeypatch
 
 
 def test_a_system_can_opt_out_of_the_cache(tmp_path, stub, monkeypatch, keys):
-    from flowstone.evaluation.suites import Case
+    from flowstone.cases import Case
     from flowstone.systems.config import load_llm_systems
 
     monkeypatch.setenv("FLOWSTONE_TEST_OPENAI_KEY", keys["openai"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from flowstone.cases import Case
 from flowstone.errors import ConfigError
 from flowstone.evaluation.judges import LLMJudge, parse_score, summarise
-from flowstone.evaluation.suites import Case
 from flowstone.llm.errors import MissingSecretError
 from flowstone.systems.base import System
 from flowstone.systems.config import load_llm_systems

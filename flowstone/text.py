@@ -1,6 +1,7 @@
-"""Text normalisation and tokenisation shared by the lexical metrics.
+"""Text normalisation and tokenisation shared by the lexical metrics and the baselines.
 
-Kept in one place so that exact match, BLEU and the baselines agree on what a "word" is.
+Kept in one place, below both the evaluation and the systems, so that exact match, BLEU and the
+baselines agree on what a "word" is.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def main() -> None:
     from flowstone.baking import demo_models, pipeline
     from flowstone.baking.profile import profile_variants
     from flowstone.baking.quality import measure_quality
+    from flowstone.baking.records.quality import ClassifierFigures
 
     tmp = Path(tempfile.mkdtemp(prefix="flowstone-bench-clf-"))
     path = demo_models.write_demo_classifier(tmp / "drop")
@@ -45,13 +46,15 @@ def main() -> None:
         config_file.write_text(text)
         record = pipeline.prepare_source("demo_classifier", path, tmp / "ws")
         baked = pipeline.run_passes(record)
-        config = pipeline.config_of(record)
+        config = record.bake_config()
         quality = measure_quality(record, baked, config)
         profile = profile_variants(record, baked, config, [])
-        print(f"{label:<52} {quality['accuracy_retention']:>9.4f} {quality['label_agreement']:>6.3f} "
-              f"{profile['ratios']['32']['throughput_ratio']:>6.2f} {profile['ratios']['1']['throughput_ratio']:>6.2f} "
-              f"{profile['size_ratio']:>7.3f}  {profile['original']['per_batch']['32']['latency_p50_ms']:.3f}/"
-              f"{profile['baked']['per_batch']['32']['latency_p50_ms']:.3f}")  # fmt: skip
+        figures = quality.figures
+        assert isinstance(figures, ClassifierFigures)
+        print(f"{label:<52} {figures.accuracy_retention:>9.4f} {figures.label_agreement:>6.3f} "
+              f"{profile.ratios['32'].throughput_ratio:>6.2f} {profile.ratios['1'].throughput_ratio:>6.2f} "
+              f"{profile.size_ratio:>7.3f}  {profile.original.per_batch['32'].latency_p50_ms:.3f}/"
+              f"{profile.baked.per_batch['32'].latency_p50_ms:.3f}")  # fmt: skip
     print("x b32 / x b1: baked throughput / original throughput at batch 32 / 1 (>1 = faster)")
 
 

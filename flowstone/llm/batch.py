@@ -36,7 +36,7 @@ class Completer(Protocol):
 class BatchItemError(LLMError):
     """One item of a batch failed; ``label`` names it (a case id) and ``cause`` says why."""
 
-    def __init__(self, label: str, cause: Exception):
+    def __init__(self, label: str, cause: BaseException):
         self.label = label
         self.cause = cause
         super().__init__(f"LLM call for '{label}' failed: {cause}")
@@ -79,10 +79,10 @@ def complete_many(
     ) as pool:
         futures = {pool.submit(run, i): i for i in range(len(prompts))}
         finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in finished if f.exception() is not None]
+        failed = [(futures[f], error) for f in finished if (error := f.exception()) is not None]
         if failed:
             for future in pending:
                 future.cancel()
-            first = min(failed, key=lambda f: futures[f])
-            raise BatchItemError(labels[futures[first]], first.exception()) from first.exception()
+            index, error = min(failed, key=lambda item: item[0])
+            raise BatchItemError(labels[index], error) from error
     return [r for r in results if r is not None]

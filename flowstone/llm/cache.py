@@ -60,13 +60,16 @@ class SQLiteResponseCache(ResponseCache):
     """Completions by key in one SQLite table; safe for threads and for processes on one host."""
 
     def __init__(self, path: str | Path | None = None):
+        from flowstone.storage.sql import SQLITE_BUSY_TIMEOUT_S, enable_write_ahead_log
+
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # pysqlite's timeout is SQLite's busy timeout
         self._conn = sqlite3.connect(
-            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
+            self.path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        enable_write_ahead_log(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS llm_responses ("
@@ -148,4 +151,4 @@ def open_cache(location: str | None) -> ResponseCache:
         return ObjectStoreResponseCache(store, where.prefix or "llm-cache")
     from flowstone.storage.local_store import LocalObjectStore
 
-    return ObjectStoreResponseCache(LocalObjectStore(where.folder))
+    return ObjectStoreResponseCache(LocalObjectStore(where.local_folder))

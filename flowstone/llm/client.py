@@ -8,8 +8,10 @@ completion. A provider that fails after its retries (or has no key) falls throug
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from flowstone.llm.batch import complete_many
 from flowstone.llm.breaker import breaker_for
@@ -42,6 +44,7 @@ from flowstone.llm.types import (
 from flowstone.telemetry import metrics, tracing
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 def _span_attributes(provider: Provider) -> dict[str, str]:
@@ -77,11 +80,11 @@ def _record_usage(span, completion: Completion) -> None:
     span.set_attribute("flowstone.llm.cache_hit", completion.cache_hit)
 
 
-def _attempt_counter(provider: Provider, fn: Callable[[], object]) -> Callable[[], object]:
+def _attempt_counter(provider: Provider, fn: Callable[[], T]) -> Callable[[], T]:
     """``fn`` with each failed attempt counted by error kind (a 429 that a retry cured still
     tells an operator the limit is tight)."""
 
-    def attempt():
+    def attempt() -> T:
         try:
             return fn()
         except ProviderCallError as exc:
@@ -89,6 +92,26 @@ def _attempt_counter(provider: Provider, fn: Callable[[], object]) -> Callable[[
             raise
 
     return attempt
+
+
+def _admission(
+    provider: Provider, limiter: RateLimiter | None, estimated_tokens: int
+) -> Callable[[], None] | None:
+    """What runs before each attempt on ``provider``: wait for its rate limit.
+
+    The provider prepares its SDK client first. Building one imports the SDK (a second or more
+    on a busy host) under the provider's lock; a thread that took its token before that would
+    hold the token while every other thread took theirs at the paced rate and queued on the
+    lock, and all of them would reach the server together when the build ended.
+    """
+    if limiter is None:
+        return None
+
+    def admit() -> None:
+        provider.prepare()
+        limiter.acquire(estimated_tokens)
+
+    return admit
 
 
 class LLMClient:
@@ -115,16 +138,21 @@ class LLMClient:
         self.breakers = {p.name: breaker_for(p.name, self.config.breaker) for p in self.providers}
         self.router = Router(self.providers, self.breakers, self.prices, self.config.strategy)
         self._cache = cache
+        self._cache_lock = threading.Lock()
         self.totals = CostTotals()
 
     # -- plumbing -------------------------------------------------------------------------
     @property
     def cache(self) -> ResponseCache | None:
-        """Opened lazily so that building a client (e.g. at definitions load) touches no file."""
+        """Opened lazily so that building a client (e.g. at definitions load) touches no file,
+        and once: threads of a client that start together share one store instead of each
+        opening its own connection to a new file."""
         if not self.config.cache_enabled:
             return None
         if self._cache is None:
-            self._cache = open_cache(self.config.cache_path)
+            with self._cache_lock:
+                if self._cache is None:
+                    self._cache = open_cache(self.config.cache_path)
         return self._cache
 
     def _limiter(self, provider: Provider) -> RateLimiter | None:
@@ -292,7 +320,7 @@ class LLMClient:
                 provider=provider.name,
                 model=provider.model,
                 policy=self.config.retry,
-                before_attempt=(lambda: limiter.acquire(estimate)) if limiter else None,
+                before_attempt=_admission(provider, limiter, estimate),
             )
         except RetryExhaustedError:
             breaker.record_failure()
@@ -333,7 +361,9 @@ class LLMClient:
                 continue
             limiter = self._limiter(candidate)
 
-            def start(candidate=candidate):
+            def start(
+                candidate: Provider = candidate,
+            ) -> tuple[StreamChunk, Iterator[StreamChunk]]:
                 chunks = candidate.stream(messages, params)
                 return next(chunks), chunks
 
@@ -345,9 +375,7 @@ class LLMClient:
                     provider=candidate.name,
                     model=candidate.model,
                     policy=self.config.retry,
-                    before_attempt=(lambda limiter=limiter: limiter.acquire(estimate))
-                    if limiter
-                    else None,
+                    before_attempt=_admission(candidate, limiter, estimate),
                 )
             except RetryExhaustedError as exc:
                 breaker.record_failure()

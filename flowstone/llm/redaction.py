@@ -57,7 +57,7 @@ def redact(text: object) -> str:
 def redact_mapping(values: dict) -> dict:
     """A copy of ``values`` (e.g. asset metadata) with every string redacted, keys named like
     secrets masked outright."""
-    out = {}
+    out: dict[object, object] = {}
     for key, value in values.items():
         if re.search(r"(?i)(api[-_]?key|secret|token|password|authorization)", str(key)) and value:
             out[key] = MASK

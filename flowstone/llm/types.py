@@ -112,8 +112,8 @@ class Params:
             raise ValueError(f"temperature must be in [0, 2], got {params.temperature}")
         return params
 
-    def to_dict(self) -> dict:
-        out = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
         if self.top_p is not None:
             out["top_p"] = self.top_p
         if self.stop:

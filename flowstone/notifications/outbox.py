@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -169,7 +169,10 @@ class Outbox:
                         next_attempt_at=now,
                     )
                 )
-                ids.append(int(result.inserted_primary_key[0]))
+                key = result.inserted_primary_key
+                if key is None:  # SQLAlchemy gives one for every single-row INSERT
+                    raise RuntimeError(f"outbox insert for channel {channel!r} returned no row id")
+                ids.append(int(key[0]))
                 written.append((channel, False))
         for channel, suppressed in written:
             metrics.outbox_enqueued(channel, suppressed)
@@ -239,7 +242,7 @@ class Outbox:
         return report
 
     def due(
-        self, channels: Sequence[str] | None = None, now: datetime | None = None, limit: int = 100
+        self, channels: Iterable[str] | None = None, now: datetime | None = None, limit: int = 100
     ) -> list[OutboxRow]:
         now = now or utcnow()
         query = sa.select(outbox_table).where(

@@ -35,6 +35,13 @@ class ObjectStoreLocation:
     def is_s3(self) -> bool:
         return self.bucket is not None
 
+    @property
+    def local_folder(self) -> Path:
+        """The folder of a local store; asking an S3 location for one is the caller's bug."""
+        if self.folder is None:
+            raise ValueError(f"{self.url} ({self.source}) is an S3 location, not a local folder")
+        return self.folder
+
 
 def parse_object_store_url(url: str, source: str) -> ObjectStoreLocation:
     """``s3://bucket[/prefix]``, ``file:///folder`` or a folder path; errors name ``source``."""

@@ -9,6 +9,8 @@ that come back timezone-aware (SQLite returns them naive; everything stored here
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -40,11 +42,31 @@ def engine_for(url: str, *, wal: bool = False) -> sa.Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
+            enable_write_ahead_log(dbapi_connection)
 
     return engine
+
+
+def enable_write_ahead_log(
+    connection: sqlite3.Connection, timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+) -> None:
+    """Switch a SQLite file to WAL, waiting for other connections as the busy timeout would.
+
+    While another connection (another process opening the same new file) holds a write lock on
+    a file not yet in WAL mode, SQLite fails the switch at once with "database is locked"
+    instead of calling its busy handler. The mode is stored in the file, so only connections
+    that open a new file together meet this.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def create_schema(

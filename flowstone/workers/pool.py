@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -338,7 +338,7 @@ class WorkerPool:
         command: str,
         args: Any = None,
         *,
-        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        timeout: float | None = _DEFAULT,
         session_id: str | None = None,
         session_mode: str | None = None,
         idempotent: bool | None = None,
@@ -365,7 +365,7 @@ class WorkerPool:
         command: str,
         args: Any = None,
         *,
-        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        timeout: float | None = _DEFAULT,
         session_id: str | None = None,
         session_mode: str | None = None,
         idempotent: bool | None = None,
@@ -390,7 +390,7 @@ class WorkerPool:
         command: str,
         items: Iterable[Any],
         *,
-        timeout: float | None = _DEFAULT,  # type: ignore[assignment]
+        timeout: float | None = _DEFAULT,
         concurrency: int | None = None,
     ) -> list[Any]:
         """Run ``command`` once per args item, ``concurrency`` (default: pool size) at a time.
@@ -414,9 +414,10 @@ class WorkerPool:
         session_mode: str | None,
         idempotent: bool | None,
         streaming: bool = True,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, Any]:
         """One call as metrics and traces see it: latency (queue wait and retries included),
-        outcome, and a span naming the bridge, the command and the worker that served it."""
+        outcome, and a span naming the bridge, the command and the worker that served it.
+        Yields a streaming command's chunks; returns a non-streaming command's result."""
         started = time.perf_counter()
         spec = self.bridge.spec_for(command)
         label = spec.name if spec is not None else "unknown"  # never a caller's free text
@@ -451,7 +452,7 @@ class WorkerPool:
         idempotent: bool | None,
         streaming: bool,
         span: Any,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, Any]:
         spec = self.bridge.spec_for(command)
         if spec is None:
             known = ", ".join(f"{self.bridge.name}:{c}" for c in sorted(self.bridge.commands))
@@ -478,7 +479,7 @@ class WorkerPool:
             }
             deadline = None if timeout is None else time.monotonic() + timeout
             yielded = False
-            frames = worker.frames(request, deadline) if streaming else ()
+            frames = worker.frames(request, deadline) if streaming else iter(())
             try:
                 if not streaming:
                     final = worker.call(request, deadline)
@@ -820,9 +821,9 @@ class WorkerPool:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                worker = starting.get(fd)
-                if worker is not None:
-                    self._check_ready(starting, poller, fd, worker)
+                ready = starting.get(fd)
+                if ready is not None:
+                    self._check_ready(starting, poller, fd, ready)
         for fd, worker in list(starting.items()):
             self._forget_starting(starting, poller, fd)
             worker.kill()

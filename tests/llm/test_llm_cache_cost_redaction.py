@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from flowstone.llm import client as client_module
 from flowstone.llm.cache import SQLiteResponseCache
 from flowstone.llm.errors import LLMError, MissingSecretError
 from flowstone.llm.pricing import CostTotals
@@ -28,6 +32,55 @@ def test_rerun_is_served_from_the_durable_cache(stub, make_client, provider, tmp
     assert all(c.cache_hit and c.cost_usd == 0.0 for c in rerun)
     assert second.totals.cache_hits == 5 and second.totals.calls == 0
     assert len(SQLiteResponseCache(tmp_path / "llm_cache.sqlite")) == 5
+
+
+def test_threads_starting_together_share_one_cache(
+    stub, make_client, provider, tmp_path, monkeypatch
+):
+    """Threads of a fresh client that reach its lazily opened cache at once: one store is
+    opened, no call fails, and every answer is stored and served again."""
+    opened = []
+    real_open = client_module.open_cache
+
+    def counting_open(location):
+        opened.append(location)
+        return real_open(location)
+
+    monkeypatch.setattr(client_module, "open_cache", counting_open)
+    client = make_client(provider("openai"))
+    threads = 16
+    barrier = threading.Barrier(threads)
+
+    def ask(i):
+        barrier.wait()
+        return client.complete(f"together {i}")
+
+    with ThreadPoolExecutor(threads) as pool:
+        first = list(pool.map(ask, range(threads)))
+    assert len(opened) == 1
+    assert stub.calls == threads and not any(c.cache_hit for c in first)
+    assert len(SQLiteResponseCache(tmp_path / "llm_cache.sqlite")) == threads
+    again = [client.complete(f"together {i}") for i in range(threads)]
+    assert stub.calls == threads and all(c.cache_hit for c in again)
+    assert [c.text for c in again] == [c.text for c in first]
+
+
+def test_a_new_cache_file_waits_for_another_connection_writing_it(tmp_path):
+    """SQLite refuses the switch to WAL at once, busy timeout or not, while another
+    connection writes a file that is not in WAL mode yet; opening the cache waits instead."""
+    path = tmp_path / "llm_cache.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: other.execute("ROLLBACK"))
+    release.start()
+    try:
+        cache = SQLiteResponseCache(path)
+    finally:
+        release.join()
+        other.close()
+    assert cache._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(cache) == 0
+    cache.close()
 
 
 def test_cache_key_covers_params_and_opt_out_bypasses_it(stub, make_client, provider):

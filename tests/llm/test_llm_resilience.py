@@ -188,8 +188,7 @@ def test_rate_limit_is_respected_under_parallel_load(stub, make_client, provider
     client = make_client(
         provider("openai", limits=RateLimits(requests_per_minute=600)), cache=False
     )
-    # One call first: the cold first call (SDK client built, ~1 s on a busy machine) would let
-    # the other threads bank paced tokens meanwhile and then reach the server all at once.
+    # One call first, so that the elapsed time below is pacing, not the SDK client's build.
     assert client.complete("warm up").text == "stub answer: warm up"
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
@@ -199,6 +198,30 @@ def test_rate_limit_is_respected_under_parallel_load(stub, make_client, provider
     assert stub.state.counts[429] == 0
     assert elapsed >= 1.8  # 20 requests at 10/s, the first one free
     assert elapsed < 6.0
+
+
+def test_a_cold_client_is_paced_from_its_first_request(stub, make_client, provider, monkeypatch):
+    """Threads that start on a client whose SDK client is not built yet: none holds a rate
+    limit token while the SDK loads, so they do not reach the server together when it has."""
+    from flowstone.llm.providers.openai import OpenAIProvider
+
+    stub.state.requests_per_minute = 600  # 10/s, at most two at once
+    stub.state.rate_burst = 2
+    build = OpenAIProvider._build_sdk_client
+
+    def slow_build(self):
+        time.sleep(1.5)  # importing the SDK on a busy host
+        return build(self)
+
+    monkeypatch.setattr(OpenAIProvider, "_build_sdk_client", slow_build)
+    client = make_client(
+        provider("openai", limits=RateLimits(requests_per_minute=120)), cache=False
+    )
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: client.complete(f"cold {i}"), range(4)))
+    assert [r.text for r in results] == [f"stub answer: cold {i}" for i in range(4)]
+    assert stub.state.counts[429] == 0
+    assert stub.calls == 4  # no request was refused and sent again
 
 
 def test_without_client_limits_the_server_429s_are_absorbed_by_retries(stub, make_client, provider):

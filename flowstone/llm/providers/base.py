@@ -128,6 +128,12 @@ class Provider(abc.ABC):
                 self._sdk_client = self._build_sdk_client()
             return self._sdk_client
 
+    def prepare(self) -> None:
+        """Build the SDK client if it is not built yet. The client calls this before it takes
+        a rate-limit token, so that the token is spent on a request sent at once, not on one
+        that waits for the SDK import."""
+        self.sdk_client()
+
     def probe(self, call) -> Health:
         """Health from one cheap SDK call (``call()``): its latency, or the classified error."""
         start = time.perf_counter()

@@ -31,6 +31,9 @@ class LocalBaselineProvider(Provider):
         words = reply.split()
         return " ".join(words[: params.max_tokens])
 
+    def prepare(self) -> None:
+        """No SDK client to build."""
+
     def complete(self, messages: Sequence[Message], params: Params) -> Completion:
         start = time.perf_counter()
         text = self._reply(messages, params)

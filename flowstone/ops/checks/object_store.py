@@ -45,7 +45,8 @@ def _open_store(location: ObjectStoreLocation) -> tuple[Any, str]:
         return store, f"{location.url} at {endpoint}"
     from flowstone.storage.local_store import LocalObjectStore
 
-    return LocalObjectStore(location.folder), f"local folder {location.folder}"
+    folder = location.local_folder
+    return LocalObjectStore(folder), f"local folder {folder}"
 
 
 def check_object_store(location: str | None = None) -> CheckResult:

@@ -23,10 +23,13 @@ def check_warehouse(path: Path | None = None) -> CheckResult:
 
     try:
         with duckdb.connect(str(path), read_only=True) as conn:
-            tables = conn.execute(
+            row = conn.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_catalog = "
                 "current_database()"
-            ).fetchone()[0]
+            ).fetchone()
+            if row is None:
+                raise RuntimeError("count(*) of information_schema.tables returned no row")
+            tables = row[0]
     except Exception as exc:
         message = first_line(exc)
         if "lock" in message.lower():

@@ -7,15 +7,27 @@ that need a re-run. Each body runs `flowstone.evaluation.pipeline` per partition
 metadata still lands on each partition).
 """
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+
+# Private, on purpose: a check result emitted for one partition of a multi-partition run must
+# name the materialization it belongs to, and Dagster 1.13 exports no constructor for that
+# pointer. tests/assets/test_evaluation_assets.py reads per-partition check status through the
+# instance and fails if this breaks.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from assets.metadata import to_metadata
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from resources.worker_pool import PythonWorkerPoolResource
+
+if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first use only
+    from flowstone.evaluation.pipeline import ReportResult
 
 GROUP = "evaluation"
 PREFIX = "evaluation"
@@ -122,67 +134,119 @@ def threshold_check_name(metric: str) -> str:
     return f"{metric}_above_threshold"
 
 
-def build_check_specs(catalog: Catalog) -> list[dg.AssetCheckSpec]:
-    settings = catalog.settings
-    every = [settings.default, *settings.suites.values()]
-    specs = [
-        dg.AssetCheckSpec(
-            name=threshold_check_name(metric),
-            asset=REPORT_KEY,
-            blocking=any(metric in s.thresholds and s.thresholds[metric].blocking for s in every),
-            description=f"The suite mean of {metric} is at least the threshold in evaluation.yaml.",
-        )
-        for metric in settings.thresholded_metrics
-    ]
-    specs.append(
-        dg.AssetCheckSpec(
-            name="no_regression",
-            asset=REPORT_KEY,
-            description="No metric mean fell by more than the regression margin since the previous run.",
-        )
-    )
-    return specs
+NO_REGRESSION = "no_regression"
 
 
-def check_results(catalog: Catalog, outcomes: dict):
-    """``outcomes``: partition key -> `flowstone.evaluation.pipeline.ReportResult`."""
-    """One result a check: per partition in a one-partition run, combined over a batch."""
-    for metric in catalog.settings.thresholded_metrics:
-        verdicts = {
-            k: r.report.thresholds[metric]
-            for k, r in outcomes.items()
-            if metric in r.report.thresholds
-        }
-        if not verdicts:
-            yield dg.AssetCheckResult(
-                check_name=threshold_check_name(metric),
-                passed=True,
-                metadata={"note": f"no threshold on {metric} for these suites"},
+def build_check_specs(
+    catalog: Catalog, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetCheckSpec]:
+    """One partitioned check per thresholded metric, plus the regression check.
+
+    Partitioned (a Dagster 1.13 preview) so that each suite x system partition has its own
+    result and the asset's check status counts failing partitions instead of showing the
+    latest one. A metric whose suite sets no threshold gets no result for that partition."""
+    with warnings.catch_warnings():  # partitioned checks are a preview we opt into (pinned 1.13)
+        warnings.filterwarnings(
+            "ignore", message="Specifying a partitions_def", category=dg.PreviewWarning
+        )
+        settings = catalog.settings
+        every = [settings.default, *settings.suites.values()]
+        specs = [
+            dg.AssetCheckSpec(
+                name=threshold_check_name(metric),
+                asset=REPORT_KEY,
+                partitions_def=partitions,
+                blocking=any(
+                    metric in s.thresholds and s.thresholds[metric].blocking for s in every
+                ),
+                description=f"The suite mean of {metric} is at least the threshold in "
+                "evaluation.yaml (suites without one are not checked).",
             )
-            continue
-        failed = {k: v for k, v in verdicts.items() if not v.passed}
-        blocking = any(v.blocking for v in failed.values())
-        yield dg.AssetCheckResult(
-            check_name=threshold_check_name(metric),
-            passed=not failed,
-            severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-            metadata={
-                **{f"mean/{k}": v.mean for k, v in verdicts.items()},
-                "min_mean": min(v.min_mean for v in verdicts.values()),
-                "failed_partitions": ", ".join(failed) or "none",
-            },
+            for metric in settings.thresholded_metrics
+        ]
+        specs.append(
+            dg.AssetCheckSpec(
+                name=NO_REGRESSION,
+                asset=REPORT_KEY,
+                partitions_def=partitions,
+                description="No metric mean fell by more than the regression margin since the "
+                "previous materialization of the same partition.",
+            )
         )
-    regressed = {k: r.regressions for k, r in outcomes.items() if r.regressions}
-    yield dg.AssetCheckResult(
-        check_name="no_regression",
-        passed=not regressed,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            f"drop/{k}/{r.metric}": f"{r.previous:.3f} -> {r.current:.3f} (-{r.relative_drop:.1%})"
-            for k, regs in regressed.items()
-            for r in regs
-        },
+        return specs
+
+
+def latest_materialization_target(
+    instance: dg.DagsterInstance, partition_key: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The report materialization a check result belongs to; without it Dagster treats the
+    partition's result as outdated and shows no status for it."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=REPORT_KEY, asset_partitions=[partition_key]), limit=1
+    ).records
+    if not records or records[0].run_id is None:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
     )
+
+
+def partition_check_evaluations(
+    partition_key: str,
+    outcome: "ReportResult",
+    target: AssetCheckEvaluationTargetMaterializationData | None,
+) -> list[dg.AssetCheckEvaluation]:
+    """The check results of one partition: one per threshold its suite sets, and the
+    regression check once there is a previous materialization to compare with."""
+
+    def evaluation(
+        name: str, passed: bool, blocking: bool, metadata: dict, description: str
+    ) -> dg.AssetCheckEvaluation:
+        return dg.AssetCheckEvaluation(
+            asset_key=REPORT_KEY,
+            check_name=name,
+            passed=passed,
+            metadata=metadata,
+            severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+            blocking=blocking,
+            description=description,
+            partition=partition_key,
+            target_materialization_data=target,
+        )
+
+    results = [
+        evaluation(
+            threshold_check_name(metric),
+            verdict.passed,
+            verdict.blocking,
+            {
+                "mean": round(verdict.mean, 3),
+                "min_mean": verdict.min_mean,
+                "blocking": verdict.blocking,
+            },
+            f"{metric} mean {verdict.mean:.3f} "
+            f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
+        )
+        for metric, verdict in outcome.report.thresholds.items()
+    ]
+    if outcome.previous_means:
+        drops = {
+            f"drop/{r.metric}": f"{r.previous:.3f} -> {r.current:.3f} (-{r.relative_drop:.1%})"
+            for r in outcome.regressions
+        }
+        results.append(
+            evaluation(
+                NO_REGRESSION,
+                not outcome.regressions,
+                False,
+                drops or {"compared_metrics": len(outcome.previous_means)},
+                f"{len(outcome.regressions)} metric(s) fell by more than the margin"
+                if outcome.regressions
+                else "no metric fell by more than the margin",
+            )
+        )
+    return results
 
 
 def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None) -> list:
@@ -278,14 +342,31 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
             predictions=predictions,
         )
 
-    @dg.asset(
-        **common,
-        check_specs=build_check_specs(catalog),
-        description="Summary statistics, pass rates, tag breakdown, threshold checks and regressions.",
+    # A multi-asset only for can_subset: it makes each check's output optional, so a partition
+    # whose suite sets no threshold for a metric gets no result rather than a false "passed".
+    @dg.multi_asset(
+        name=f"{PREFIX}__report",  # the step key an @asset with key_prefix had
+        outs={
+            "report": dg.AssetOut(
+                key=REPORT_KEY,
+                group_name=GROUP,
+                owners=OWNERS,
+                kinds={"python"},
+                code_version="1",
+                description="Summary statistics, pass rates, tag breakdown, threshold checks "
+                "and regressions.",
+            )
+        },
+        ins={"scores": dg.AssetIn(key=[PREFIX, "scores"])},
+        partitions_def=partitions,
+        backfill_policy=steps.backfill_policy,
+        retry_policy=steps.retry_policy,
+        check_specs=build_check_specs(catalog, partitions),
+        can_subset=True,
     )
     def report(context: dg.AssetExecutionContext, scores):
         batch = PartitionBatch(context)
-        outcomes = {}
+        outcomes: dict[str, ReportResult] = {}
         for key in batch.keys:
             suite_name, system_name = batch.dims(key)
             outcome = _pipeline().report(
@@ -300,7 +381,11 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
                 {**outcome.metadata(), "report": dg.MetadataValue.url(outcome.html_path.as_uri())},
             )
             outcomes[key] = outcome
-        yield dg.Output(batch.output({k: o.to_value() for k, o in outcomes.items()}))
-        yield from check_results(catalog, outcomes)
+        yield dg.Output(
+            batch.output({k: o.to_value() for k, o in outcomes.items()}), output_name="report"
+        )
+        for key, outcome in outcomes.items():
+            target = latest_materialization_target(context.instance, key)
+            yield from partition_check_evaluations(key, outcome, target)
 
     return [suite_file, system_spec, scoring_config, suite, predictions, scores, report]

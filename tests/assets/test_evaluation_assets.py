@@ -111,9 +111,12 @@ def test_one_partition_end_to_end(env):
     assert 0.0 <= meta["mean/fuzzy_match"] <= 1.0 and "mean/exact_match" in meta
     html = (env["tmp"] / "out" / "reports" / "qa" / "lead-1.html").read_text()
     assert "data:image/png;base64," in html and "By tag" in html
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"fuzzy_match_above_threshold", "rouge1_above_threshold", "no_regression"}
-    assert checks["no_regression"].passed
+    # qa sets a fuzzy_match threshold only (docs sets rouge1): one result, for this partition;
+    # no regression result either, with nothing materialized before to compare with
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.partition, c.passed) for c in checks] == [
+        ("fuzzy_match_above_threshold", "qa|lead-1", True)
+    ]
 
 
 def test_blocking_threshold_fails_with_error_severity(env):
@@ -136,8 +139,8 @@ def test_regression_against_previous_materialization(env):
     env["tunable"].quality = 0.0
     result = job.execute_in_process(partition_key="qa|tunable", instance=instance)
     regression = {c.check_name: c for c in result.get_asset_check_evaluations()}["no_regression"]
-    assert not regression.passed
-    assert any(k.startswith("drop/qa|tunable/") for k in regression.metadata)
+    assert not regression.passed and regression.partition == "qa|tunable"
+    assert any(k.startswith("drop/") for k in regression.metadata)
     assert latest_report_metadata(instance, "qa|tunable")["regressions"] >= 1
 
 
@@ -154,7 +157,18 @@ def test_rescoring_reuses_stored_predictions(env):
     assert env["tunable"].calls == 1
 
 
-def test_single_run_batch_keeps_per_partition_metadata(env):
+def check_status(instance, check: str, partitions) -> dict[str, str]:
+    """Each partition's status of a partitioned check, as the Dagster UI computes it."""
+    key = dg.AssetCheckKey(REPORT, check)
+    state = instance.event_log_storage.get_asset_check_state([(key, partitions)])[key]
+    return {
+        partition: status.value
+        for status, subset in state.subsets.items()
+        for partition in subset.value.get_partition_keys()
+    }
+
+
+def test_single_run_batch_keeps_per_partition_metadata_and_check_results(env):
     job, instance = env["job"], env["instance"]
     keys = job.partitions_def.get_partition_keys()
     result = job.execute_in_process(
@@ -162,10 +176,30 @@ def test_single_run_batch_keeps_per_partition_metadata(env):
         tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
         raise_on_error=False,
     )
-    # docs' blocking rouge1 threshold (0.99) fails the batch's check, after every report is written
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert not checks["rouge1_above_threshold"].passed
-    assert "docs|echo" in checks["rouge1_above_threshold"].metadata["failed_partitions"].value
+    # docs' blocking rouge1 threshold (0.99) fails docs|echo and fails the run, after every
+    # report and every partition's check result is written
+    assert not result.success
+    verdicts = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+    assert verdicts[("rouge1_above_threshold", "docs|echo")] is False
+    assert verdicts[("rouge1_above_threshold", "docs|lead-1")] is True
+    assert not any(p.startswith("qa|") for (name, p) in verdicts if name.startswith("rouge1"))
+    assert {p for (name, p) in verdicts if name.startswith("fuzzy")} == {
+        k for k in keys if k.startswith("qa|")
+    }
+
+    # the instance keeps one status per partition: the failure is not hidden by a later pass
+    rouge1 = check_status(instance, "rouge1_above_threshold", job.partitions_def)
+    assert rouge1["docs|echo"] == "FAILED" and rouge1["docs|lead-1"] == "SUCCEEDED"
+    assert job.execute_in_process(partition_key="docs|lead-1", instance=instance).success
+    rouge1 = check_status(instance, "rouge1_above_threshold", job.partitions_def)
+    assert rouge1["docs|echo"] == "FAILED" and rouge1["docs|lead-1"] == "SUCCEEDED"
+    # a suite without a rouge1 threshold never shows it as passed
+    assert rouge1.get("qa|lead-1") != "SUCCEEDED"
+    assert (
+        check_status(instance, "fuzzy_match_above_threshold", job.partitions_def)["qa|tunable"]
+        == "SUCCEEDED"
+    )
+
     metas = {k: latest_report_metadata(instance, k) for k in keys}
     assert metas["qa|tunable"]["mean/exact_match"] == 1.0
     assert metas["qa|echo"]["mean/exact_match"] == 0.0

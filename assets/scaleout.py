@@ -95,8 +95,16 @@ def executor_config(mode: str, path: Path | None = None) -> dict[str, Any]:
     return config
 
 
-def build_executor(mode: str | None = None) -> dg.ExecutorDefinition | None:
-    """The executor for ``mode`` (default: from the environment); None keeps Dagster's default."""
+def build_executor(mode: str | None = None) -> dg.ExecutorDefinition:
+    """The executor for ``mode`` (default: from the environment).
+
+    On one host every job runs its steps in the run's own process (``in_process_executor``):
+    Dagster's multiprocess default starts a process per step, and each one loads the code
+    location again, which on two cores made a launched partition cost 1.4x one process doing
+    the same work (bench/bench_launch.py has the figures, forkserver with preloaded modules
+    included). The steps of one run depend on each other, so a run loses no parallelism;
+    runs still go side by side (``max_concurrent_runs`` in dagster.yaml), and scale-out modes
+    keep their Celery or Kubernetes executors."""
     mode = mode or executor_mode()
     if mode == "celery":
         from dagster_celery import celery_executor
@@ -112,7 +120,7 @@ def build_executor(mode: str | None = None) -> dg.ExecutorDefinition | None:
                 "needs dagster-k8s: pip install 'dagster-k8s>=0.29,<0.30'",
             ) from exc
         return _configured(k8s_job_executor, mode)
-    return None
+    return dg.in_process_executor
 
 
 def _configured(executor_def: dg.ExecutorDefinition, mode: str) -> dg.ExecutorDefinition:

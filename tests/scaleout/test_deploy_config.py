@@ -183,7 +183,7 @@ def test_k8s_instance_builds_run_and_step_jobs(
 
 
 @pytest.mark.slow
-def test_default_mode_leaves_the_code_location_alone(monkeypatch) -> None:
+def test_default_mode_runs_steps_in_the_run_process(monkeypatch) -> None:
     import dagster as dg
 
     from assets.scaleout import executor_mode
@@ -193,7 +193,10 @@ def test_default_mode_leaves_the_code_location_alone(monkeypatch) -> None:
     monkeypatch.delenv("FLOWSTONE_EXECUTOR", raising=False)
     defs = build_definitions()
     assert executor_mode() == "default"
-    assert defs.executor is None
+    # one process per run, not one per step (each would load the code location again)
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+    assert defs.resolve_job_def("evaluation_job").executor_def.name == "in_process"
+    assert defs.resolve_job_def("bake_model").executor_def.name == "in_process"
     for name in EVAL_STEPS:
         step = defs.get_assets_def(dg.AssetKey(["evaluation", name]))
         assert step.op.retry_policy is None and step.op.pool is None

@@ -54,6 +54,34 @@ def _summary(record: dg.EventLogRecord) -> dict[str, Any]:
     return summary
 
 
+def failed_blocking_checks(
+    evaluations: Sequence[dg.AssetCheckEvaluation], asset_key: dg.AssetKey, partition: str | None
+) -> list[str]:
+    """The blocking checks that failed on ``asset_key``'s ``partition`` among a run's check
+    ``evaluations``.
+
+    Dagster stops what is downstream of a failed blocking check inside the run; an approval
+    launches its run later, so the gate has to look: a partition that failed one is never
+    offered for promotion, and the other partitions of the same run still are."""
+    return [
+        e.check_name
+        for e in evaluations
+        if e.asset_key == asset_key
+        and e.partition == partition
+        and not e.passed
+        and e.blocking
+        and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+
+
+def run_check_evaluations(
+    instance: dg.DagsterInstance, run_id: str
+) -> list[dg.AssetCheckEvaluation]:
+    """Every asset check result recorded by one run."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    return [entry.get_dagster_event().asset_check_evaluation_data for entry in entries]
+
+
 def build_approval_sensors(
     gated_asset: dg.AssetKey,
     upstream_asset: dg.AssetKey,
@@ -114,9 +142,27 @@ def build_approval_sensors(
             limit=batch_size,
             ascending=True,
         ).records
-        opened = 0
+        opened = held = 0
+        evaluations_by_run: dict[str, list[dg.AssetCheckEvaluation]] = {}
         for record in records:
             materialization = _materialization(record)
+            if record.run_id and record.run_id not in evaluations_by_run:
+                evaluations_by_run[record.run_id] = run_check_evaluations(
+                    context.instance, record.run_id
+                )
+            failed = failed_blocking_checks(
+                evaluations_by_run.get(record.run_id or "", []),
+                upstream_asset,
+                materialization.partition,
+            )
+            if failed:
+                held += 1
+                context.log.info(
+                    f"no approval request for {gated_name} [{materialization.partition}]: "
+                    f"blocking check(s) {', '.join(failed)} failed on {upstream_name} in run "
+                    f"{record.run_id}"
+                )
+                continue
             version = (materialization.tags or {}).get(_DATA_VERSION_TAG) or (
                 f"storage-{record.storage_id}"
             )
@@ -144,7 +190,8 @@ def build_approval_sensors(
         cursor = str(records[-1].storage_id) if records else context.cursor
         message = (
             f"{len(records)} new materializations of {upstream_name}, {opened} requests opened, "
-            f"{len(announced)} announced; notifications sent {report.sent}, failed {report.failed}"
+            f"{held} held back by failed blocking checks, {len(announced)} announced; "
+            f"notifications sent {report.sent}, failed {report.failed}"
         )
         context.log.info(message)
         if not opened and not announced:

@@ -288,3 +288,26 @@ def test_definitions_load_and_ticks_run_through_evaluate_tick(instance, resource
     assert [r.run_key for r in data.run_requests] == [run_key(request.id)]
     # Resolution against the asset graph accepted the multi-partition key.
     assert data.run_requests[0].partition_key == "qa|base"
+
+
+@pytest.mark.slow
+def test_a_partition_that_failed_a_blocking_check_is_not_offered(instance, resources, store_url):
+    """Blocking stops what is downstream of the failing partition only: its sibling, checked
+    and passed, still gets a request; the failing one never does."""
+    spec = dg.AssetCheckSpec(
+        "good_enough", asset=REPORT_KEY, partitions_def=PARTITIONS, blocking=True
+    )
+
+    @dg.asset(key=REPORT_KEY, partitions_def=PARTITIONS, check_specs=[spec])
+    def checked_report(context: dg.AssetExecutionContext):
+        yield dg.Output(None, data_version=dg.DataVersion("v1"))
+        yield dg.AssetCheckResult(passed=context.partition_key == BASE)
+
+    for partition in (BASE, TUNED):
+        result = dg.materialize(
+            [checked_report], instance=instance, partition_key=partition, raise_on_error=False
+        )
+        assert result.success is (partition == BASE)
+    requests_sensor, _ = build_approval_sensors(PROMOTED_SYSTEM_KEY, REPORT_KEY)
+    tick(requests_sensor, instance, resources)
+    assert [r.partition for r in ApprovalStore(store_url).list()] == [str(BASE)]

@@ -192,39 +192,56 @@ def latest_materialization_target(
     )
 
 
-def partition_check_evaluations(
-    partition_key: str,
-    outcome: "ReportResult",
-    target: AssetCheckEvaluationTargetMaterializationData | None,
-) -> list[dg.AssetCheckEvaluation]:
-    """The check results of one partition: one per threshold its suite sets, and the
-    regression check once there is a previous materialization to compare with."""
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check's verdict on one partition, before it becomes a Dagster event."""
+
+    name: str
+    passed: bool
+    blocking: bool
+    metadata: dict[str, Any]
+    description: str
+
+    @property
+    def severity(self) -> dg.AssetCheckSeverity:
+        return dg.AssetCheckSeverity.ERROR if self.blocking else dg.AssetCheckSeverity.WARN
+
+    def result(self) -> dg.AssetCheckResult:
+        """For a one-partition run: Dagster fills in the partition and the materialization."""
+        return dg.AssetCheckResult(
+            check_name=self.name,
+            passed=self.passed,
+            metadata=self.metadata,
+            severity=self.severity,
+            description=self.description,
+        )
 
     def evaluation(
-        name: str, passed: bool, blocking: bool, metadata: dict, description: str
+        self, partition_key: str, target: AssetCheckEvaluationTargetMaterializationData | None
     ) -> dg.AssetCheckEvaluation:
+        """For one partition of a multi-partition run, which Dagster cannot attribute itself."""
         return dg.AssetCheckEvaluation(
             asset_key=REPORT_KEY,
-            check_name=name,
-            passed=passed,
-            metadata=metadata,
-            severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-            blocking=blocking,
-            description=description,
+            check_name=self.name,
+            passed=self.passed,
+            metadata=self.metadata,
+            severity=self.severity,
+            blocking=self.blocking,
+            description=self.description,
             partition=partition_key,
             target_materialization_data=target,
         )
 
+
+def partition_check_outcomes(outcome: "ReportResult") -> list[CheckOutcome]:
+    """The checks of one partition: one per threshold its suite sets, and the regression
+    check once there is a previous materialization to compare with."""
     results = [
-        evaluation(
+        CheckOutcome(
             threshold_check_name(metric),
             verdict.passed,
             verdict.blocking,
-            {
-                "mean": round(verdict.mean, 3),
-                "min_mean": verdict.min_mean,
-                "blocking": verdict.blocking,
-            },
+            {"mean": round(verdict.mean, 3), "min_mean": verdict.min_mean},
             f"{metric} mean {verdict.mean:.3f} "
             f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
         )
@@ -236,7 +253,7 @@ def partition_check_evaluations(
             for r in outcome.regressions
         }
         results.append(
-            evaluation(
+            CheckOutcome(
                 NO_REGRESSION,
                 not outcome.regressions,
                 False,
@@ -385,7 +402,11 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
             batch.output({k: o.to_value() for k, o in outcomes.items()}), output_name="report"
         )
         for key, outcome in outcomes.items():
-            target = latest_materialization_target(context.instance, key)
-            yield from partition_check_evaluations(key, outcome, target)
+            checks = partition_check_outcomes(outcome)
+            if len(batch.keys) == 1:
+                yield from (check.result() for check in checks)
+            else:
+                target = latest_materialization_target(context.instance, key)
+                yield from (check.evaluation(key, target) for check in checks)
 
     return [suite_file, system_spec, scoring_config, suite, predictions, scores, report]

@@ -26,6 +26,11 @@ os.environ.setdefault("FLOWSTONE_OUTPUTS_DIR", str(_SESSION_DIR / "outputs"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs would otherwise start the host's shared pool server on their first embedding metric, in
+# DAGSTER_HOME (the repo's own under `make test`), and leave it running for its idle timeout.
+# Tests score in-process unless they opt in (monkeypatch.setenv("FLOWSTONE_POOL", "on") with
+# DAGSTER_HOME in their tmp dir; see tests/workers/test_workers_autostart.py).
+os.environ["FLOWSTONE_POOL"] = "off"
 Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 

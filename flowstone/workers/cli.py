@@ -18,7 +18,10 @@ app = typer.Typer(help="The warm Python worker pool (server mode).", no_args_is_
 SocketOption = Annotated[
     Path | None,
     typer.Option(
-        "--socket", "-s", help="Unix socket path [default: $DAGSTER_HOME/workers/pool.sock]."
+        "--socket",
+        "-s",
+        help="Unix socket path (default: $DAGSTER_HOME/pool/metrics.sock, the host's shared "
+        "pool, which runs find or start on demand).",
     ),
 ]
 
@@ -63,6 +66,15 @@ def serve(
     metrics_host: Annotated[
         str, typer.Option(help="Address the metrics endpoint listens on.")
     ] = "127.0.0.1",
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Stop (and remove the socket) after this many seconds with no calls and no "
+            "calling client; 0: never. Servers that runs start on demand use "
+            "$FLOWSTONE_POOL_IDLE_TIMEOUT (default 600).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Start a pool and serve it on a Unix socket until SIGTERM/Ctrl-C or `flowstone pool stop`."""
     from flowstone.workers.pool import PoolConfig, WorkerPool
@@ -86,7 +98,13 @@ def serve(
         start_timeout_s=start_timeout_s,
     )
     pool = WorkerPool(config)
-    server = PoolServer(pool, socket_path, metrics_port=metrics_port, metrics_host=metrics_host)
+    server = PoolServer(
+        pool,
+        socket_path,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        idle_timeout_s=idle_timeout or None,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -102,6 +120,8 @@ def serve(
     metrics_note = (
         f"; metrics on {server.metrics_server.url}" if server.metrics_server is not None else ""
     )
+    if server.idle_timeout_s:
+        metrics_note += f"; stops after {server.idle_timeout_s:g}s idle"
     typer.echo(
         f"flowstone pool: {workers} '{pool.bridge.name}' workers ready on {server.socket_path} "
         f"(pids {', '.join(map(str, pool.worker_pids()))}){metrics_note}",
@@ -110,7 +130,8 @@ def serve(
     while not stop.is_set() and not server.wait(0.2):
         pass
     server.shutdown()
-    typer.echo("flowstone pool: stopped", err=True)
+    reason = f" after {server.idle_timeout_s:g}s idle" if server.stop_reason == "idle" else ""
+    typer.echo(f"flowstone pool: stopped{reason}", err=True)
 
 
 def _client(socket_path: Path | None):

@@ -13,11 +13,18 @@ would. The socket file is created with mode 0600: only its owner may use the poo
 With ``metrics_port`` set, the server also answers Prometheus scrapes on
 ``http://127.0.0.1:<port>/metrics`` (see :mod:`flowstone.telemetry.metrics`): the pool's workers
 by state, queue depth, call latency, replacements and recycles.
+
+With ``idle_timeout_s`` set, the server stops by itself (removing its socket) once it has had no
+calls and no calling client for that long, so a server started on demand
+(:mod:`flowstone.workers.autostart`) does not hold its models forever. ``pool:stats``,
+``pool:workers`` and ``pool:shutdown`` are not activity: looking at a server does not keep it
+alive. Any other command, ``pool:ping`` included, is, and so is a connection that sent one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import select
 import socket
@@ -28,6 +35,7 @@ from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flowstone.paths import instance_dir
 from flowstone.workers.errors import (
     MalformedFrameError,
     ProtocolError,
@@ -45,13 +53,22 @@ from flowstone.workers.protocol import (
     encode_frame,
     write_all,
 )
-from flowstone.workers.registry import default_registry_dir
 
 UNIX_PATH_MAX = 107
+SOCKET_NAME = "metrics.sock"
+# Admin commands that only look at the server: they do not count as activity for the idle timeout.
+_PASSIVE_COMMANDS = frozenset({"pool:stats", "pool:workers", "pool:shutdown"})
 
 
 def default_socket_path() -> Path:
-    return default_registry_dir() / "pool.sock"
+    """The host's shared pool: ``<instance>/pool/metrics.sock``, the socket runs look for first
+    and start a server on (:mod:`flowstone.workers.autostart`). When that path is too long for a
+    Unix socket, a folder under /tmp named after this user and a hash of the instance folder."""
+    preferred = instance_dir() / "pool" / SOCKET_NAME
+    if len(os.fsencode(str(preferred))) <= UNIX_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(os.fsencode(str(preferred.parent))).hexdigest()[:12]
+    return Path("/tmp") / f"flowstone-pool-{os.getuid()}-{digest}" / SOCKET_NAME
 
 
 def _check_socket_path(path: Path) -> None:
@@ -84,8 +101,12 @@ class PoolServer:
         *,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        idle_timeout_s: float | None = None,
     ):
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            idle_timeout_s = None  # 0 means "never", as on the command line
         self.pool = pool
+        self.idle_timeout_s = idle_timeout_s
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_server: Any = None
@@ -94,10 +115,14 @@ class PoolServer:
         self.max_frame_bytes = pool.config.max_frame_bytes
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
+        self._calling: set[socket.socket] = set()  # connections that sent a call or a ping
         self._lock = threading.Lock()
         self._stopped = threading.Event()  # set when shutdown begins
         self._finished = threading.Event()  # set when shutdown is complete
         self._started_at = time.time()
+        self._last_active = time.monotonic()
+        self._socket_inode: int | None = None  # ours to remove; a successor's is not
+        self.stop_reason: str | None = None  # "idle" when the idle timeout stopped it
 
     def start(self) -> PoolServer:
         path = self.socket_path
@@ -126,8 +151,12 @@ class PoolServer:
         except BaseException:
             self._stop_metrics()
             raise
+        self._socket_inode = path.lstat().st_ino
         listener.listen(128)
+        if self.idle_timeout_s is not None:  # accept() wakes up now and then to check idleness
+            listener.settimeout(max(0.05, min(1.0, self.idle_timeout_s / 4)))
         self._listener = listener
+        self._touch()
         threading.Thread(
             target=self._accept_loop, name="flowstone-pool-accept", daemon=True
         ).start()
@@ -139,13 +168,18 @@ class PoolServer:
 
     def shutdown(self) -> None:
         """Stop accepting, fail in-flight calls with PoolClosedError, stop the workers."""
-        if self._stopped.is_set():
+        with self._lock:
+            already = self._stopped.is_set()
+            self._stopped.set()
+        if already:
             self._finished.wait(30)
             return
-        self._stopped.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
+        # Remove the socket before the (slower) pool shutdown, so a successor can bind it at
+        # once; and only our own socket, never one a successor has bound since.
+        self._unlink_socket()
         self.pool.close()
         time.sleep(0.05)  # let handler threads send their PoolClosedError replies
         with self._lock:
@@ -153,11 +187,14 @@ class PoolServer:
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            if _is_socket(self.socket_path):
-                self.socket_path.unlink()
         self._stop_metrics()
         self._finished.set()
+
+    def _unlink_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            status = self.socket_path.lstat()
+            if stat.S_ISSOCK(status.st_mode) and status.st_ino == self._socket_inode:
+                self.socket_path.unlink()
 
     def _stop_metrics(self) -> None:
         server, self.metrics_server = self.metrics_server, None
@@ -173,15 +210,45 @@ class PoolServer:
     def info(self) -> dict[str, Any]:
         with self._lock:
             connections = len(self._connections)
+        remaining = self.idle_remaining_s()
         info = {
             "socket": str(self.socket_path),
             "pid": os.getpid(),
+            "bridge": self.pool.bridge.name,
+            "size": self.pool.config.size,
             "uptime_s": round(time.time() - self._started_at, 1),
             "connections": connections,
+            "idle_timeout_s": self.idle_timeout_s,
+            "idle_remaining_s": None if remaining is None else round(remaining, 1),
         }
         if self.metrics_server is not None:
             info["metrics_url"] = self.metrics_server.url
         return info
+
+    # Idle timeout --------------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        with self._lock:
+            self._last_active = time.monotonic()
+
+    def idle_remaining_s(self) -> float | None:
+        """Seconds before the idle timeout stops the server (the whole timeout while a client
+        that made calls is connected); None without an idle timeout."""
+        if self.idle_timeout_s is None:
+            return None
+        with self._lock:
+            if self._calling:
+                return self.idle_timeout_s
+            idle = time.monotonic() - self._last_active
+        return max(0.0, self.idle_timeout_s - idle)
+
+    def _stop_if_idle(self) -> bool:
+        """Called by the accept loop between connections: shut down once idle long enough."""
+        if self.idle_remaining_s() != 0.0:
+            return False
+        self.stop_reason = "idle"
+        self.shutdown()
+        return True
 
     # Connections ---------------------------------------------------------------------------
 
@@ -190,6 +257,10 @@ class PoolServer:
         while not self._stopped.is_set():
             try:
                 conn, _ = self._listener.accept()
+            except TimeoutError:  # only with an idle timeout: the listener wakes up to check
+                if self._stop_if_idle():
+                    return
+                continue
             except OSError:
                 return
             with self._lock:
@@ -211,12 +282,26 @@ class PoolServer:
                 except ProtocolError as exc:
                     self._send(fd, {"id": None, "success": False, "error": error_to_wire(exc)})
                     return  # the stream cannot be re-synchronised; other clients are unaffected
-                self._handle(fd, message)
+                active = not (
+                    isinstance(message, dict) and message.get("command") in _PASSIVE_COMMANDS
+                )
+                if active:
+                    with self._lock:
+                        self._calling.add(conn)
+                    self._touch()
+                try:
+                    self._handle(fd, message)
+                finally:
+                    if active:
+                        self._touch()  # the idle clock starts when the call ends
         except OSError:
             return  # the client went away mid-reply
         finally:
             with self._lock:
                 self._connections.discard(conn)
+                if conn in self._calling:
+                    self._calling.discard(conn)
+                    self._last_active = time.monotonic()
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -276,13 +361,6 @@ class PoolServer:
         raise ValueError(
             f"unknown server command '{command}' (pool:ping, pool:stats, pool:workers, pool:shutdown)"
         )
-
-
-def _is_socket(path: Path) -> bool:
-    try:
-        return stat.S_ISSOCK(path.lstat().st_mode)
-    except OSError:
-        return False
 
 
 class _Connection:

@@ -33,8 +33,8 @@ FLOWSTONE_GROUPS = {"analytics", "baking", "evaluation", "promotion", "warehouse
 EVALUATION_ASSETS = ["suite", "predictions", "scores", "report"]
 SUITE, SYSTEM = "qa", "echo"
 PARTITION = f"{SUITE}|{SYSTEM}"
-# One partition through 4 steps takes ~50 s on an idle 2-core machine (each step is a fresh
-# Python process that loads the code location) and up to ~140 s when other work shares it.
+# One partition through 4 steps takes ~20 s on an idle 2-core machine (one run worker process
+# loads the code location and runs the steps) and up to ~140 s when other work shares it.
 RUN_TIMEOUT = 210.0
 TERMINAL_RUN_STATES = {"Success", "Failure", "Canceled"}
 
@@ -211,6 +211,64 @@ def test_materialize_one_evaluation_partition_from_the_ui(dagster_ui) -> None:
         f"after launch (queued {run['startTime'] - run['creationTime']:.0f}s, ran "
         f"{run['endTime'] - run['startTime']:.0f}s); test took {time.monotonic() - started:.0f}s"
     )
+
+
+def _check_status_counts(home: Path, check: str) -> dict[str, int]:
+    """How many report partitions the instance holds in each status of one partitioned check
+    (what the UI's Partitions tab counts)."""
+    import dagster as dg
+
+    from assets.evaluation import REPORT_KEY
+    from flowstone.definitions import build_definitions
+
+    partitions = build_definitions().get_assets_def(REPORT_KEY).partitions_def
+    key = dg.AssetCheckKey(REPORT_KEY, check)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        state = instance.event_log_storage.get_asset_check_state([(key, partitions)])[key]
+    return {
+        status.value: len(list(subset.value.get_partition_keys()))
+        for status, subset in state.subsets.items()
+    }
+
+
+def test_report_checks_count_every_qa_partition(dagster_ui, monkeypatch) -> None:
+    """Each qa partition keeps its own rouge1 result: the ones below the threshold show
+    failed, suites without a rouge1 threshold are not counted as passed, and the check list
+    does not summarise the asset as all passed."""
+    import dagster as dg
+
+    from flowstone.definitions import build_definitions
+
+    page, dev = dagster_ui.page, dagster_ui.dev
+    monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(dev.outputs))
+    job = build_definitions().resolve_job_def("evaluation_job")
+    qa = [k for k in job.partitions_def.get_partition_keys() if k.startswith("qa|")]
+    with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+        for key in qa:  # a run each, the way the demo and a sensor launch them
+            job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+    counts = _check_status_counts(dev.home, "rouge1_above_threshold")
+    assert counts["FAILED"] >= 1, counts  # the deterministic baselines miss qa's rouge1 floor
+    assert counts["FAILED"] + counts["SUCCEEDED"] == len(qa), counts  # only qa sets one
+
+    dagster_ui.open("/assets/evaluation/report?view=checks")
+    page.click("the rouge1 check", "//*[normalize-space(text())='rouge1_above_threshold']")
+    page.element(
+        "the rouge1 check marked failed in the list",
+        "//*[normalize-space(text())='rouge1_above_threshold']"
+        "/following::*[normalize-space(text())='Failed'][1]",
+    )
+    page.click("the check's Partitions tab", "//button[normalize-space(.)='Partitions']")
+    expected = {
+        "Failed": counts["FAILED"],
+        "Passed": counts["SUCCEEDED"],
+        "Skipped": counts["SKIPPED"],
+    }
+    page.wait(
+        f"the Partitions tab to count {expected}",
+        lambda d: all(f"{label} ({n})" in page.text() for label, n in expected.items()),
+    )
+    page.capture("report-checks-partitions")
+    assert "Execution Failed (0)" in page.text()
 
 
 # --------------------------------------------------------------------------- approvals page

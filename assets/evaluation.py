@@ -24,6 +24,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from assets.metadata import to_metadata
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
+from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
 
 if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first use only
@@ -383,6 +384,7 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
     )
     def report(context: dg.AssetExecutionContext, scores):
         batch = PartitionBatch(context)
+        viewer = ViewerLinks(public_base_url())
         outcomes: dict[str, ReportResult] = {}
         for key in batch.keys:
             suite_name, system_name = batch.dims(key)
@@ -395,7 +397,14 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
             )
             batch.record(
                 key,
-                {**outcome.metadata(), "report": dg.MetadataValue.url(outcome.html_path.as_uri())},
+                {
+                    **outcome.metadata(),
+                    # links open in the served viewer (`flowstone serve`); a browser refuses
+                    # file:// links from the UI, so the HTML file's path stays as a path
+                    "viewer": dg.MetadataValue.url(viewer.partition(suite_name, system_name)),
+                    "compare systems": dg.MetadataValue.url(viewer.suite(suite_name)),
+                    "report": dg.MetadataValue.url(viewer.html_report(suite_name, system_name)),
+                },
             )
             outcomes[key] = outcome
         yield dg.Output(

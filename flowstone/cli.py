@@ -291,6 +291,75 @@ def demo(
     exit_now(1 if failures else 0)
 
 
+_VIEWER_HOST_HELP = "Interface to listen on (default $FLOWSTONE_VIEWER_HOST or 127.0.0.1)."
+_VIEWER_PORT_HELP = "Port to listen on (default $FLOWSTONE_VIEWER_PORT or 8765)."
+_VIEWER_URL_HELP = (
+    "Public base URL, when a proxy or another host name fronts the viewer "
+    "(default $FLOWSTONE_VIEWER_URL or http://HOST:PORT)."
+)
+
+
+def serve_viewer(
+    host: str | None, port: int | None, public_url: str | None, approvals_db: str | None = None
+) -> None:
+    """Start the web app (viewer and approvals pages) in the foreground until Ctrl-C."""
+    from urllib.parse import urlsplit
+
+    from flowstone.web import links
+    from flowstone.web.app import AppSettings, create_app
+    from flowstone.web.server import serve as serve_app
+    from flowstone.web.sources import ViewerSources
+
+    host = host or links.viewer_host()
+    try:
+        port = links.viewer_port() if port is None else port
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    if public_url:
+        os.environ[links.URL_ENV] = public_url  # what this process prints and links to
+    base = public_url.rstrip("/") if public_url else links.local_url(host, port)
+    sources = ViewerSources.from_env()
+    app = create_app(AppSettings(sources=sources, approvals_db_url=approvals_db))
+
+    def announce() -> None:
+        console.print(f"FlowStone viewer on [bold]{base}/[/] (listening on {host}:{port})")
+        console.print(f"  approvals pages: {base}/approvals/ (links: `flowstone approvals link`)")
+        console.print(
+            f"  reading the object store {sources.object_store.url} and the warehouse "
+            f"{sources.warehouse}; Ctrl-C stops it"
+        )
+
+    try:
+        serve_app(app, host, port, root_path=urlsplit(base).path.rstrip("/"), on_listening=announce)
+    except OSError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        exit_now(1)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help=_VIEWER_HOST_HELP),
+    port: int | None = typer.Option(None, help=_VIEWER_PORT_HELP),
+    public_url: str | None = typer.Option(None, "--public-url", help=_VIEWER_URL_HELP),
+) -> None:
+    """Serve the viewer (systems side by side per suite and case, bake histories) and the
+    approvals pages, one web app, bound to 127.0.0.1 unless told otherwise."""
+    serve_viewer(host, port, public_url)
+
+
+@approvals_cli.app.command("serve")
+def approvals_serve(
+    host: str | None = typer.Option(None, help=_VIEWER_HOST_HELP),
+    port: int | None = typer.Option(None, help=_VIEWER_PORT_HELP),
+    public_url: str | None = typer.Option(None, "--public-url", help=_VIEWER_URL_HELP),
+    db: str | None = typer.Option(None, help=approvals_cli._DB_HELP),
+) -> None:
+    """Serve the approvals pages (reached through signed links): the same app as `flowstone
+    serve`, with the pages under /approvals."""
+    serve_viewer(host, port, public_url, approvals_db=db)
+
+
 def _instance_and_defs():
     """The instance under DAGSTER_HOME and the code location, imported on first use (typer's
     --help must not load Dagster)."""

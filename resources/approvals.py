@@ -50,8 +50,9 @@ class ApprovalsResource(dg.ConfigurableResource):
     )
     base_url: str | None = Field(
         default=None,
-        description="Public URL of `flowstone approvals serve` (default $FLOWSTONE_APPROVALS_URL "
-        "or http://127.0.0.1:3100).",
+        description="Public URL of the approvals pages in the viewer (`flowstone serve`); default "
+        "$FLOWSTONE_APPROVALS_URL, else $FLOWSTONE_VIEWER_URL/approvals, else "
+        "http://127.0.0.1:8765/approvals.",
     )
     link_ttl_hours: float = Field(default=72.0, description="How long a notification link works.")
 

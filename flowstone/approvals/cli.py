@@ -1,4 +1,4 @@
-"""``flowstone approvals ...``: list, inspect and decide approval requests, serve the page.
+"""``flowstone approvals ...``: list, inspect and decide approval requests, print links.
 
 The CLI talks to the same store as the sensors (``$FLOWSTONE_APPROVALS_DB_URL`` or the SQLite
 file in the instance folder), so a decision here is picked up by the next sensor tick.
@@ -137,25 +137,5 @@ def link(
     )
 
 
-@app.command()
-def serve(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(3100, help="Port to listen on."),
-    db: str | None = typer.Option(None, help=_DB_HELP),
-) -> None:
-    """Serve the approvals page (reached through signed links) until interrupted."""
-    from flowstone.approvals.web import make_server
-
-    store = _store(db)
-    signer = LinkSigner(resolve_signing_secret())
-    server = make_server(store, signer, host, port)
-    typer.echo(
-        f"approvals page on http://{host}:{server.server_address[1]}/ (store: {store.describe()})"
-    )
-    typer.echo("open it with a signed link: flowstone approvals link")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        typer.echo("stopped")
-    finally:
-        server.server_close()
+# `flowstone approvals serve` starts the viewer app, which hosts the approvals pages; it is
+# mounted by flowstone/cli.py (flowstone.web imports this package, not the other way round).

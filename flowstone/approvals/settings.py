@@ -14,11 +14,14 @@ from flowstone.paths import instance_dir
 DB_URL_ENV = "FLOWSTONE_APPROVALS_DB_URL"
 SECRET_ENV = "FLOWSTONE_APPROVAL_SECRET"
 BASE_URL_ENV = "FLOWSTONE_APPROVALS_URL"
+# The viewer's public URL (flowstone.web.links reads the same variable); the approvals pages
+# live under /approvals in the viewer app that `flowstone serve` starts.
+VIEWER_URL_ENV = "FLOWSTONE_VIEWER_URL"
 
 #: Used only when no secret is configured, so the offline demo works. Anyone who reads this
 #: file can forge links signed with it; every use is logged as a warning.
 DEV_SIGNING_SECRET = "flowstone-dev-signing-secret-NOT-FOR-PRODUCTION"
-DEFAULT_BASE_URL = "http://127.0.0.1:3100"
+DEFAULT_BASE_URL = "http://127.0.0.1:8765/approvals"
 
 log = logging.getLogger("flowstone.approvals")
 _warned_dev_secret = False  # once per process is enough to be seen, not to drown the log
@@ -52,5 +55,12 @@ def resolve_signing_secret(configured: str | None = None) -> str:
 
 
 def default_base_url() -> str:
-    """Public URL of the page served by ``flowstone approvals serve``."""
-    return os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/")
+    """Public URL of the approvals pages: ``$FLOWSTONE_APPROVALS_URL``, else
+    ``$FLOWSTONE_VIEWER_URL/approvals``, else the viewer's default address + ``/approvals``."""
+    configured = os.environ.get(BASE_URL_ENV, "").strip()
+    if configured:
+        return configured.rstrip("/")
+    viewer = os.environ.get(VIEWER_URL_ENV, "").strip()
+    if viewer:
+        return f"{viewer.rstrip('/')}/approvals"
+    return DEFAULT_BASE_URL

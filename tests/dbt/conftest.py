@@ -1,23 +1,15 @@
 """A tiny evaluation (2 suites x 2 systems) run through Dagster in-process, then the warehouse
 assets and the real dbt project on a throwaway DuckDB warehouse."""
 
-import json
 import shutil
 import warnings
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from support.evaluation import TunableSystem
+from support.evaluation_lab import Lab
 
-from assets.dbt import load_dbt_project
-from assets.runner import execute_partitions
-from flowstone.evaluation.catalog import load_catalog
-from flowstone.systems.base import SystemRegistry
-from flowstone.systems.baselines import EchoSystem
 from flowstone.warehouse.project import dbt_project_dir
-from io_managers.object_store import ObjectStoreIOManager
-from resources.worker_pool import PythonWorkerPoolResource
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -42,44 +34,6 @@ SETTINGS = {
 }
 
 
-class Lab:
-    """Everything a test needs: definitions, instance, and helpers to run them."""
-
-    def __init__(self, tmp: Path, instance, project_dir: Path):
-        suites = tmp / "suites"
-        suites.mkdir()
-        (suites / "qa.jsonl").write_text("\n".join(json.dumps(c) for c in QA))
-        (suites / "docs.jsonl").write_text("\n".join(json.dumps(c) for c in DOCS))
-        settings = tmp / "evaluation.yaml"
-        settings.write_text(json.dumps(SETTINGS))
-        self.tmp = tmp
-        self.tunable = TunableSystem()
-        self.catalog = load_catalog(suites, settings, SystemRegistry([EchoSystem(), self.tunable]))
-        self.instance = instance
-        self.warehouse = tmp / "warehouse.duckdb"
-        self.project_dir = project_dir
-        self.build()
-
-    def build(self) -> None:
-        """The product's code location on this lab's suites, objects folder and pool."""
-        from flowstone.definitions import build_definitions
-
-        self.project = load_dbt_project()
-        self.defs = build_definitions(
-            catalog=self.catalog,
-            resources={
-                "io_manager": ObjectStoreIOManager(base_path=str(self.tmp / "objects")),
-                "worker_pool": PythonWorkerPoolResource(),
-            },
-        )
-        self.keys = self.defs.resolve_job_def("evaluation_job").partitions_def.get_partition_keys()
-
-    def evaluate(self) -> None:
-        job = self.defs.resolve_job_def("evaluation_job")
-        results = execute_partitions(job, self.instance, self.keys, single_run=True)
-        assert all(result.success for result in results.values())
-
-
 @pytest.fixture
 def lab_factory(tmp_path, monkeypatch):
     """Build a Lab on a fresh warehouse; ``project_dir`` swaps in another dbt project."""
@@ -90,7 +44,13 @@ def lab_factory(tmp_path, monkeypatch):
         def make(project_dir: Path | None = None) -> Lab:
             if project_dir is not None:
                 monkeypatch.setenv("FLOWSTONE_DBT_PROJECT_DIR", str(project_dir))
-            return Lab(tmp_path, instance, project_dir or dbt_project_dir())
+            return Lab(
+                tmp_path,
+                instance,
+                project_dir or dbt_project_dir(),
+                {"qa": QA, "docs": DOCS},
+                SETTINGS,
+            )
 
         yield make
 

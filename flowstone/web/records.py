@@ -1,0 +1,215 @@
+"""What the viewer shows, as typed records read from what the assets stored.
+
+Why records and not the stored dicts: the stored report is JSON written by one version of the
+pipeline and read by the viewer of another, so every field is read once, here, with what a
+missing field means (no confidence interval yet, no threshold for this metric) decided in one
+place instead of in every template.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Names a confidence interval may be stored under in a report's metric figures: the
+# evaluation issue adds intervals to every mean, and the viewer shows them once they exist.
+_CI_KEYS = (("ci_low", "ci_high"), ("ci_lower", "ci_upper"), ("ci95_low", "ci95_high"))
+
+
+def number_or_none(value: Any) -> float | None:
+    """A finite float, or None for a missing, null or NaN figure (never a silent 0.0)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _interval(figures: Mapping[str, Any]) -> tuple[float, float] | None:
+    for low_key, high_key in _CI_KEYS:
+        low, high = number_or_none(figures.get(low_key)), number_or_none(figures.get(high_key))
+        if low is not None and high is not None:
+            return low, high
+    ci = figures.get("ci")
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        low, high = number_or_none(ci[0]), number_or_none(ci[1])
+        if low is not None and high is not None:
+            return low, high
+    return None
+
+
+@dataclass(frozen=True)
+class MetricFigures:
+    """One metric of one partition's report."""
+
+    metric: str
+    mean: float
+    median: float | None
+    p95: float | None
+    min: float | None
+    pass_rate: float | None
+    pass_score: float | None
+    cases: int
+    invalid: int
+    ci: tuple[float, float] | None = None
+
+    @classmethod
+    def from_stored(cls, name: str, figures: Mapping[str, Any]) -> MetricFigures:
+        mean = number_or_none(figures.get("mean"))
+        if mean is None:
+            raise ValueError(f"metric {name!r} of the stored report has no mean")
+        return cls(
+            metric=name,
+            mean=mean,
+            median=number_or_none(figures.get("median")),
+            p95=number_or_none(figures.get("p95")),
+            min=number_or_none(figures.get("min")),
+            pass_rate=number_or_none(figures.get("pass_rate")),
+            pass_score=number_or_none(figures.get("pass_score")),
+            cases=int(figures.get("cases") or 0),
+            invalid=int(figures.get("invalid") or 0),
+            ci=_interval(figures),
+        )
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """A threshold check as the report computed it (a metric without threshold has none)."""
+
+    metric: str
+    min_mean: float
+    mean: float
+    passed: bool
+    blocking: bool
+
+
+@dataclass(frozen=True)
+class PartitionReport:
+    """The stored ``evaluation/report`` value of one suite x system partition."""
+
+    suite: str
+    system: str
+    cases: int
+    metrics: dict[str, MetricFigures]
+    thresholds: dict[str, ThresholdResult]
+    previous_means: dict[str, float]
+    regressions: list[str]
+    tags: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.thresholds.values())
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [name for name, t in self.thresholds.items() if not t.passed]
+
+    @classmethod
+    def from_stored(cls, value: Mapping[str, Any]) -> PartitionReport:
+        metrics = {
+            name: MetricFigures.from_stored(name, figures)
+            for name, figures in (value.get("metrics") or {}).items()
+        }
+        thresholds = {}
+        for name, verdict in (value.get("thresholds") or {}).items():
+            min_mean, mean = (
+                number_or_none(verdict.get("min_mean")),
+                number_or_none(verdict.get("mean")),
+            )
+            if min_mean is None or mean is None:
+                continue  # an unset threshold is no check, never a "passed" one
+            thresholds[name] = ThresholdResult(
+                metric=name,
+                min_mean=min_mean,
+                mean=mean,
+                passed=bool(verdict.get("passed")),
+                blocking=bool(verdict.get("blocking")),
+            )
+        previous = {
+            name: number
+            for name, raw in (value.get("previous_means") or {}).items()
+            if (number := number_or_none(raw)) is not None
+        }
+        return cls(
+            suite=str(value["suite"]),
+            system=str(value["system"]),
+            cases=int(value.get("cases") or 0),
+            metrics=metrics,
+            thresholds=thresholds,
+            previous_means=previous,
+            regressions=[str(r) for r in value.get("regressions") or []],
+            tags=list(value.get("tags") or []),
+        )
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of a suite as the ``evaluation/suite`` asset stored it."""
+
+    case_id: str
+    input: str
+    expected: str
+    context: str | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SystemAnswer:
+    """One system's output on one case with its per-metric scores (None: invalid judgement)."""
+
+    system: str
+    output: str
+    scores: dict[str, float | None]
+
+    def passes(self, metric: str, pass_score: float | None) -> bool | None:
+        score = self.scores.get(metric)
+        if score is None or pass_score is None:
+            return None
+        return score >= pass_score or math.isclose(score, pass_score)
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """A metric mean of one materialization, from the warehouse's report rows."""
+
+    materialized_at: datetime
+    run_id: str
+    mean: float
+    pass_rate: float | None
+
+
+@dataclass(frozen=True)
+class BakeQualityRow:
+    """A row of ``baking.warehouse_bake_quality``."""
+
+    version: str
+    variant: str
+    task: str
+    metric: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    fidelity: float | None
+    materialized_at: datetime | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class BakeProfileRow:
+    """A row of ``baking.warehouse_bake_profile``."""
+
+    version: str
+    variant: str
+    batch_size: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    throughput_per_s: float | None
+    size_bytes: int
+    peak_memory_bytes: int
+    materialized_at: datetime | None
+    run_id: str

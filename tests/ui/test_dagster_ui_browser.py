@@ -14,12 +14,13 @@ data-testid attributes and hashes its CSS class names (only their readable prefi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
 from selenium.common.exceptions import WebDriverException
-from support.approvals_page import serve_approvals_page
+from support.approvals_page import serve_approvals_page, serve_viewer_app
 
 from flowstone.approvals.links import ALL_REQUESTS, LinkSigner
 from flowstone.approvals.machine import ApprovalPolicy, State
@@ -213,6 +214,25 @@ def test_materialize_one_evaluation_partition_from_the_ui(dagster_ui) -> None:
     )
 
 
+def _follow_the_viewer_link(dagster_ui, viewer_url: str, partition: str) -> None:
+    """Open the report partition in the UI, read its "viewer" metadata link and follow it."""
+    page = dagster_ui.page
+    suite, system = partition.split("|")
+    dagster_ui.open(f"/assets/evaluation/report?view=partitions&partition={suite}%7C{system}")
+    link = page.element(
+        "the report's 'viewer' metadata link", f"//a[starts-with(@href,'{viewer_url}')]"
+    )
+    href = link.get_attribute("href")
+    assert href == f"{viewer_url}/suites/{suite}/systems/{system}", href
+    page.capture("report-viewer-link")
+    page.driver.get(href)
+    page.wait(
+        f"the viewer's page of {partition}",
+        lambda d: suite in page.text() and system in page.text() and "404" not in d.title,
+    )
+    page.capture("viewer-from-the-ui")
+
+
 def _check_status_counts(home: Path, check: str) -> dict[str, int]:
     """How many report partitions the instance holds in each status of one partitioned check
     (what the UI's Partitions tab counts)."""
@@ -231,21 +251,29 @@ def _check_status_counts(home: Path, check: str) -> dict[str, int]:
     }
 
 
-def test_report_checks_count_every_qa_partition(dagster_ui, monkeypatch) -> None:
+def test_report_checks_count_every_qa_partition_and_link_the_viewer(
+    dagster_ui, monkeypatch
+) -> None:
     """Each qa partition keeps its own rouge1 result: the ones below the threshold show
     failed, suites without a rouge1 threshold are not counted as passed, and the check list
-    does not summarise the asset as all passed."""
+    does not summarise the asset as all passed. The report's "viewer" link in the UI opens
+    the served viewer on that partition."""
     import dagster as dg
 
     from flowstone.definitions import build_definitions
+    from flowstone.web.sources import ViewerSources
 
     page, dev = dagster_ui.page, dagster_ui.dev
     monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(dev.outputs))
+    viewer = contextlib.ExitStack()
+    viewer_url = viewer.enter_context(serve_viewer_app(sources=ViewerSources.from_env()))
+    monkeypatch.setenv("FLOWSTONE_VIEWER_URL", viewer_url)  # what the runs' links point at
     job = build_definitions().resolve_job_def("evaluation_job")
     qa = [k for k in job.partitions_def.get_partition_keys() if k.startswith("qa|")]
-    with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+    with viewer, dg.DagsterInstance.from_config(str(dev.home)) as instance:
         for key in qa:  # a run each, the way the demo and a sensor launch them
             job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        _follow_the_viewer_link(dagster_ui, viewer_url, qa[0])
     counts = _check_status_counts(dev.home, "rouge1_above_threshold")
     assert counts["FAILED"] >= 1, counts  # the deterministic baselines miss qa's rouge1 floor
     assert counts["FAILED"] + counts["SUCCEEDED"] == len(qa), counts  # only qa sets one

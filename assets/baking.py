@@ -4,6 +4,9 @@ source_model -> baked_model -> bake_quality (blocking check) -> bake_profile -> 
 asset body calls ``flowstone.baking``; the assets add partitions, pools, checks and the
 metadata a person reads in the UI. A failure on any asset stops its partition there, so a
 bad bake never overwrites what is downstream, and the deployed version stays as it was.
+A backfill of many models is one run on one host (``assets/model_batch.py``): each body bakes
+model after model with per-model metadata and check results, and a failure stops that run's
+models at the failing asset.
 """
 
 from typing import Any
@@ -12,12 +15,15 @@ import dagster as dg
 
 from assets.approval_gate import approved_request
 from assets.metadata import to_metadata
+from assets.model_batch import ModelBatch
+from assets.partition_checks import partitioned_check_spec
 from assets.pools import BAKING_POOL, WAREHOUSE_POOL
 from flowstone.baking.records.bake import BakeRecord
 from flowstone.baking.records.profile import ProfileRecord
 from flowstone.baking.records.quality import QualityRecord
 from flowstone.baking.records.source import SourceRecord
 from flowstone.paths import bake_workspace
+from flowstone.web.links import model_url
 
 PREFIX = "baking"
 GROUP = "baking"
@@ -45,16 +51,18 @@ _common: dict[str, Any] = dict(
     description="The dropped model, validated: it loads, a forward pass on a sample input runs, "
     "its size is within the limit; parameter count and sha256 recorded.",
 )
-def source_model(context: dg.AssetExecutionContext) -> dg.Output[dict]:
+def source_model(context: dg.AssetExecutionContext) -> dg.Output:
     from flowstone.baking.pipeline import prepare_source
 
-    name = context.partition_key
-    record = prepare_source(name, context.resources.models.local_path(name), bake_workspace())
-    return dg.Output(
-        record.to_dict(),
-        metadata=to_metadata(record.metadata()),
-        data_version=dg.DataVersion(record.version),
-    )
+    def one(name: str) -> dg.Output[dict]:
+        record = prepare_source(name, context.resources.models.local_path(name), bake_workspace())
+        return dg.Output(
+            record.to_dict(),
+            metadata=to_metadata(record.metadata()),
+            data_version=dg.DataVersion(record.version),
+        )
+
+    return ModelBatch(context).run(one)
 
 
 @dg.asset(
@@ -66,54 +74,78 @@ def source_model(context: dg.AssetExecutionContext) -> dg.Output[dict]:
     "export and ONNX Runtime optimisation/quantisation), each checkpointed so a failed later "
     "pass resumes from the last good one.",
 )
-def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Output[dict]:
+def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Output:
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.pipeline import run_passes
 
-    source = SourceRecord.from_dict(source_model)
     budget = context.resources.models.budget()
-    with reserve_for_bake(budget, source, source.bake_config(), log=context.log.info) as held:
-        baked = run_passes(source, log=context.log.info)
-    return dg.Output(
-        baked.to_dict(),
-        metadata=to_metadata({**baked.metadata(source), **held.metadata()}),
-        data_version=dg.DataVersion(baked.sha256[:16]),
-    )
+
+    def one(name: str, source_model: dict) -> dg.Output[dict]:
+        source = SourceRecord.from_dict(source_model)
+        with reserve_for_bake(budget, source, source.bake_config(), log=context.log.info) as held:
+            baked = run_passes(source, log=context.log.info)
+        return dg.Output(
+            baked.to_dict(),
+            metadata=to_metadata({**baked.metadata(source), **held.metadata()}),
+            data_version=dg.DataVersion(baked.sha256[:16]),
+        )
+
+    return ModelBatch(context).run(one, source_model=source_model)
 
 
-@dg.asset(
-    **_common,
-    kinds={"python"},
+# A multi-asset only for can_subset: it makes the check's output optional, so a run of many
+# models can give each model its own result (as assets/evaluation.py's report does).
+@dg.multi_asset(
+    name=f"{PREFIX}__bake_quality",  # the step key the @asset had
+    outs={
+        "bake_quality": dg.AssetOut(
+            key=QUALITY_KEY,
+            group_name=GROUP,
+            owners=OWNERS,
+            kinds={"python"},
+            description="The baked model against the original on validation data: accuracy "
+            "retention, label agreement and max logit difference (classifiers); cosine "
+            "fidelity mean/min and Spearman rho of pair similarities (embedding models).",
+        )
+    },
+    ins={"source_model": dg.AssetIn(key=SOURCE_KEY), "baked_model": dg.AssetIn(key=BAKED_KEY)},
+    partitions_def=MODELS,
     pool=BAKING_POOL,
     required_resource_keys={"models"},
     check_specs=[
-        dg.AssetCheckSpec(
+        partitioned_check_spec(
             QUALITY_CHECK,
-            asset=QUALITY_KEY,
+            QUALITY_KEY,
+            MODELS,
             blocking=True,
             description="The configured quality metric meets its threshold.",
         )
     ],  # fmt: skip
-    description="The baked model against the original on validation data: accuracy retention, "
-    "label agreement and max logit difference (classifiers); cosine fidelity mean/min and "
-    "Spearman rho of pair similarities (embedding models).",
+    can_subset=True,
 )
 def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict):
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.quality import measure_quality
 
-    source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
-    config = source.bake_config()
-    with reserve_for_bake(context.resources.models.budget(), source, config):
-        quality = measure_quality(source, baked, config)
-    yield dg.Output(quality.to_dict(), metadata=to_metadata(quality.metadata()))
-    yield dg.AssetCheckResult(
-        check_name=QUALITY_CHECK,
-        passed=quality.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=to_metadata(quality.check_metadata()),
-        description=quality.check_description(),
-    )
+    def one(name: str, source_model: dict, baked_model: dict) -> QualityRecord:
+        source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
+        config = source.bake_config()
+        with reserve_for_bake(context.resources.models.budget(), source, config):
+            return measure_quality(source, baked, config)
+
+    batch = ModelBatch(context)
+    qualities = batch.each(one, source_model=source_model, baked_model=baked_model)
+    outputs = {n: dg.Output(q.to_dict(), metadata=to_metadata(q.metadata())) for n, q in qualities.items()}  # fmt: skip
+    yield batch.output(outputs, output_name="bake_quality")
+    for name, quality in qualities.items():  # each model's own result, after its materialization
+        result = dg.AssetCheckResult(
+            check_name=QUALITY_CHECK,
+            passed=quality.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=to_metadata(quality.check_metadata()),
+            description=quality.check_description(),
+        )
+        yield batch.check(result, name, QUALITY_KEY, blocking=True)
 
 
 @dg.asset(
@@ -127,18 +159,25 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
 )
 def bake_profile(
     context: dg.AssetExecutionContext, source_model: dict, baked_model: dict
-) -> dg.Output[dict]:
+) -> dg.Output:
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.chart import profile_chart
     from flowstone.baking.profile import profile_variants, profiling_sentences
 
-    source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
-    config = source.bake_config()
-    sentences = profiling_sentences(source, config)
-    with reserve_for_bake(context.resources.models.budget(), source, config):
-        profile = profile_variants(source, baked, config, sentences)
-    chart = profile_chart(profile, source, bake_workspace())
-    return dg.Output(profile.to_dict(), metadata=to_metadata(profile.metadata(chart)))
+    def one(name: str, source_model: dict, baked_model: dict) -> dg.Output[dict]:
+        source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
+        config = source.bake_config()
+        sentences = profiling_sentences(source, config)
+        with reserve_for_bake(context.resources.models.budget(), source, config):
+            profile = profile_variants(source, baked, config, sentences)
+        chart = profile_chart(profile, source, bake_workspace())
+        viewer = dg.MetadataValue.url(model_url(name))  # the chart, served
+        return dg.Output(
+            profile.to_dict(),
+            metadata={**to_metadata(profile.metadata(chart)), "chart_view": viewer},
+        )
+
+    return ModelBatch(context).run(one, source_model=source_model, baked_model=baked_model)
 
 
 @dg.asset(
@@ -150,23 +189,29 @@ def bake_profile(
     "the object-store I/O manager with its checksum.",
 )
 def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict,
-                 bake_quality: dict, bake_profile: dict) -> dg.Output[bytes]:  # fmt: skip
+                 bake_quality: dict, bake_profile: dict) -> dg.Output:  # fmt: skip
     from flowstone.baking.package import build_manifest, build_package
     from flowstone.notifications.events import bake_ready
 
-    baked = BakeRecord.from_dict(baked_model)
-    manifest = build_manifest(SourceRecord.from_dict(source_model), baked,
-                              QualityRecord.from_dict(bake_quality),
-                              ProfileRecord.from_dict(bake_profile))  # fmt: skip
-    package = build_package(manifest, baked)
     notifications = context.resources.notifications
-    notifications.notify(bake_ready(manifest.model, manifest.summary_figures(),
-                                    notifications.run_url(context.run_id), version=manifest.version))  # fmt: skip
-    return dg.Output(
-        package,
-        metadata=to_metadata(manifest.metadata(len(package))),
-        data_version=dg.DataVersion(manifest.baked.sha256[:16]),
-    )
+
+    def one(name: str, source_model: dict, baked_model: dict, bake_quality: dict,
+            bake_profile: dict) -> dg.Output[bytes]:  # fmt: skip
+        baked = BakeRecord.from_dict(baked_model)
+        manifest = build_manifest(SourceRecord.from_dict(source_model), baked,
+                                  QualityRecord.from_dict(bake_quality),
+                                  ProfileRecord.from_dict(bake_profile))  # fmt: skip
+        package = build_package(manifest, baked)
+        notifications.notify(bake_ready(manifest.model, manifest.summary_figures(),
+                                        notifications.run_url(context.run_id), version=manifest.version))  # fmt: skip
+        return dg.Output(
+            package,
+            metadata=to_metadata(manifest.metadata(len(package))),
+            data_version=dg.DataVersion(manifest.baked.sha256[:16]),
+        )
+
+    return ModelBatch(context).run(one, source_model=source_model, baked_model=baked_model,
+                                   bake_quality=bake_quality, bake_profile=bake_profile)  # fmt: skip
 
 
 @dg.asset(
@@ -209,8 +254,11 @@ def warehouse_bake_quality(
 ):
     from flowstone.warehouse.bake_rows import quality_rows
 
-    source, quality = SourceRecord.from_dict(source_model), QualityRecord.from_dict(bake_quality)
-    return quality_rows(source, quality, context.run_id)
+    def one(name: str, source_model: dict, bake_quality: dict):
+        source = SourceRecord.from_dict(source_model)
+        return quality_rows(source, QualityRecord.from_dict(bake_quality), context.run_id)
+
+    return ModelBatch(context).run(one, source_model=source_model, bake_quality=bake_quality)
 
 
 @dg.asset(
@@ -221,8 +269,11 @@ def warehouse_bake_profile(
 ):
     from flowstone.warehouse.bake_rows import profile_rows
 
-    source, profile = SourceRecord.from_dict(source_model), ProfileRecord.from_dict(bake_profile)
-    return profile_rows(source, profile, context.run_id)
+    def one(name: str, source_model: dict, bake_profile: dict):
+        source = SourceRecord.from_dict(source_model)
+        return profile_rows(source, ProfileRecord.from_dict(bake_profile), context.run_id)
+
+    return ModelBatch(context).run(one, source_model=source_model, bake_profile=bake_profile)
 
 
 BAKE_ASSETS = [source_model, baked_model, bake_quality, bake_profile, bake_package,
@@ -233,3 +284,15 @@ BAKE_JOB = dg.define_asset_job(
     partitions_def=MODELS,
     description="Validate, bake, measure and package one model; deployment waits for approval.",
 )
+
+
+def bake_assets(backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
+    """``BAKE_ASSETS`` with ``backfill_policy`` on the bake job's assets. The default, one run
+    for a whole backfill, is the one-host choice (``assets/model_batch.py`` says why); the drop
+    sensor still requests a run per model, and ``deployed_model`` a run per approval. Set here
+    rather than in the decorators, where the beta parameter warns as the location loads."""
+    policy = backfill_policy or dg.BackfillPolicy.single_run()
+    return [
+        a if a.key == DEPLOYED_KEY else a.with_attributes(backfill_policy=policy)
+        for a in BAKE_ASSETS
+    ]

@@ -7,27 +7,23 @@ that need a re-run. Each body runs `flowstone.evaluation.pipeline` per partition
 metadata still lands on each partition).
 """
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-# Private, on purpose: a check result emitted for one partition of a multi-partition run must
-# name the materialization it belongs to, and Dagster 1.13 exports no constructor for that
-# pointer. tests/assets/test_evaluation_assets.py reads per-partition check status through the
-# instance and fails if this breaks.
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
-)
-
 from assets.metadata import to_metadata
+from assets.partition_checks import latest_target, partitioned_check_spec
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
 
 if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first use only
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
     from flowstone.evaluation.pipeline import ReportResult
 
 GROUP = "evaluation"
@@ -116,13 +112,23 @@ class PartitionBatch:
 
 
 def previous_means(context: dg.AssetExecutionContext, partition_key: str) -> dict[str, float]:
-    """Metric means recorded by the last materialization of the same partition."""
+    """Metric means of the last materialization of the same partition, at full precision from
+    its stored report (the metadata shows them rounded to 3 decimals, which would make an
+    unchanged mean look changed); from the metadata only when that object cannot be read."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition_key]),
         limit=1,
     ).records
     if not records:
         return {}
+    try:
+        stored = context.load_asset_value(context.asset_key, partition_key=partition_key)
+        return {name: float(figures["mean"]) for name, figures in stored["metrics"].items()}
+    except Exception as exc:  # moved or unreadable: the rounded figures still compare
+        context.log.warning(
+            f"{context.asset_key.to_user_string()} {partition_key}: the previous report could "
+            f"not be read ({exc}); comparing with the means in its metadata (3 decimals)"
+        )
     metadata = records[0].asset_materialization.metadata
     return {
         k[len(MEAN_PREFIX) :]: float(v.value)
@@ -146,51 +152,29 @@ def build_check_specs(
     Partitioned (a Dagster 1.13 preview) so that each suite x system partition has its own
     result and the asset's check status counts failing partitions instead of showing the
     latest one. A metric whose suite sets no threshold gets no result for that partition."""
-    with warnings.catch_warnings():  # partitioned checks are a preview we opt into (pinned 1.13)
-        warnings.filterwarnings(
-            "ignore", message="Specifying a partitions_def", category=dg.PreviewWarning
+    settings = catalog.settings
+    every = [settings.default, *settings.suites.values()]
+    specs = [
+        partitioned_check_spec(
+            threshold_check_name(metric),
+            REPORT_KEY,
+            partitions,
+            blocking=any(metric in s.thresholds and s.thresholds[metric].blocking for s in every),
+            description=f"The suite mean of {metric} is at least the threshold in "
+            "evaluation.yaml (suites without one are not checked).",
         )
-        settings = catalog.settings
-        every = [settings.default, *settings.suites.values()]
-        specs = [
-            dg.AssetCheckSpec(
-                name=threshold_check_name(metric),
-                asset=REPORT_KEY,
-                partitions_def=partitions,
-                blocking=any(
-                    metric in s.thresholds and s.thresholds[metric].blocking for s in every
-                ),
-                description=f"The suite mean of {metric} is at least the threshold in "
-                "evaluation.yaml (suites without one are not checked).",
-            )
-            for metric in settings.thresholded_metrics
-        ]
-        specs.append(
-            dg.AssetCheckSpec(
-                name=NO_REGRESSION,
-                asset=REPORT_KEY,
-                partitions_def=partitions,
-                description="No metric mean fell by more than the regression margin since the "
-                "previous materialization of the same partition.",
-            )
+        for metric in settings.thresholded_metrics
+    ]
+    specs.append(
+        partitioned_check_spec(
+            NO_REGRESSION,
+            REPORT_KEY,
+            partitions,
+            description="No metric mean fell by more than the regression margin since the "
+            "previous materialization of the same partition.",
         )
-        return specs
-
-
-def latest_materialization_target(
-    instance: dg.DagsterInstance, partition_key: str
-) -> AssetCheckEvaluationTargetMaterializationData | None:
-    """The report materialization a check result belongs to; without it Dagster treats the
-    partition's result as outdated and shows no status for it."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=REPORT_KEY, asset_partitions=[partition_key]), limit=1
-    ).records
-    if not records or records[0].run_id is None:
-        return None
-    record = records[0]
-    return AssetCheckEvaluationTargetMaterializationData(
-        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
     )
+    return specs
 
 
 @dataclass(frozen=True)
@@ -218,7 +202,7 @@ class CheckOutcome:
         )
 
     def evaluation(
-        self, partition_key: str, target: AssetCheckEvaluationTargetMaterializationData | None
+        self, partition_key: str, target: "AssetCheckEvaluationTargetMaterializationData | None"
     ) -> dg.AssetCheckEvaluation:
         """For one partition of a multi-partition run, which Dagster cannot attribute itself."""
         return dg.AssetCheckEvaluation(
@@ -415,7 +399,7 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
             if len(batch.keys) == 1:
                 yield from (check.result() for check in checks)
             else:
-                target = latest_materialization_target(context.instance, key)
+                target = latest_target(context.instance, REPORT_KEY, key)
                 yield from (check.evaluation(key, target) for check in checks)
 
     return [suite_file, system_spec, scoring_config, suite, predictions, scores, report]

@@ -155,6 +155,16 @@ def partitions_per_run() -> int:
     return value
 
 
+def bake_backfill_policy(mode: str | None = None) -> dg.BackfillPolicy:
+    """How a backfill of many models is cut into runs: one run on one host (a run each would
+    pay a run worker, the code location and torch's import per model), runs of
+    ``FLOWSTONE_PARTITIONS_PER_RUN`` models on a scale-out executor, as for the evaluation."""
+    mode = mode or executor_mode()
+    if mode == "default":
+        return dg.BackfillPolicy.single_run()
+    return dg.BackfillPolicy.multi_run(partitions_per_run())
+
+
 def evaluation_step_settings(mode: str | None = None) -> StepSettings:
     """The evaluation steps' settings for ``mode``: Dagster's one-machine defaults, or on a
     scale-out executor a retry policy, the ``llm`` pool on the step that calls providers and

@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DbtProject
 
-from assets.baking import BAKE_ASSETS, BAKE_JOB, BAKE_WAREHOUSE_IO_MANAGER_KEY, DEPLOYED_KEY
+from assets.baking import BAKE_JOB, BAKE_WAREHOUSE_IO_MANAGER_KEY, DEPLOYED_KEY, bake_assets
 from assets.baking import PACKAGE_KEY as BAKE_PACKAGE_KEY
 from assets.dbt import build_dbt_assets, build_dbt_job, dbt_resource, load_dbt_project
 from assets.evaluation import (
@@ -28,7 +28,12 @@ from assets.evaluation import (
     evaluation_partitions,
 )
 from assets.promotion import PROMOTED_SYSTEM_KEY, build_promotion_asset
-from assets.scaleout import build_executor, evaluation_step_settings, executor_mode
+from assets.scaleout import (
+    bake_backfill_policy,
+    build_executor,
+    evaluation_step_settings,
+    executor_mode,
+)
 from assets.warehouse import GROUP as WAREHOUSE_GROUP
 from assets.warehouse import (
     WAREHOUSE_IO_MANAGER_KEY,
@@ -84,7 +89,7 @@ def build_definitions(
             *warehouse_assets,
             *dbt_assets,
             # baking: source -> baked -> quality -> profile -> package -> deployed
-            *BAKE_ASSETS,
+            *bake_assets(bake_backfill_policy(mode)),
         ],
         jobs=[EVALUATION_JOB, warehouse_job, dbt_job, BAKE_JOB],
         schedules=[

@@ -19,6 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Warm means "the model is loaded", not "these texts were encoded before": the server's workers
+# inherit this and keep no vectors between runs.
+os.environ["FLOWSTONE_EMBEDDING_CACHE"] = "0"
 
 CASES = 64
 SUBJECTS = [

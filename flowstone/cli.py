@@ -203,6 +203,25 @@ def bake(names: list[str]) -> None:
     exit_now(0 if all(r.success for r in outcomes.values()) else 1)
 
 
+VIEWER_URL = "http://127.0.0.1:8765/"  # `flowstone serve`'s default address
+UI_URL = "http://127.0.0.1:3000"  # `make ui`'s
+
+
+def where_to_look(home: Path) -> list[str]:
+    """The demo's last lines: how to open the Dagster UI and the viewer on the instance this run
+    actually used (named in full: it is not the Makefile's default when DAGSTER_HOME was set)."""
+    from rich.markup import escape
+
+    default = home == paths.project_root() / ".dagster_home"
+    env = "" if default else f"DAGSTER_HOME={escape(str(home))} "
+    make_ui = "make ui" if default else f"make ui DAGSTER_HOME={escape(str(home))}"
+    return [
+        f"Open the UI: [bold]{make_ui}[/] (or `DAGSTER_HOME={escape(str(home))} "
+        f".venv/bin/dagster dev -w workspace.yaml`), then {UI_URL}",
+        f"Open the viewer: [bold]{env}.venv/bin/flowstone serve[/], then {VIEWER_URL}",
+    ]
+
+
 @app.command()
 def demo(
     single_run: bool = typer.Option(
@@ -210,6 +229,9 @@ def demo(
     ),
 ) -> None:
     """Materialize every suite x system partition of the evaluation on the embedded defaults."""
+    from flowstone.threads import wait_passively
+
+    wait_passively()  # torch's threads on a busy small machine: see flowstone/threads.py
     home = ensure_instance()
     console.print(
         f"[bold]FlowStone demo[/] · instance [cyan]{home}[/] · outputs [cyan]{paths.outputs_dir()}[/]"
@@ -280,10 +302,8 @@ def demo(
     )
     build_analytics(instance, [k for k in keys if outcomes[k].success], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
-    console.print(
-        "Open the UI: [bold]make ui[/] (or `DAGSTER_HOME=.dagster_home .venv/bin/dagster dev -w workspace.yaml`)"
-        " then http://127.0.0.1:3000"
-    )
+    for line in where_to_look(home):
+        console.print(line)
     if failures:
         console.print(
             f"[red]{len(failures)} run(s) failed:[/] {', '.join(failures)}; see the run logs in the UI"

@@ -58,3 +58,13 @@ def test_demo_materializes_every_partition_and_reports(tmp_path):
     assert len(bakes) == 2 and all(" MB" in line for line in bakes), out.stdout
     assert "spearman_rho = " in out.stdout and "accuracy_retention = " in out.stdout
     assert list((tmp_path / "out" / "objects").rglob("*bake_package*"))
+    # Nothing a new user can do nothing about: no torch deprecation or quantizer warning (torch
+    # prints the latter from C++, "[W... Quantizer.cpp] Warning: ..."), no leaked semaphore.
+    output = out.stdout + out.stderr
+    for noise in ("DeprecationWarning", "UserWarning", "deprecated", "Warning:", "leaked"):
+        assert noise not in output, output
+    # It ends by saying how to open the UI on the instance it used, and the viewer.
+    flat = " ".join(out.stdout.split())
+    assert f"DAGSTER_HOME={tmp_path / 'home'}" in flat, out.stdout
+    assert "dagster dev -w workspace.yaml" in flat and "http://127.0.0.1:3000" in flat
+    assert "flowstone serve" in flat and "http://127.0.0.1:8765/" in flat

@@ -72,12 +72,16 @@ def load_torch_module(artifact: Artifact, *, architecture_loader: Any = None) ->
     """A torch module from a ``torch_module`` (our own checkpoint) or ``torchscript`` file."""
     import torch
 
+    from flowstone.baking import torch_warnings
+
     if artifact.format == "torchscript":
-        return torch.jit.load(str(artifact.path), map_location="cpu").eval()
+        with torch_warnings.loading():
+            return torch.jit.load(str(artifact.path), map_location="cpu").eval()
     if artifact.format == "torch_module":
         # Our own pass checkpoints in the bake workspace: full modules (quantised modules have
         # no state-dict-only form that loads without their quantised class tree).
-        return torch.load(str(artifact.path), map_location="cpu", weights_only=False).eval()
+        with torch_warnings.loading():
+            return torch.load(str(artifact.path), map_location="cpu", weights_only=False).eval()
     if artifact.format == "sentence_transformers":
         from flowstone.evaluation.embedding import load_encoder
 

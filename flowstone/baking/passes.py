@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flowstone.baking import torch_warnings
 from flowstone.baking.artifacts import Artifact, load_torch_module
 
 PassFn = Callable[[Artifact, dict[str, Any], Path, Any], Artifact]
@@ -123,12 +124,13 @@ def torchscript(
             "are Python); use onnx_export"
         )
     module = _torch_input(artifact, "torchscript")
-    with torch.inference_mode(False), torch.no_grad():
-        traced = torch.jit.trace(module, sample, check_trace=False)
-        if options.get("freeze", True):
-            traced = torch.jit.freeze(traced.eval())
     path = out_dir / "model.ts"
-    torch.jit.save(traced, str(path))
+    with torch_warnings.jit_export():
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(module, sample, check_trace=False)
+            if options.get("freeze", True):
+                traced = torch.jit.freeze(traced.eval())
+        torch.jit.save(traced, str(path))
     return Artifact("torchscript", path, artifact.task, artifact.tokenizer_dir)
 
 

@@ -42,6 +42,9 @@ def _inputs(task: str, batch: int, input_shape: list[int] | None, sentences: lis
 def _measure(artifact_dict: dict[str, Any], batch_sizes: list[int], threads: int,
              input_shape: list[int] | None, sentences: list[str]) -> VariantProfile:  # fmt: skip
     """Runs in the child process."""
+    from flowstone.threads import restore_user_policy
+
+    restore_user_policy()  # measured as the user's environment runs it (before torch loads)
     from flowstone.baking.artifacts import open_runner, set_threads
 
     artifact = Artifact.from_dict(artifact_dict)
@@ -99,10 +102,17 @@ def measure_in_subprocess(artifact: Artifact, batch_sizes: list[int], threads: i
                           input_shape: list[int] | None, sentences: list[str]) -> VariantProfile:  # fmt: skip
     """``_measure`` in a fresh spawned process."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+    pool = context.Pool(1)
+    try:
         return pool.apply(
             _measure, (artifact.as_dict(), batch_sizes, threads, input_shape, sentences)
         )
+    finally:
+        # Let the child exit rather than be terminated (what ``with Pool`` does): its exit
+        # releases what it registered with the resource tracker (tqdm, inside
+        # sentence-transformers, makes a semaphore), else a "leaked semaphore" warning follows.
+        pool.close()
+        pool.join()
 
 
 def profiling_sentences(record: SourceRecord, config: BakeConfig) -> list[str]:

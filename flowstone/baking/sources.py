@@ -178,8 +178,11 @@ def load_model(source: SourceModel, config: BakeConfig) -> Any:
     import torch
 
     if source.kind == "torchscript":
+        from flowstone.baking import torch_warnings
+
         try:
-            return torch.jit.load(str(source.path), map_location="cpu").eval()
+            with torch_warnings.loading():
+                return torch.jit.load(str(source.path), map_location="cpu").eval()
         except Exception as exc:
             raise BakeError(
                 source.name, "source_model", f"{source.path} is corrupt or truncated: {exc}"

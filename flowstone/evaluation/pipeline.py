@@ -18,6 +18,14 @@ from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from flowstone.evaluation.regression import Regression, find_regressions
 
+# Means as a person reads them in the UI's metadata; the stored values keep full precision.
+DISPLAY_DECIMALS = 3
+
+
+def shown(value: float) -> float:
+    """``value`` rounded for display in asset metadata (never for what is stored or compared)."""
+    return round(float(value), DISPLAY_DECIMALS)
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -82,7 +90,7 @@ def score(
         table,
         {
             "cases": len(table),
-            **{f"mean/{m}": float(table[m].mean()) for m in metrics},
+            **{f"mean/{m}": shown(table[m].mean()) for m in metrics},
             **{
                 f"invalid/{m}": int(table[m].isna().sum()) for m in metrics if table[m].isna().any()
             },
@@ -111,7 +119,7 @@ class ReportResult:
     def metadata(self) -> dict:
         return {
             "cases": self.report.cases,
-            **{f"mean/{name}": value for name, value in self.report.means.items()},
+            **{f"mean/{name}": shown(value) for name, value in self.report.means.items()},
             **{f"invalid/{n}": m.invalid for n, m in self.report.metrics.items() if m.invalid},
             "passed": self.report.passed,
             "regressions": len(self.regressions),

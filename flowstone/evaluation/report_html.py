@@ -71,9 +71,18 @@ def metric_charts(scores: pd.DataFrame, report: Report) -> str:
         plt.close(fig)
 
 
+# What a cell with no value shows (a metric without a threshold, an invalid judgement), never NaN.
+MISSING = "—"
+
+
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(
-        index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="grid", escape=True
+        index=False,
+        float_format=lambda v: f"{v:.3f}",
+        na_rep=MISSING,
+        border=0,
+        classes="grid",
+        escape=True,
     )
 
 
@@ -87,10 +96,10 @@ def render_report(
     summary = report.summary_frame()
     verdicts = report.thresholds
     summary["threshold"] = [
-        verdicts[m].min_mean if m in verdicts else None for m in summary["metric"]
+        f"{verdicts[m].min_mean:.3f}" if m in verdicts else MISSING for m in summary["metric"]
     ]
     summary["verdict"] = [
-        ("pass" if verdicts[m].passed else "FAIL") if m in verdicts else ""
+        ("pass" if verdicts[m].passed else "FAIL") if m in verdicts else "no threshold"
         for m in summary["metric"]
     ]
     first = next(iter(report.metrics))

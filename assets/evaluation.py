@@ -20,10 +20,7 @@ from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
 
 if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first use only
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
+    from assets.partition_checks import AssetCheckEvaluationTargetMaterializationData
     from flowstone.evaluation.pipeline import ReportResult
 
 GROUP = "evaluation"

@@ -6,8 +6,10 @@ work in process (the limit a launcher can approach).
 (c) a launch through the webserver's GraphQL API, the way the UI launches a run (``dagster
     dev``: webserver, daemon, queued run coordinator), first with no pool server running,
     then a second time with the pool warm;
-(d) a 12-partition backfill launched through GraphQL (one run: single-run backfill policy)
-    against (e) one fresh process running the same 12 partitions in process as one run.
+(d) a 12-partition backfill launched through GraphQL (one run: single-run backfill policy),
+    until its run has finished (the data is there; the daemon's 30 s loop picks the backfill
+    up and later marks it completed, which Dagster 1.13 does not let us tune), against (e) one
+    fresh process running the same 12 partitions in process as one run.
 
 Targets (issue 15): b/a <= 1.3, c-first/a <= 1.3, c-second/a <= 0.5, d/e <= 1.3.
 (a) and (e) score in their own process (``FLOWSTONE_POOL=off``), the way a user without
@@ -64,13 +66,15 @@ mutation($params: LaunchBackfillParams!) {
   }
 }"""
 BACKFILL_STATUS = """
-query($id: String!) {
+query($id: String!, $tags: [ExecutionTag!]) {
   partitionBackfillOrError(backfillId: $id) {
     __typename
     ... on PartitionBackfill { status }
     ... on PythonError { message }
   }
+  runsOrError(filter: {tags: $tags}) { ... on Runs { results { status } } }
 }"""
+TERMINAL_RUNS = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 class Bench:
@@ -123,15 +127,20 @@ class Bench:
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill not launched: {launched}")
         backfill_id = launched["backfillId"]
+        tags = [{"key": "dagster/backfill", "value": backfill_id}]
 
-        def status() -> str:
-            found = self._graphql(BACKFILL_STATUS, {"id": backfill_id})
-            return found["partitionBackfillOrError"]["status"]
+        def runs_done() -> bool:
+            found = self._graphql(BACKFILL_STATUS, {"id": backfill_id, "tags": tags})
+            if found["partitionBackfillOrError"]["status"] in ("FAILED", "CANCELED"):
+                raise RuntimeError(f"backfill {backfill_id}: {found}")
+            runs = found["runsOrError"]["results"]
+            if runs and any(r["status"] == "FAILURE" for r in runs):
+                raise RuntimeError(f"backfill {backfill_id}: a run failed")
+            return bool(runs) and all(r["status"] in TERMINAL_RUNS for r in runs)
 
-        final = _wait(status, {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED",
-                               "CANCELED"})  # fmt: skip
-        if final not in ("COMPLETED", "COMPLETED_SUCCESS"):
-            raise RuntimeError(f"backfill {backfill_id} ended {final}")
+        # The data is there when the backfill's run has finished; the daemon marks the
+        # backfill itself completed on its next pass (every 30 s, not configurable in 1.13).
+        _wait(runs_done, {True})
         return time.perf_counter() - start
 
     # -- the dev server -------------------------------------------------------------------

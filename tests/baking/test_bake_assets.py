@@ -26,25 +26,6 @@ from flowstone.cli import app as cli_app
 from flowstone.definitions import defs
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    for name, sub in (("FLOWSTONE_MODELS_DIR", "drop"), ("FLOWSTONE_BAKE_WORKSPACE", "ws"),
-                      ("FLOWSTONE_DEPLOY_DIR", "deploy"), ("FLOWSTONE_WAREHOUSE", "wh.duckdb"),
-                      ("FLOWSTONE_OUTPUTS_DIR", "out")):  # fmt: skip
-        monkeypatch.setenv(name, str(tmp_path / sub))
-    monkeypatch.setenv("FLOWSTONE_APPROVALS_DB_URL", f"sqlite:///{tmp_path / 'approvals.sqlite'}")
-    return tmp_path
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        from assets.pools import ensure_pool_limits
-
-        ensure_pool_limits(inst)
-        yield inst
-
-
 def tick(name, instance, cursor=None):
     sensor = defs.resolve_sensor_def(name)
     resources = {

@@ -19,26 +19,8 @@ from assets.baking import (
     QUALITY_KEY,
     SOURCE_KEY,
 )
-from assets.pools import ensure_pool_limits
 from assets.runner import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from flowstone.definitions import build_definitions, defs
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    for name, sub in (("FLOWSTONE_MODELS_DIR", "drop"), ("FLOWSTONE_BAKE_WORKSPACE", "ws"),
-                      ("FLOWSTONE_DEPLOY_DIR", "deploy"), ("FLOWSTONE_WAREHOUSE", "wh.duckdb"),
-                      ("FLOWSTONE_OUTPUTS_DIR", "out")):  # fmt: skip
-        monkeypatch.setenv(name, str(tmp_path / sub))
-    monkeypatch.setenv("FLOWSTONE_APPROVALS_DB_URL", f"sqlite:///{tmp_path / 'approvals.sqlite'}")
-    return tmp_path
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        ensure_pool_limits(inst)
-        yield inst
 
 
 def bake_batch(instance, names):

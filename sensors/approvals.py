@@ -21,6 +21,7 @@ from flowstone.approvals.flow import (
     run_key,
 )
 from flowstone.approvals.store import ApprovalRequest
+from sensors.run_events import run_check_evaluations
 
 _DATA_VERSION_TAG = "dagster/data_version"
 _REQUESTER_TAGS = ("flowstone/requested_by", "dagster/user", "user")
@@ -72,14 +73,6 @@ def failed_blocking_checks(
         and e.blocking
         and e.severity == dg.AssetCheckSeverity.ERROR
     ]
-
-
-def run_check_evaluations(
-    instance: dg.DagsterInstance, run_id: str
-) -> list[dg.AssetCheckEvaluation]:
-    """Every asset check result recorded by one run."""
-    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    return [entry.get_dagster_event().asset_check_evaluation_data for entry in entries]
 
 
 def build_approval_sensors(

@@ -14,6 +14,7 @@ import dagster as dg
 from flowstone.notifications import events
 from flowstone.notifications.events import Notification
 from resources.notifications import NotificationsResource
+from sensors.run_events import run_check_evaluations
 
 _PARTITION_TAG = "dagster/partition"
 
@@ -83,8 +84,7 @@ def failed_check_notifications(
 ) -> list[Notification]:
     """Notifications for every asset check that did not pass in ``run``."""
     out = []
-    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.get_dagster_event().asset_check_evaluation_data
+    for evaluation in run_check_evaluations(instance, run.run_id):
         if evaluation.passed:
             continue
         out.append(

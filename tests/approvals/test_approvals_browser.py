@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from support.approvals_page import serve_approvals_page
-from support.chromium import start_chromium
+from support.chromium import browser_fixture
 
 from flowstone.approvals.links import ALL_REQUESTS, LinkSigner
 from flowstone.approvals.machine import ApprovalPolicy, State
@@ -15,13 +15,7 @@ from flowstone.approvals.store import ApprovalStore
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def browser(chromium_ready: str, tmp_path: Path):
-    driver = start_chromium(chromium_ready, tmp_path / "chromium-profile", "1200,900")
-    try:
-        yield driver
-    finally:
-        driver.quit()
+browser = browser_fixture("1200,900")
 
 
 def test_click_approve_in_chromium(browser, store_url: str, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,22 @@ def chromium_ready_fixture(who: str):
         return CHROMIUM
 
     return chromium_ready
+
+
+def browser_fixture(window_size: str):
+    """A test fixture ``browser``: a headless driver (``start_chromium``) on the session's
+    ``chromium_ready`` binary with a profile in the test's temp folder, quit afterwards. In a
+    test module: ``browser = browser_fixture("1200,900")``."""
+
+    @pytest.fixture(name="browser")
+    def browser(chromium_ready: str, tmp_path: Path) -> Iterator[Any]:
+        driver = start_chromium(chromium_ready, tmp_path / "chromium-profile", window_size)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+    return browser
 
 
 def start_chromium(binary: str, profile_dir: Path, window_size: str) -> Any:

@@ -6,18 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.chromium import start_chromium
+from support.chromium import browser_fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-@pytest.fixture
-def browser(chromium_ready: str, tmp_path: Path):
-    driver = start_chromium(chromium_ready, tmp_path / "chromium-profile", "1360,1000")
-    try:
-        yield driver
-    finally:
-        driver.quit()
+browser = browser_fixture("1360,1000")
 
 
 def capture(driver, artifacts: Path, label: str) -> Path:

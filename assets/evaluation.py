@@ -16,6 +16,7 @@ from assets.metadata import to_metadata
 from assets.partition_checks import latest_target, partitioned_check_spec
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
+from flowstone.storage.versions import VERSIONS_KEPT
 from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first 
 GROUP = "evaluation"
 PREFIX = "evaluation"
 OWNERS = ["team:ml-platform"]
+SCORE_VERSIONS_KEPT = 10  # earlier per-case scores kept per partition for the viewer's diff
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,8 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
         **common,
         deps=[dg.AssetDep(scoring_config, partition_mapping=by_suite)],
         description="Per-case scores, one column a metric, recomputed from stored predictions.",
+        # the viewer's per-case diff reads the partition's earlier materializations
+        metadata={VERSIONS_KEPT: SCORE_VERSIONS_KEPT},
     )
     def scores(
         context: dg.AssetExecutionContext, worker_pool: PythonWorkerPoolResource, suite, predictions
@@ -384,6 +388,9 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
                     # file:// links from the UI, so the HTML file's path stays as a path
                     "viewer": dg.MetadataValue.url(viewer.partition(suite_name, system_name)),
                     "compare systems": dg.MetadataValue.url(viewer.suite(suite_name)),
+                    "changes since last run": dg.MetadataValue.url(
+                        viewer.diff(suite_name, system_name)
+                    ),
                     "report": dg.MetadataValue.url(viewer.html_report(suite_name, system_name)),
                 },
             )

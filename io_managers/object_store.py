@@ -16,14 +16,16 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from flowstone.paths import outputs_dir
+from flowstone.storage import codec
 from flowstone.storage.errors import StorageError
 from flowstone.storage.keys import object_key_for
 from flowstone.storage.local_store import LocalObjectStore
 from flowstone.storage.location import DEFAULT_PREFIX, object_store_location
 from flowstone.storage.object_store import ObjectStore
-from flowstone.storage.objects import load_object, save_object
+from flowstone.storage.objects import load_object, save_encoded
 from flowstone.storage.s3_store import S3ObjectStore, client_config
 from flowstone.storage.tiered_store import BoundedCacheStore, TieredObjectStore
+from flowstone.storage.versions import VERSIONS_KEPT, save_version
 from io_managers._partitions import PartitionSpec, partition_specs, split_multi_partition_output
 
 
@@ -149,18 +151,15 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
         items: Sequence[tuple[str | None, PartitionSpec | None, Any]] = (
             [(None, None, obj)] if not specs else split_multi_partition_output(context, obj, specs)
         )
+        keep = versions_kept(context)
+        compression = None if self.compression == "none" else self.compression
         written = []
         for partition_key, spec, value in items:
             key = self._key(context, spec)
-            compression = None if self.compression == "none" else self.compression
-            written.append(
-                (
-                    partition_key,
-                    save_object(
-                        store, key, value, trusted=self.trusted_pickle, compression=compression
-                    ),
-                )
-            )
+            encoded = codec.encode(value, trusted=self.trusted_pickle, compression=compression)
+            written.append((partition_key, save_encoded(store, key, encoded)))
+            if keep:
+                save_version(store, key, encoded, run_id=context.run_id, keep=keep)
         if len(written) == 1:
             stored = written[0][1]
             context.add_output_metadata(
@@ -170,6 +169,7 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
                     "format": stored.envelope.format,
                     "compression": stored.envelope.compression or "none",
                     "sha256": stored.envelope.sha256,
+                    **({"versions kept": keep} if keep else {}),
                 }
             )
             return
@@ -193,6 +193,22 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
             return load_object(store, self._key(context, None), **options)
         values = {pk: load_object(store, self._key(context, spec), **options) for pk, spec in specs}
         return next(iter(values.values())) if len(values) == 1 else values
+
+
+def versions_kept(context: dg.OutputContext) -> int:
+    """How many earlier materializations of each partition the asset asked to keep
+    (definition metadata ``flowstone/versions_kept``; see :mod:`flowstone.storage.versions`)."""
+    metadata = context.definition_metadata or {}
+    raw = metadata.get(VERSIONS_KEPT)
+    value = getattr(raw, "value", raw)  # a MetadataValue once Dagster has normalised it
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StorageError(
+            f"asset {context.asset_key.to_user_string()}: {VERSIONS_KEPT} must be a whole "
+            f"number of at least 1, got {value!r}"
+        )
+    return value
 
 
 def object_store_io_manager_from_env() -> ObjectStoreIOManager:

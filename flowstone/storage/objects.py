@@ -32,7 +32,11 @@ def save_object(
     trusted: bool = False,
     compression: str | None = None,
 ) -> StoredObject:
-    encoded = codec.encode(obj, trusted=trusted, compression=compression)
+    return save_encoded(store, key, codec.encode(obj, trusted=trusted, compression=compression))
+
+
+def save_encoded(store: ObjectStore, key: str, encoded: codec.Encoded) -> StoredObject:
+    """Store bytes already encoded, for a caller that writes them under more than one key."""
     uri, stored_bytes = store.put_encoded(key, encoded)  # never joins header and payload
     return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=stored_bytes)
 

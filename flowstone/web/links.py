@@ -94,8 +94,9 @@ class ViewerLinks:
     def partition(self, suite: str, system: str) -> str:
         return self._url(f"/suites/{_segment(suite)}/systems/{_segment(system)}")
 
-    def diff(self, suite: str, system: str) -> str:
-        return self._url(f"/suites/{_segment(suite)}/systems/{_segment(system)}/diff")
+    def diff(self, suite: str, system: str, **query: str) -> str:
+        path = f"/suites/{_segment(suite)}/systems/{_segment(system)}/diff"
+        return self._url(path, query or None)
 
     def html_report(self, suite: str, system: str) -> str:
         return self._url(f"/suites/{_segment(suite)}/systems/{_segment(system)}/report.html")

@@ -16,7 +16,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from flowstone.storage.versions import StoredVersion
 from flowstone.web.approvals import old_list_link
+from flowstone.web.case_diff import SORTS as DIFF_SORTS
+from flowstone.web.case_diff import CaseChange, CaseDiffFilter, counts, diff_cases
 from flowstone.web.charts import Series, colour, line_chart
 from flowstone.web.compare import (
     SORTS,
@@ -34,6 +37,55 @@ from flowstone.web.sources import Readers, ViewerSources
 from flowstone.web.stored import PartitionKey
 
 TRUE = ("1", "on", "true")
+DIFF_SHOWS = {
+    "changed": "changed cases",
+    "newly_failing": "newly failing",
+    "all": "every case",
+}
+
+
+@dataclass(frozen=True)
+class CaseDiffView:
+    """The per-case diff on show: the kept versions, the two compared, the filtered rows."""
+
+    versions: list[StoredVersion]
+    previous: StoredVersion | None
+    current: StoredVersion | None
+    changes: list[CaseChange]
+    spec: CaseDiffFilter
+
+    @property
+    def rows(self) -> list[CaseChange]:
+        return self.spec.apply(self.changes)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return counts(self.changes)
+
+
+def _version(
+    versions: list[StoredVersion],
+    run: str | None,
+    key: PartitionKey,
+    before: StoredVersion | None = None,
+) -> StoredVersion | None:
+    """The kept version written by the run whose id starts with ``run`` (a 404 naming the
+    kept runs when none is); without ``run``, the newest one, or the one just before
+    ``before``. None when there is no such version."""
+    if run:
+        found = [v for v in versions if v.run_id.startswith(run)]
+        if len(found) != 1:
+            kept = ", ".join(v.run_id[:8] for v in versions) or "none"
+            what = "no" if not found else "more than one"
+            raise NotFound(
+                f"{what} kept materialization of {key.suite}|{key.system} by run {run!r}; "
+                f"kept runs: {kept}"
+            )
+        return found[0]
+    if before is None:
+        return versions[-1] if versions else None
+    at = versions.index(before)
+    return versions[at - 1] if at > 0 else None
 
 
 @dataclass(frozen=True)
@@ -274,8 +326,8 @@ class Viewer:
         listing.require_system(comparison, system)
         report = comparison.reports[system]
         trend = self.readers.warehouse().trend(name)
-        runs = max((len(trend.get((system, m), [])) for m in report.metrics), default=0)
         links: ViewerLinks = links_for(request)
+        cases = self._case_diff(request, comparison, system)
         return self._render(
             request,
             "diff.html",
@@ -285,8 +337,47 @@ class Viewer:
             report=report,
             system=system,
             changes=metric_changes(report, trend),
-            runs=runs,
+            cases=cases,
+            diff_sorts=DIFF_SORTS,
+            shows=DIFF_SHOWS,
         )
+
+    def _case_diff(
+        self, request: Request, comparison: SuiteComparison, system: str
+    ) -> CaseDiffView:
+        """The two kept versions of the partition's scores to compare (the newest two unless
+        ``previous``/``current`` name runs) and the query's filter; nothing to compare with
+        fewer than two."""
+        key = PartitionKey(comparison.suite, system)
+        stored = self.readers.stored()
+        versions = stored.score_versions(key)
+        params = request.query_params
+        metrics = comparison.metrics
+        metric = params.get("metric") or (metrics[0] if metrics else "")
+        if metric not in metrics:
+            raise BadRequest(
+                f"no metric {metric!r} on suite {comparison.suite!r}; metrics: {_known(metrics)}"
+            )
+        show = params.get("show") or "changed"
+        if show not in DIFF_SHOWS:
+            raise BadRequest(f"unknown show {show!r}; choose one of {_known(list(DIFF_SHOWS))}")
+        sort = params.get("sort") or "drop"
+        if sort not in DIFF_SORTS:
+            raise BadRequest(f"unknown sort {sort!r}; sorts: {_known(list(DIFF_SORTS))}")
+        current = _version(versions, params.get("current"), key)
+        previous = _version(versions, params.get("previous"), key, before=current)
+        spec = CaseDiffFilter(metric, show, sort)
+        if current is None or previous is None:
+            return CaseDiffView(versions, None, None, [], spec)
+        order = [c.case_id for c in stored.cases(key) or []]
+        changes = diff_cases(
+            stored.answers_in(key, previous, metrics),
+            stored.answers_in(key, current, metrics),
+            metrics,
+            {m: comparison.pass_score(m) for m in metrics},
+            order,
+        )
+        return CaseDiffView(versions, previous, current, changes, spec)
 
     def html_report(self, request: Request) -> Response:
         """The report's HTML file, served: a browser refuses ``file://`` links from the UI."""

@@ -20,6 +20,7 @@ from flowstone.storage.keys import object_key_for
 from flowstone.storage.location import DEFAULT_PREFIX, ObjectStoreLocation
 from flowstone.storage.object_store import ObjectStore
 from flowstone.storage.objects import load_object
+from flowstone.storage.versions import StoredVersion, list_versions, load_version
 from flowstone.web.records import CaseInput, PartitionReport, SystemAnswer
 
 EVALUATION = "evaluation"
@@ -118,20 +119,20 @@ class StoredValues:
     def answers(self, key: PartitionKey, metrics: list[str]) -> dict[str, SystemAnswer] | None:
         """Case id -> the system's output and its scores, from ``evaluation/scores``."""
         frame = self._load((EVALUATION, "scores"), _dims(key))
-        if frame is None:
-            return None
-        present = [m for m in metrics if m in frame.columns]
-        out = {}
-        for row in frame.to_dict(orient="records"):
-            scores: dict[str, float | None] = {}
-            for metric in present:
-                value = row[metric]
-                scores[metric] = None if value is None or value != value else float(value)
-            output = row.get("output")
-            out[str(row["case_id"])] = SystemAnswer(
-                system=key.system, output="" if output is None else str(output), scores=scores
-            )
-        return out
+        return None if frame is None else _answers(frame, key.system, metrics)
+
+    def score_versions(self, key: PartitionKey) -> list[StoredVersion]:
+        """The kept materializations of the partition's ``evaluation/scores``, oldest first
+        (the asset keeps its newest few; see ``flowstone.storage.versions``)."""
+        return list_versions(
+            self.store, object_key_for(self.prefix, (EVALUATION, "scores"), _dims(key))
+        )
+
+    def answers_in(
+        self, key: PartitionKey, version: StoredVersion, metrics: list[str]
+    ) -> dict[str, SystemAnswer]:
+        """Like :meth:`answers`, from one kept version of the partition's scores."""
+        return _answers(load_version(self.store, version), key.system, metrics)
 
     # -- baking -------------------------------------------------------------------------
 
@@ -153,3 +154,18 @@ class StoredValues:
 
 def _dims(key: PartitionKey) -> dict[str, str]:
     return {"suite": key.suite, "system": key.system}
+
+
+def _answers(frame: Any, system: str, metrics: list[str]) -> dict[str, SystemAnswer]:
+    present = [m for m in metrics if m in frame.columns]
+    out = {}
+    for row in frame.to_dict(orient="records"):
+        scores: dict[str, float | None] = {}
+        for metric in present:
+            value = row[metric]
+            scores[metric] = None if value is None or value != value else float(value)
+        output = row.get("output")
+        out[str(row["case_id"])] = SystemAnswer(
+            system=system, output="" if output is None else str(output), scores=scores
+        )
+    return out

@@ -152,3 +152,58 @@ def test_object_store_verify_sha256_checks_the_identity_digest_too(tmp_path):
         ChecksumError, match="'flowstone/blob_value/__asset__.fso': expected sha256 f{64}"
     ):
         strict.load_input(context)
+
+
+RUNS = dg.StaticPartitionsDefinition(["qa", "x/y"])
+
+
+@dg.asset(partitions_def=RUNS, metadata={"flowstone/versions_kept": 2})
+def kept(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    return pd.DataFrame({"run": [context.run.run_id]})
+
+
+def _versions_after_three_runs(resources, store) -> None:
+    from flowstone.storage.keys import object_key_for
+    from flowstone.storage.objects import load_object
+    from flowstone.storage.versions import list_versions, load_version
+
+    instance = dg.DagsterInstance.ephemeral()
+    runs = []
+    for _ in range(3):
+        result, events = _mat([kept], resources, partition_key="x/y", instance=instance)
+        runs.append(result.run_id)
+        assert events[0].materialization.metadata["versions kept"].value == 2
+    latest = object_key_for("flowstone", ["kept"], "x/y")
+    versions = list_versions(store, latest)
+    # the newest two runs, oldest first; the first run's version was deleted
+    assert [v.run_id for v in versions] == runs[1:]
+    assert versions[0].written_at <= versions[1].written_at
+    assert [load_version(store, v)["run"].tolist() for v in versions] == [[r] for r in runs[1:]]
+    assert load_object(store, latest)["run"].tolist() == [runs[-1]]
+    # the other partition's latest object and versions are untouched
+    assert list_versions(store, object_key_for("flowstone", ["kept"], "qa")) == []
+
+
+def test_object_store_keeps_the_versions_an_asset_asks_for(tmp_path):
+    io_manager = ObjectStoreIOManager(base_path=str(tmp_path))
+    _versions_after_three_runs({"io_manager": io_manager}, io_manager.build_store())
+
+
+def test_object_store_keeps_versions_on_s3(moto_endpoint, bucket):
+    io_manager = ObjectStoreIOManager(
+        backend="s3", bucket=bucket,
+        s3=S3Resource(endpoint_url=moto_endpoint, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1"))  # fmt: skip
+    _versions_after_three_runs({"io_manager": io_manager}, io_manager.build_store())
+
+
+@dg.asset(metadata={"flowstone/versions_kept": 0})
+def kept_none() -> int:
+    return 1
+
+
+def test_a_bad_versions_kept_names_the_asset(tmp_path):
+    resources = {"io_manager": ObjectStoreIOManager(base_path=str(tmp_path))}
+    with pytest.raises(Exception, match=r"kept_none: flowstone/versions_kept must be .* got 0"):
+        _mat([kept_none], resources)
+    assert not list(tmp_path.rglob("*.fso"))  # nothing written

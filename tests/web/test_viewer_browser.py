@@ -78,7 +78,13 @@ def test_compare_systems_on_a_case_and_filter(browser, viewer_url, viewer_data, 
     capture(browser, artifacts_dir, "model")
     browser.get(f"{viewer_url}/suites/qa/systems/tunable/diff")
     assert "regressed" in browser.find_element(By.ID, "changes").text
+    first = browser.find_element(By.CSS_SELECTOR, "#case-changes tbody tr")
+    assert "newly failing" in first.text
+    assert first.find_element(By.CSS_SELECTOR, ".output-diff ins").text == "unrelated"
     capture(browser, artifacts_dir, "diff")
+    Select(browser.find_element(By.ID, "diff-show")).select_by_value("newly_failing")  # submits
+    wait.until(ec.url_contains("show=newly_failing"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#case-changes tbody tr")) == 5
     browser.find_element(By.LINK_TEXT, "tunable").click()  # the breadcrumb to the partition
     wait.until(ec.presence_of_element_located((By.ID, "metrics")))
     assert browser.find_elements(By.CSS_SELECTOR, "#system-cases td.fail")

@@ -26,7 +26,7 @@ def http(viewer_url: str):
 
 def cells(html: str, row_id: str) -> list[str]:
     """The text of each cell of the table row with ``id=row_id``."""
-    row = re.search(rf'<tr id="{re.escape(row_id)}">(.*?)</tr>', html, re.S)
+    row = re.search(rf'<tr id="{re.escape(row_id)}"[^>]*>(.*?)</tr>', html, re.S)
     assert row, f"no row {row_id!r}"
     return [
         html_text.unescape(re.sub(r"<[^>]+>", "", c)).strip()
@@ -129,8 +129,30 @@ def test_partition_page_and_diff(http) -> None:
     exact = cells(diff.text, "change-exact_match")
     assert exact[1:5] == ["1.000", "0.000", "-1.000", "✗ regressed"]
     assert "UTC (run " in exact[5]  # the first run, dated from dbt's report history
-    assert "Per-case changes are not available" in diff.text
-    assert "has 2 materializations of this" in diff.text
+    # case by case: tunable now answers unrelated words, so every qa case got worse
+    assert "5</b> changed, <b>0</b> unchanged" in diff.text
+    qa0 = cells(diff.text, "case-change-qa-0")
+    assert qa0[1:6] == [
+        "changed",
+        "1.000",
+        "0.000",
+        "-1.000",
+        "✗ newly failing exact_match, fuzzy_match, rouge1",
+    ]
+    assert re.search(r"<del>colour</del>", diff.text) and "<ins>unrelated</ins>" in diff.text
+    # the filter is a link; echo answered the same both times: nothing changed, all shown on request
+    same = http.get("/suites/qa/systems/echo/diff", params={"show": "changed"})
+    assert 'id="no-case-changes"' in same.text
+    every = http.get("/suites/qa/systems/echo/diff", params={"show": "all", "metric": "rouge1"})
+    assert every.text.count('<tr id="case-change-') == 5 and "5</b> unchanged" in every.text
+    # another pair of kept runs by run id; a run that was not kept is a 404 naming those kept
+    runs = re.findall(r'<code title="([0-9a-f-]{36})">', diff.text)
+    assert len(runs) == 2
+    again = http.get("/suites/qa/systems/tunable/diff", params={"current": runs[1][:8]})
+    assert again.status_code == 200 and "5</b> changed" in again.text
+    gone = http.get("/suites/qa/systems/tunable/diff", params={"previous": "feedbeef"})
+    assert gone.status_code == 404 and "no kept materialization of qa|tunable by run" in gone.text
+    assert http.get("/suites/qa/systems/tunable/diff", params={"show": "odd"}).status_code == 400
 
 
 def test_model_page_and_chart(http) -> None:

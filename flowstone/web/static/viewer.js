@@ -1,4 +1,4 @@
 // Apply the case filters as soon as one changes; the form still works without JavaScript.
-document.querySelectorAll("#filters select, #filters input[type=checkbox]").forEach(function (el) {
+document.querySelectorAll("form.filters select, form.filters input[type=checkbox]").forEach(function (el) {
   el.addEventListener("change", function () { el.form.submit(); });
 });

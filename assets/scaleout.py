@@ -39,7 +39,11 @@ EXECUTOR_ENV = "FLOWSTONE_EXECUTOR"
 CELERY_CONFIG_ENV = "FLOWSTONE_CELERY_CONFIG"
 K8S_CONFIG_ENV = "FLOWSTONE_K8S_EXECUTOR_CONFIG"
 PARTITIONS_PER_RUN_ENV = "FLOWSTONE_PARTITIONS_PER_RUN"
-EXECUTORS = ("default", "celery", "k8s")
+EXECUTORS = ("default", "multiprocess", "celery", "k8s")
+ONE_HOST = ("default", "multiprocess")
+# What the forkserver imports once, so that each step's process forks with the code location
+# (and pandas, which every evaluation step loads) already in memory.
+FORKSERVER_PRELOAD = ["dagster", "pandas", "flowstone.definitions"]
 EXECUTOR_FILES = {
     "celery": (CELERY_CONFIG_ENV, "deploy/celery.yaml"),
     "k8s": (K8S_CONFIG_ENV, "deploy/k8s/executor.yaml"),
@@ -51,7 +55,8 @@ STEP_RETRY = dg.RetryPolicy(
 
 
 def executor_mode() -> str:
-    """``default`` (in-process/multiprocess on one machine), ``celery`` or ``k8s``."""
+    """``default`` (each run's steps in its own process), ``multiprocess`` (a process per
+    step, forked from a forkserver that preloaded the code location), ``celery`` or ``k8s``."""
     mode = (os.environ.get(EXECUTOR_ENV) or "default").strip().lower()
     if mode not in EXECUTORS:
         raise ConfigError(
@@ -106,6 +111,11 @@ def build_executor(mode: str | None = None) -> dg.ExecutorDefinition:
     runs still go side by side (``max_concurrent_runs`` in dagster.yaml), and scale-out modes
     keep their Celery or Kubernetes executors."""
     mode = mode or executor_mode()
+    if mode == "multiprocess":
+        return dg.multiprocess_executor.configured(
+            {"start_method": {"forkserver": {"preload_modules": FORKSERVER_PRELOAD}}},
+            name="multiprocess_forkserver",
+        )
     if mode == "celery":
         from dagster_celery import celery_executor
 
@@ -160,7 +170,7 @@ def bake_backfill_policy(mode: str | None = None) -> dg.BackfillPolicy:
     pay a run worker, the code location and torch's import per model), runs of
     ``FLOWSTONE_PARTITIONS_PER_RUN`` models on a scale-out executor, as for the evaluation."""
     mode = mode or executor_mode()
-    if mode == "default":
+    if mode in ONE_HOST:
         return dg.BackfillPolicy.single_run()
     return dg.BackfillPolicy.multi_run(partitions_per_run())
 
@@ -170,7 +180,7 @@ def evaluation_step_settings(mode: str | None = None) -> StepSettings:
     scale-out executor a retry policy, the ``llm`` pool on the step that calls providers and
     backfills of ``FLOWSTONE_PARTITIONS_PER_RUN`` partitions a run."""
     mode = mode or executor_mode()
-    if mode == "default":
+    if mode in ONE_HOST:
         return StepSettings()
     return StepSettings(
         backfill_policy=dg.BackfillPolicy.multi_run(partitions_per_run()),

@@ -202,8 +202,28 @@ def test_default_mode_runs_steps_in_the_run_process(monkeypatch) -> None:
         assert step.op.retry_policy is None and step.op.pool is None
         assert step.backfill_policy == dg.BackfillPolicy.single_run()
     monkeypatch.setenv("FLOWSTONE_EXECUTOR", "dask")
-    with pytest.raises(ConfigError, match="FLOWSTONE_EXECUTOR.*dask.*default, celery, k8s"):
+    with pytest.raises(
+        ConfigError, match="FLOWSTONE_EXECUTOR.*dask.*default, multiprocess, celery, k8s"
+    ):
         executor_mode()
+
+
+@pytest.mark.slow
+def test_multiprocess_mode_forks_steps_from_a_preloaded_forkserver(monkeypatch) -> None:
+    """The executor option measured against the default in bench/bench_launch.py (f): one
+    host, so the evaluation keeps single-run backfills and no step retries."""
+    import dagster as dg
+
+    from flowstone.definitions import build_definitions
+
+    monkeypatch.setenv("FLOWSTONE_EXECUTOR", "multiprocess")
+    defs = build_definitions()
+    executor = defs.resolve_job_def("evaluation_job").executor_def
+    assert executor.name == "multiprocess_forkserver"  # configured: forkserver, preloaded
+    for name in EVAL_STEPS:
+        step = defs.get_assets_def(dg.AssetKey(["evaluation", name]))
+        assert step.op.retry_policy is None
+        assert step.backfill_policy == dg.BackfillPolicy.single_run()
 
 
 def test_celery_mode_sets_executor_retries_pools_and_backfill(monkeypatch) -> None:

@@ -52,3 +52,57 @@ def sentences(text: str) -> list[str]:
     """Split prose into sentences on terminal punctuation followed by a capital or digit."""
     parts = [part.strip() for part in _SENTENCE_END.split(text.strip())]
     return [part for part in parts if part]
+
+
+# Function words that carry no topic: overlap on them says nothing about relevance (the
+# lexical baselines rank sentences on the other words).
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "their",
+        "there",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+    ]
+)
+
+
+def content_words(text: str) -> list[str]:
+    """The words that say what ``text`` is about: the lexical baselines match and count these."""
+    return [w for w in words(text) if w not in STOPWORDS]

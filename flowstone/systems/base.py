@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -27,6 +28,24 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def answer_each(
+    cases: Sequence[Case], answer: Callable[[Case], str], progress: Progress | None = None
+) -> list[Prediction]:
+    """Predictions of a system that answers one case at a time, each timed on its own.
+
+    Shared by the local baselines so that their latencies mean the same thing: the time one
+    case's answer took, with any model loading done before the first case.
+    """
+    out = []
+    for done, case in enumerate(cases, start=1):
+        start = time.perf_counter()
+        text = answer(case)
+        out.append(Prediction(case.id, text, time.perf_counter() - start))
+        if progress:
+            progress(done)
+    return out
 
 
 class System(abc.ABC):

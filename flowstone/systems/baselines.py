@@ -7,70 +7,14 @@ tests run the whole pipeline offline.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 from flowstone.cases import Case
-from flowstone.systems.base import Prediction, Progress, System
-from flowstone.text import sentences, words
-
-# Function words that carry no topic: overlap on them says nothing about relevance.
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "their",
-        "there",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "why",
-        "will",
-        "with",
-    ]
-)
-
-
-def _run(cases: Sequence[Case], answer, progress: Progress | None) -> list[Prediction]:
-    out = []
-    for done, case in enumerate(cases, start=1):
-        start = time.perf_counter()
-        text = answer(case)
-        out.append(Prediction(case.id, text, time.perf_counter() - start))
-        if progress:
-            progress(done)
-    return out
+from flowstone.systems.base import Prediction, Progress, System, answer_each
+from flowstone.systems.compression import SumBasicSummariser
+from flowstone.systems.retrieval import BM25Answerer, DenseNearestSentence
+from flowstone.systems.rewrite import RuleParaphraser
+from flowstone.text import STOPWORDS, content_words, sentences
 
 
 class EchoSystem(System):
@@ -85,7 +29,7 @@ class EchoSystem(System):
     def predict(
         self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
     ) -> list[Prediction]:
-        return _run(cases, lambda case: case.input, progress)
+        return answer_each(cases, lambda case: case.input, progress)
 
 
 class LeadSummariser(System):
@@ -109,11 +53,7 @@ class LeadSummariser(System):
             source = case.context or case.input
             return " ".join(sentences(source)[: self.n]) or source
 
-        return _run(cases, answer, progress)
-
-
-def _content_words(text: str) -> list[str]:
-    return [w for w in words(text) if w not in STOPWORDS]
+        return answer_each(cases, answer, progress)
 
 
 def best_sentence(query: str, candidates: Sequence[str]) -> str:
@@ -121,10 +61,10 @@ def best_sentence(query: str, candidates: Sequence[str]) -> str:
 
     Ties go to the earlier sentence, which keeps the choice deterministic.
     """
-    wanted = set(_content_words(query))
+    wanted = set(content_words(query))
     best, best_score = candidates[0], -1.0
     for candidate in candidates:
-        tokens = _content_words(candidate)
+        tokens = content_words(candidate)
         if not tokens:
             continue
         score = len(wanted.intersection(tokens)) / math.sqrt(len(tokens))
@@ -153,8 +93,23 @@ class NearestSentenceAnswerer(System):
             source = case.context or case.input
             return best_sentence(case.input, sentences(source) or [source])
 
-        return _run(cases, answer, progress)
+        return answer_each(cases, answer, progress)
 
 
 def baseline_systems() -> list[System]:
-    return [EchoSystem(), LeadSummariser(1), NearestSentenceAnswerer()]
+    """The local baselines every suite is evaluated with (each one a partition per suite).
+
+    Each bets on something else, so a comparison has something to decide: copying (echo),
+    position (lead-1), shared words (nearest-sentence), term weighting (bm25), meaning
+    (minilm-nearest), word frequency under a length budget (sumbasic-30) and rewriting
+    (rule-paraphrase).
+    """
+    return [
+        EchoSystem(),
+        LeadSummariser(1),
+        NearestSentenceAnswerer(),
+        BM25Answerer(),
+        DenseNearestSentence(),
+        SumBasicSummariser(0.3),
+        RuleParaphraser(),
+    ]

@@ -45,7 +45,15 @@ def test_fingerprint_changes_with_parameters():
 
 def test_registry_rejects_bad_and_duplicate_names():
     registry = SystemRegistry(baseline_systems())
-    assert registry.names == ["echo", "lead-1", "nearest-sentence"]
+    assert registry.names == [
+        "echo",
+        "lead-1",
+        "nearest-sentence",
+        "bm25",
+        "minilm-nearest",
+        "sumbasic-30",
+        "rule-paraphrase",
+    ]
     import pytest
 
     with pytest.raises(ValueError, match="twice"):

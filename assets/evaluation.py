@@ -16,6 +16,7 @@ from assets.metadata import to_metadata
 from assets.partition_checks import latest_target, partitioned_check_spec
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
+from flowstone.evaluation.check_names import NO_REGRESSION, threshold_check_name
 from flowstone.storage.versions import VERSIONS_KEPT
 from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
@@ -110,37 +111,46 @@ class PartitionBatch:
         return self.output(values)
 
 
-def previous_means(context: dg.AssetExecutionContext, partition_key: str) -> dict[str, float]:
-    """Metric means of the last materialization of the same partition, at full precision from
-    its stored report (the metadata shows them rounded to 3 decimals, which would make an
-    unchanged mean look changed); from the metadata only when that object cannot be read."""
+@dataclass(frozen=True)
+class PreviousReport:
+    """What the report compares itself with: the previous materialization's means and, from
+    its stored value, its per-case scores (None when only its metadata could be read)."""
+
+    means: dict[str, float]
+    cases: dict[str, dict[str, float | None]] | None = None
+
+
+def previous_report(context: dg.AssetExecutionContext, partition_key: str) -> PreviousReport:
+    """The last materialization of the same partition, at full precision from its stored
+    report (the metadata shows means rounded to 3 decimals, which would make an unchanged mean
+    look changed); from the metadata only when that object cannot be read."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition_key]),
         limit=1,
     ).records
     if not records:
-        return {}
+        return PreviousReport({})
     try:
         stored = context.load_asset_value(context.asset_key, partition_key=partition_key)
-        return {name: float(figures["mean"]) for name, figures in stored["metrics"].items()}
+        means = {  # a failed metric (no valid score) stored no mean and compares with nothing
+            name: float(figures["mean"])
+            for name, figures in stored["metrics"].items()
+            if figures.get("mean") is not None
+        }
+        return PreviousReport(means, stored.get("case_scores"))  # None: stored before kept
     except Exception as exc:  # moved or unreadable: the rounded figures still compare
         context.log.warning(
             f"{context.asset_key.to_user_string()} {partition_key}: the previous report could "
             f"not be read ({exc}); comparing with the means in its metadata (3 decimals)"
         )
     metadata = records[0].asset_materialization.metadata
-    return {
-        k[len(MEAN_PREFIX) :]: float(v.value)
-        for k, v in metadata.items()
-        if k.startswith(MEAN_PREFIX)
-    }
-
-
-def threshold_check_name(metric: str) -> str:
-    return f"{metric}_above_threshold"
-
-
-NO_REGRESSION = "no_regression"
+    return PreviousReport(
+        {
+            k[len(MEAN_PREFIX) :]: float(v.value)
+            for k, v in metadata.items()
+            if k.startswith(MEAN_PREFIX)
+        }
+    )
 
 
 def build_check_specs(
@@ -217,37 +227,64 @@ class CheckOutcome:
         )
 
 
+def threshold_outcome(outcome: "ReportResult", metric: str) -> CheckOutcome:
+    """A metric's threshold check: its mean and interval against the floor, or a failure
+    (not an error) naming why a metric with no valid score has no mean to compare."""
+    verdict = outcome.report.thresholds[metric]
+    summary = outcome.report.metrics[metric]
+    interval = summary.interval
+    if interval is None:
+        return CheckOutcome(
+            threshold_check_name(metric),
+            False,
+            verdict.blocking,
+            {"valid": 0, "invalid": summary.invalid, "min_mean": verdict.min_mean},
+            f"{metric} failed, no mean to compare with threshold {verdict.min_mean:.3f}: "
+            f"{verdict.reason}",
+        )
+    return CheckOutcome(
+        threshold_check_name(metric),
+        verdict.passed,
+        verdict.blocking,
+        {"mean": round(verdict.mean, 3), "ci": interval.describe(), "min_mean": verdict.min_mean},
+        f"{metric} mean {verdict.mean:.3f} ({interval.level:.0%} CI {interval.bounds()}) "
+        f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
+    )
+
+
 def partition_check_outcomes(outcome: "ReportResult") -> list[CheckOutcome]:
     """The checks of one partition: one per threshold its suite sets, and the regression
     check once there is a previous materialization to compare with."""
-    results = [
-        CheckOutcome(
-            threshold_check_name(metric),
-            verdict.passed,
-            verdict.blocking,
-            {"mean": round(verdict.mean, 3), "min_mean": verdict.min_mean},
-            f"{metric} mean {verdict.mean:.3f} "
-            f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
-        )
-        for metric, verdict in outcome.report.thresholds.items()
-    ]
+    results = [threshold_outcome(outcome, metric) for metric in outcome.report.thresholds]
     if outcome.previous_means:
-        drops = {
-            f"drop/{r.metric}": f"{r.previous:.3f} -> {r.current:.3f} (-{r.relative_drop:.1%})"
-            for r in outcome.regressions
-        }
-        results.append(
-            CheckOutcome(
-                NO_REGRESSION,
-                not outcome.regressions,
-                False,
-                drops or {"compared_metrics": len(outcome.previous_means)},
-                f"{len(outcome.regressions)} metric(s) fell by more than the margin"
-                if outcome.regressions
-                else "no metric fell by more than the margin",
-            )
-        )
+        results.append(regression_outcome(outcome))
     return results
+
+
+def regression_outcome(outcome: "ReportResult") -> CheckOutcome:
+    """No metric fell by more than the margin (and, with ``require_significance``, by more
+    than the paired test on the same cases allows): per metric, the drop and the test."""
+    settings = outcome.regression_settings
+    metadata: dict[str, Any] = {"compared_metrics": len(outcome.compared)}
+    for metric, r in outcome.compared.items():
+        line = f"{r.previous:.3f} -> {r.current:.3f} ({-r.relative_drop:+.1%})"
+        if r.paired is not None:
+            p = r.paired
+            line += f", paired {p.difference:+.3f} [{p.ci.bounds()}] p={p.p_value:.3g} ({p.test})"
+        metadata[f"{'drop' if r in outcome.regressions else 'change'}/{metric}"] = line
+    rule = f"by more than {settings.margin:.0%}"
+    if settings.require_significance:
+        rule += f" with a paired test p < {settings.alpha}"
+    return CheckOutcome(
+        NO_REGRESSION,
+        not outcome.regressions,
+        False,
+        metadata,
+        f"{len(outcome.regressions)} metric(s) fell {rule}: "
+        + ", ".join(r.metric for r in outcome.regressions)
+        if outcome.regressions
+        else f"no metric fell {rule}",
+    )
 
 
 def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None) -> list:
@@ -373,12 +410,14 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
         outcomes: dict[str, ReportResult] = {}
         for key in batch.keys:
             suite_name, system_name = batch.dims(key)
+            previous = previous_report(context, key)
             outcome = _pipeline().report(
                 catalog,
                 suite_name,
                 system_name,
                 batch.input(scores, key),
-                previous_means(context, key),
+                previous.means,
+                previous_cases=previous.cases,
             )
             batch.record(
                 key,

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from assets.baking import BAKE_JOB, MODELS
+from assets.comparison import COMPARISON_JOB, COMPARISON_KEY
 from assets.dbt import DBT_JOB
 from assets.evaluation import EVALUATION_JOB, PREFIX, REPORT_KEY
 from assets.pools import ensure_pool_limits
@@ -124,6 +125,25 @@ def latest_reports(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[st
         metadata = latest_metadata(instance, REPORT_KEY, key)
         if metadata:
             out[key] = {name: value.value for name, value in metadata.items()}
+    return out
+
+
+def compare_suites(
+    defs: dg.Definitions, instance: dg.DagsterInstance, suites: Sequence[str]
+) -> dict[str, dict[str, Any] | None]:
+    """Materialize ``evaluation/comparison`` for each suite (a run each) and return what it
+    stored, or None for a suite whose run failed (e.g. fewer than two systems evaluated)."""
+    job = defs.resolve_job_def(COMPARISON_JOB)
+    results = execute_partitions(job, instance, list(suites))
+    out: dict[str, dict[str, Any] | None] = {}
+    for suite in suites:
+        if not results[suite].success:
+            out[suite] = None
+            continue
+        stored = defs.load_asset_value(COMPARISON_KEY, partition_key=suite, instance=instance)
+        if not isinstance(stored, dict):
+            raise TypeError(f"evaluation/comparison {suite} stored {type(stored).__name__}")
+        out[suite] = stored
     return out
 
 

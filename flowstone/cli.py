@@ -24,6 +24,7 @@ from flowstone import paths
 from flowstone import progress as case_progress
 from flowstone.approvals import cli as approvals_cli
 from flowstone.baking import cli as models_cli
+from flowstone.evaluation import cli as eval_cli
 from flowstone.notifications.outbox import backlog_gauges
 from flowstone.ops.checks.runner import register_check
 from flowstone.ops.doctor import app as doctor_app
@@ -51,6 +52,7 @@ app.add_typer(
     help="Check the instance, warehouse, object store, credentials, pool and dbt.",
 )
 app.add_typer(metrics_app, name="metrics", help="Prometheus metrics: a standalone exporter.")
+app.command("eval")(eval_cli.run)
 app.add_typer(
     models_cli.app,
     name="models",
@@ -80,14 +82,23 @@ def ensure_instance() -> Path:
     return home
 
 
+def _mean_cell(meta: dict, metric: str) -> str:
+    """``0.712`` over its interval (``ci/<metric>`` metadata: ``0.650–0.771 (95% CI)``)."""
+    mean = meta.get(f"mean/{metric}")
+    if mean is None:
+        return "[red]failed[/]" if f"failed/{metric}" in meta else "—"
+    interval = str(meta.get(f"ci/{metric}", "")).split(" (")[0]
+    return f"{mean:.3f}\n[dim]{interval}[/]" if interval else f"{mean:.3f}"
+
+
 def summary_table(reports: dict[str, dict]) -> Table:
     metrics = sorted({k[5:] for r in reports.values() for k in r if k.startswith("mean/")})
-    table = Table(title="Evaluation summary (mean per metric)")
+    table = Table(title="Evaluation summary (mean per metric, its confidence interval below)")
     for column in ["suite", "system", "cases", *metrics, "checks", "regressions"]:
         table.add_column(column, justify="left" if column in ("suite", "system") else "right")
     for key, meta in reports.items():
         suite, system = key.split("|")
-        cells = [f"{meta[f'mean/{m}']:.3f}" if f"mean/{m}" in meta else "—" for m in metrics]
+        cells = [_mean_cell(meta, m) for m in metrics]
         verdict = "[green]pass[/]" if meta.get("passed") else "[red]fail[/]"
         table.add_row(
             suite,
@@ -97,6 +108,29 @@ def summary_table(reports: dict[str, dict]) -> Table:
             verdict,
             str(meta.get("regressions", 0)),
         )
+    return table
+
+
+def comparison_table(comparisons: dict[str, dict | None]) -> Table:
+    """Per suite and metric: the leaders, and every difference the paired test finds real
+    (after the correction for the number of comparisons)."""
+    table = Table(title="Which differences are significant (paired, Holm-corrected)")
+    for column in ("suite", "metric", "leaders", "significant differences"):
+        table.add_column(column)
+    for suite, stored in comparisons.items():
+        if stored is None:
+            table.add_row(suite, "—", "—", "[yellow]not compared (fewer than two systems)[/]")
+            continue
+        for metric, figures in stored["metrics"].items():
+            real = [
+                f"{p['b'] if p['verdict'] == 'better' else p['a']} > "
+                f"{p['a'] if p['verdict'] == 'better' else p['b']} "
+                f"({abs(p['difference']):.3f}, p={p['p_adjusted']:.2g})"
+                for p in figures["pairs"]
+                if p["verdict"] in ("better", "worse")
+            ]
+            leaders = ", ".join(figures["leaders"])
+            table.add_row(suite, metric, leaders, "; ".join(real) or "[dim]none[/]")
     return table
 
 
@@ -279,11 +313,19 @@ def demo(
             f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
         ]
         start(len(keys))
-        from assets.runner import bake_models, latest_reports, materialize_partitions
+        from assets.runner import (
+            bake_models,
+            compare_suites,
+            latest_reports,
+            materialize_partitions,
+        )
 
         instance, defs = _instance_and_defs()
         outcomes = materialize_partitions(defs, instance, keys, single_run, on_done)
     console.print(summary_table(latest_reports(instance, keys)))
+    console.print("Comparing the systems on each suite (paired tests on the same cases)…")
+    comparisons = compare_suites(defs, instance, sorted(catalog.suite_names))
+    console.print(comparison_table(comparisons))
     models = stage_demo_models()
     console.print(
         f"Baking {', '.join(models)} from {paths.models_dir()} (validate, bake, quality, profile, package)…"

@@ -20,6 +20,7 @@ from dagster_dbt import DbtProject
 
 from assets.baking import BAKE_JOB, BAKE_WAREHOUSE_IO_MANAGER_KEY, DEPLOYED_KEY, bake_assets
 from assets.baking import PACKAGE_KEY as BAKE_PACKAGE_KEY
+from assets.comparison import COMPARISON_KEY, build_comparison_asset, comparison_job
 from assets.dbt import build_dbt_assets, build_dbt_job, dbt_resource, load_dbt_project
 from assets.evaluation import (
     EVALUATION_JOB,
@@ -84,6 +85,7 @@ def build_definitions(
         assets=[
             # evaluation: suite -> predictions -> scores -> report, and the gated promotion
             *build_evaluation_assets(catalog, evaluation_step_settings(mode)),
+            build_comparison_asset(catalog),
             build_promotion_asset(partitions, upstream_key=REPORT_KEY),
             # analytics: the DuckDB warehouse and the dbt project over it
             *warehouse_assets,
@@ -91,7 +93,7 @@ def build_definitions(
             # baking: source -> baked -> quality -> profile -> package -> deployed
             *bake_assets(bake_backfill_policy(mode)),
         ],
-        jobs=[EVALUATION_JOB, warehouse_job, dbt_job, BAKE_JOB],
+        jobs=[EVALUATION_JOB, comparison_job, warehouse_job, dbt_job, BAKE_JOB],
         schedules=[
             build_nightly_evaluation_schedule(EVALUATION_JOB, partitions),
             build_dbt_schedule(dbt_job),
@@ -102,7 +104,8 @@ def build_definitions(
             *build_notification_sensors(),
             model_drop_sensor,
             build_warehouse_automation_sensor(
-                dg.AssetSelection.groups(WAREHOUSE_GROUP) | dg.AssetSelection.assets(*dbt_assets)
+                dg.AssetSelection.groups(WAREHOUSE_GROUP)
+                | dg.AssetSelection.assets(*dbt_assets, COMPARISON_KEY)
             ),
         ],
         resources={**default_resources(project), **(resources or {})},
@@ -120,7 +123,9 @@ def default_resources(project: DbtProject) -> dict[str, Any]:
         "approvals": approvals_resource_from_env(),
         "notifications": notifications_resource_from_env(),
         "models": ModelIntakeResource(),
-        WAREHOUSE_IO_MANAGER_KEY: DatabaseIOManager(),
+        # a release may add columns (e.g. confidence intervals): add them to an existing
+        # warehouse instead of refusing to write it; existing columns never change
+        WAREHOUSE_IO_MANAGER_KEY: DatabaseIOManager(allow_schema_evolution=True),
         BAKE_WAREHOUSE_IO_MANAGER_KEY: DatabaseIOManager(partition_column="model"),
         "dbt": dbt_resource(project),
     }

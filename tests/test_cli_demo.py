@@ -3,6 +3,7 @@ the two demo models (the packaged MiniLM and the classifier it trains)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,11 +50,16 @@ def test_demo_materializes_every_partition_and_reports(tmp_path):
     # lead-1 reproduces the reference exactly: the summary row must say so
     row = next(line for line in out.stdout.splitlines() if "│ mini" in line and "lead-1" in line)
     assert "1.000" in row
+    # then which differences are real: every system pair compared on the suite's cases
+    assert "Which differences are significant" in out.stdout
+    compared = [line for line in out.stdout.splitlines() if "│ mini" in line and "rouge1" in line]
+    assert compared and "not compared" not in compared[-1], out.stdout
+    assert list((tmp_path / "out" / "objects").rglob("comparison/partition=mini.fso"))
     # Both demo models baked: validated, baked, measured and packaged.
-    bakes = [
+    bakes = [  # the bake table's rows (a system such as minilm-nearest is no model)
         line
         for line in out.stdout.splitlines()
-        if "│ minilm" in line or "│ demo_classifier" in line
+        if re.search(r"│ (minilm|demo_classifier)\s+│", line)
     ]
     assert len(bakes) == 2 and all(" MB" in line for line in bakes), out.stdout
     assert "spearman_rho = " in out.stdout and "accuracy_retention = " in out.stdout

@@ -7,16 +7,24 @@
     create schema if not exists evaluation;
     create table if not exists evaluation.warehouse_scores (
       suite varchar not null, system varchar not null,
-      case_id varchar, tags varchar, metric varchar, score double, valid boolean,
-      materialized_at timestamp, run_id varchar
+      case_id varchar, tags varchar, label varchar, metadata varchar,
+      metric varchar, score double, valid boolean, materialized_at timestamp, run_id varchar
     );
+    -- a warehouse written before cases carried a gold label and metadata
+    alter table evaluation.warehouse_scores add column if not exists label varchar;
+    alter table evaluation.warehouse_scores add column if not exists metadata varchar;
     create table if not exists evaluation.warehouse_reports (
       suite varchar not null, system varchar not null,
-      metric varchar, mean double, median double, p95 double, min double,
+      metric varchar, mean double, ci_low double, ci_high double, ci_level double,
+      median double, p95 double, min double,
       pass_rate double, pass_score double, invalid bigint, cases bigint, passed_cases bigint,
       threshold double, threshold_passed boolean, regression boolean, previous_mean double,
       materialized_at timestamp, run_id varchar
     );
+    -- a warehouse written before reports carried confidence intervals
+    alter table evaluation.warehouse_reports add column if not exists ci_low double;
+    alter table evaluation.warehouse_reports add column if not exists ci_high double;
+    alter table evaluation.warehouse_reports add column if not exists ci_level double;
     create schema if not exists baking;
     create table if not exists baking.warehouse_bake_quality (
       model varchar not null, version varchar, variant varchar, task varchar, metric varchar,

@@ -1,22 +1,40 @@
-"""From per-case scores to the numbers a report shows: summary statistics, pass rates,
-per-tag breakdowns and threshold verdicts."""
+"""From per-case scores to the numbers a report shows: summary statistics with the confidence
+interval of each mean, pass rates, per-tag breakdowns and threshold verdicts."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from flowstone.evaluation.config import SuiteSettings
+from flowstone.evaluation.config import StatisticsSettings, SuiteSettings
 from flowstone.evaluation.metrics import METRICS
+from flowstone.evaluation.statistics import Interval, bootstrap_ci
+from flowstone.evaluation.suite_metrics import compute_suite_metrics
+
+
+def _stored(value: object) -> object:
+    """NaN, a figure a failed metric does not have, stored as None (JSON null, SQL NULL)."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 @dataclass(frozen=True)
 class MetricSummary:
+    """One metric's figures over the valid scores of a partition.
+
+    ``cases`` counts valid scores, ``invalid`` unreadable judgements. ``ci_low``/``ci_high``
+    bound the mean at ``ci_level``. A judge metric none of whose judgements could be read has
+    no figures (NaN here, None once stored) and a ``failure`` saying so: that metric fails on
+    its own while the rest of the report stands.
+    """
+
     metric: str
     mean: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
     median: float
     p95: float
     min: float
@@ -24,6 +42,20 @@ class MetricSummary:
     pass_score: float
     cases: int
     invalid: int = 0
+    failure: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    @property
+    def interval(self) -> Interval | None:
+        if self.failed:
+            return None
+        return Interval(self.ci_low, self.ci_high, self.ci_level)
+
+    def to_dict(self) -> dict:
+        return {k: _stored(v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -33,27 +65,46 @@ class ThresholdVerdict:
     mean: float
     passed: bool
     blocking: bool
+    reason: str | None = None  # why it failed without a mean to compare (a failed metric)
+
+    def to_dict(self) -> dict:
+        return {k: _stored(v) for k, v in asdict(self).items()}
 
 
 def summarize_metric(
-    name: str, scores: pd.Series, pass_score: float, may_be_invalid: bool = False
+    name: str,
+    scores: pd.Series,
+    pass_score: float,
+    may_be_invalid: bool = False,
+    statistics: StatisticsSettings | None = None,
 ) -> MetricSummary:
     """Statistics over the valid scores. Only an LLM judge may leave invalid (NaN) scores;
-    they are counted, never averaged in as 0.0."""
+    they are counted, never averaged in as 0.0, and the interval resamples the valid ones.
+    A judge with no valid score at all gives a failed summary instead of an error, so one
+    unreadable judge does not take the other metrics of the report down with it."""
     values = scores.to_numpy(dtype=float)
     missing = np.isnan(values)
     if values.size == 0 or (missing.any() and not may_be_invalid):
         raise ValueError(f"metric '{name}' has missing scores; refusing to summarise them as 0.0")
+    statistics = statistics or StatisticsSettings()
     if missing.all():
-        raise ValueError(
-            f"all {values.size} judgements of '{name}' are invalid; see the "
-            f"'{name}_invalid_reply' column of the scores"
-        )
+        return failed_summary(name, values.size, pass_score, statistics.confidence_level)
     invalid = int(missing.sum())
     values = values[~missing]
+    ci = bootstrap_ci(
+        values,
+        level=statistics.confidence_level,
+        resamples=statistics.resamples,
+        seed=statistics.seed,
+        method=statistics.method,
+        what=f"metric '{name}'",
+    )
     return MetricSummary(
         metric=name,
         mean=float(values.mean()),
+        ci_low=ci.low,
+        ci_high=ci.high,
+        ci_level=ci.level,
         median=float(np.median(values)),
         p95=float(np.percentile(values, 95)),
         min=float(values.min()),
@@ -61,6 +112,26 @@ def summarize_metric(
         pass_score=pass_score,
         cases=int(values.size),
         invalid=invalid,
+    )
+
+
+def failed_summary(name: str, judgements: int, pass_score: float, level: float) -> MetricSummary:
+    nan = math.nan
+    return MetricSummary(
+        metric=name,
+        mean=nan,
+        ci_low=nan,
+        ci_high=nan,
+        ci_level=level,
+        median=nan,
+        p95=nan,
+        min=nan,
+        pass_rate=nan,
+        pass_score=pass_score,
+        cases=0,
+        invalid=judgements,
+        failure=f"0 valid of {judgements} judgements: no reply could be read as a score; "
+        f"the raw replies are in the '{name}_invalid_reply' column of the scores",
     )
 
 
@@ -84,52 +155,77 @@ class Report:
     metrics: dict[str, MetricSummary]
     tags: pd.DataFrame
     thresholds: dict[str, ThresholdVerdict]
+    suite_metrics: dict[str, float] = field(default_factory=dict)  # figures over the suite
 
     @property
     def means(self) -> dict[str, float]:
-        return {name: s.mean for name, s in self.metrics.items()}
+        """The means there are: a failed metric has none (and no regression to compare)."""
+        return {name: s.mean for name, s in self.metrics.items() if not s.failed}
+
+    @property
+    def failed(self) -> dict[str, MetricSummary]:
+        return {name: s for name, s in self.metrics.items() if s.failed}
 
     @property
     def passed(self) -> bool:
         return all(v.passed for v in self.thresholds.values())
 
     def summary_frame(self) -> pd.DataFrame:
-        """One row a metric: the figures a person compares first."""
-        return pd.DataFrame(
-            [
+        """One row a metric: the figures a person compares first. A failed metric has no
+        figures (NaN) and says "failed: 0 valid of N" where its interval would be."""
+        rows = []
+        for s in self.metrics.values():
+            interval = s.interval
+            rows.append(
                 {
                     "metric": s.metric,
                     "mean": s.mean,
+                    f"{s.ci_level:.0%} CI": interval.bounds()
+                    if interval
+                    else f"failed: 0 valid of {s.invalid}",
                     "median": s.median,
                     "p95": s.p95,
                     "min": s.min,
                     "pass_rate": s.pass_rate,
                     "invalid": s.invalid,
                 }
-                for s in self.metrics.values()
-            ]
-        )
+            )
+        return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
         return {
             "suite": self.suite,
             "system": self.system,
             "cases": self.cases,
-            "metrics": {k: asdict(v) for k, v in self.metrics.items()},
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             "tags": self.tags.to_dict(orient="records"),
-            "thresholds": {k: asdict(v) for k, v in self.thresholds.items()},
+            "thresholds": {k: v.to_dict() for k, v in self.thresholds.items()},
+            "suite_metrics": {k: _stored(v) for k, v in self.suite_metrics.items()},
         }
 
 
 def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> Report:
     metrics = [m for m in settings.metrics if m in scores.columns]
     summaries = {
-        m: summarize_metric(m, scores[m], settings.metrics[m].pass_score, METRICS[m].judge)
+        m: summarize_metric(
+            m, scores[m], settings.metrics[m].pass_score, METRICS[m].judge, settings.statistics
+        )
         for m in metrics
     }
     verdicts = {}
     for name, threshold in settings.thresholds.items():
-        mean = summaries[name].mean
+        summary = summaries[name]
+        if summary.failed:
+            verdicts[name] = ThresholdVerdict(
+                metric=name,
+                min_mean=threshold.min_mean,
+                mean=math.nan,
+                passed=False,
+                blocking=threshold.blocking,
+                reason=summary.failure,
+            )
+            continue
+        mean = summary.mean
         verdicts[name] = ThresholdVerdict(
             metric=name,
             min_mean=threshold.min_mean,
@@ -144,4 +240,5 @@ def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> 
         metrics=summaries,
         tags=by_tag(scores, metrics),
         thresholds=verdicts,
+        suite_metrics=compute_suite_metrics(settings, scores),
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowstone import paths
-from flowstone.evaluation.config import EvaluationSettings, load_settings
+from flowstone.evaluation.config import EvaluationSettings, check_suite_labels, load_settings
 from flowstone.evaluation.suites import discover_suites, load_suite
 from flowstone.systems.base import SystemRegistry
 from flowstone.systems.registry import default_systems
@@ -31,7 +31,8 @@ def load_catalog(
     systems: SystemRegistry | None = None,
 ) -> Catalog:
     suites = discover_suites(suites_dir or paths.suites_dir())
-    for name, path in suites.items():
-        load_suite(path, name)  # validates every line; raises SuiteError with file and line
+    # validates every line; raises SuiteError with file and line
+    loaded = {name: load_suite(path, name) for name, path in suites.items()}
     settings = load_settings(settings_path or paths.evaluation_config_path(), list(suites))
+    check_suite_labels(settings, loaded)  # a label metric on a suite without those labels
     return Catalog(suites=suites, settings=settings, systems=systems or default_systems())

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flowstone.errors import ConfigError
-from flowstone.evaluation.metrics import METRICS
+from flowstone.evaluation.metrics import METRICS, OptionError
+from flowstone.evaluation.suite_metrics import SUITE_METRICS, SuiteMetricSetting
+
+if TYPE_CHECKING:
+    from flowstone.evaluation.suites import Suite
 
 DEFAULT_REGRESSION_MARGIN = 0.05
 DEFAULT_PASS_SCORE = 0.5
+# Kept equal to flowstone.evaluation.statistics' defaults (tested): this module is read when
+# the code location loads and must not import numpy and scipy, which that one does.
+MIN_RESAMPLES = 100
+INTERVAL_METHODS = ("percentile", "bca")
 
 
 @dataclass(frozen=True)
@@ -39,19 +48,65 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class StatisticsSettings:
+    """How the confidence interval of every mean is computed (the ``statistics:`` block).
+
+    1,000 resamples is the default and what a report should use; fewer than 100 is refused.
+    The seed makes an interval reproducible: unchanged scores give an unchanged report.
+    """
+
+    confidence_level: float = 0.95
+    resamples: int = 1000
+    seed: int = 0
+    method: str = "percentile"
+
+
+@dataclass(frozen=True)
+class RegressionSettings:
+    """The ``regression:`` block: a mean that fell by more than ``margin`` (relative, 0.05 =
+    5%) since the partition's previous materialization regressed; with
+    ``require_significance`` only when the paired test on the same cases gives p < ``alpha``."""
+
+    margin: float = DEFAULT_REGRESSION_MARGIN
+    require_significance: bool = False
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"regression margin must be in [0, 1], got {self.margin}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"regression alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass(frozen=True)
 class SuiteSettings:
     suite: str
     metrics: dict[str, MetricSetting]
     thresholds: dict[str, Threshold]
-    regression_margin: float
+    regression: RegressionSettings = field(default_factory=RegressionSettings)
+    statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+    suite_metrics: dict[str, SuiteMetricSetting] = field(default_factory=dict)
+
+    @property
+    def regression_margin(self) -> float:
+        return self.regression.margin
 
     def fingerprint(self) -> str:
         """A stable hash of everything that changes scores or checks for this suite."""
         payload = {
             "metrics": {n: [m.options, m.pass_score] for n, m in sorted(self.metrics.items())},
             "thresholds": {n: [t.min_mean, t.blocking] for n, t in sorted(self.thresholds.items())},
-            "regression_margin": self.regression_margin,
+            "regression": [
+                self.regression.margin,
+                self.regression.require_significance,
+                self.regression.alpha,
+            ],
+            "statistics": asdict(self.statistics),
         }
+        if self.suite_metrics:  # absent when unused, so older fingerprints stay as they were
+            payload["suite_metrics"] = {
+                n: [m.options, m.metric] for n, m in sorted(self.suite_metrics.items())
+            }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -63,10 +118,7 @@ class EvaluationSettings:
     suites: dict[str, SuiteSettings]
 
     def for_suite(self, suite: str) -> SuiteSettings:
-        settings = self.suites.get(suite, self.default)
-        return SuiteSettings(
-            suite, settings.metrics, settings.thresholds, settings.regression_margin
-        )
+        return replace(self.suites.get(suite, self.default), suite=suite)
 
     @property
     def thresholded_metrics(self) -> list[str]:
@@ -102,14 +154,42 @@ def _parse_metric(
         )
     raw = dict(_mapping(source, key, raw))
     pass_score = _unit_interval(source, f"{key}.pass_score", raw.pop("pass_score", default_pass))
-    allowed = METRICS[name].options
-    for option in raw:
-        if option not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise ConfigError(
-                source, f"{key}.{option}", f"unknown option for {name}; known: {known}"
-            )
+    try:
+        METRICS[name].check_options(raw)
+    except OptionError as exc:
+        raise ConfigError(source, f"{key}.{exc.option}", exc.reason) from None
     return MetricSetting(name=name, options=raw, pass_score=pass_score)
+
+
+def _parse_suite_metric(
+    source: str, key: str, name: str, raw: object, metrics: dict
+) -> SuiteMetricSetting:
+    """One entry of ``suite_metrics``; a correlation names the per-case metric it reads."""
+    if name not in SUITE_METRICS:
+        known = ", ".join(sorted(SUITE_METRICS))
+        raise ConfigError(source, key, f"unknown suite metric; known suite metrics: {known}")
+    spec = SUITE_METRICS[name]
+    options = dict(_mapping(source, key, raw))
+    metric = options.pop("metric", None)
+    if spec.needs == "number":
+        if metric is None:
+            raise ConfigError(
+                source, f"{key}.metric", "missing: name the per-case metric to correlate"
+            )
+        if not isinstance(metric, str) or metric not in metrics:
+            raise ConfigError(
+                source,
+                f"{key}.metric",
+                f"{metric!r} is not a metric this suite computes; its metrics: "
+                f"{', '.join(metrics)}",
+            )
+    elif metric is not None:
+        raise ConfigError(source, f"{key}.metric", f"{name} takes no per-case metric")
+    try:
+        spec.check_options(options)
+    except OptionError as exc:
+        raise ConfigError(source, f"{key}.{exc.option}", exc.reason) from None
+    return SuiteMetricSetting(name=name, options=options, metric=metric, key=key)
 
 
 def _parse_threshold(source: str, key: str, name: str, raw: object, metrics: dict) -> Threshold:
@@ -131,15 +211,89 @@ def _parse_threshold(source: str, key: str, name: str, raw: object, metrics: dic
     return Threshold(name, _unit_interval(source, f"{key}.min_mean", raw["min_mean"]), blocking)
 
 
+def _parse_statistics(
+    source: str, key: str, raw: object, base: StatisticsSettings
+) -> StatisticsSettings:
+    """The ``statistics:`` block; a suite's block overrides only the keys it names."""
+    raw = _mapping(source, key, raw)
+    known = {f.name for f in fields(StatisticsSettings)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            source, f"{key}.{sorted(unknown)[0]}", f"unknown key; use {', '.join(sorted(known))}"
+        )
+    level = raw.get("confidence_level", base.confidence_level)
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+        raise ConfigError(
+            source,
+            f"{key}.confidence_level",
+            f"must be a number strictly between 0 and 1 (0.95 for a 95% interval), got {level!r}",
+        )
+    resamples = raw.get("resamples", base.resamples)
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < MIN_RESAMPLES:
+        raise ConfigError(
+            source,
+            f"{key}.resamples",
+            f"must be an integer of at least {MIN_RESAMPLES} (1000 or more is the default and "
+            f"recommended), got {resamples!r}",
+        )
+    seed = raw.get("seed", base.seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(source, f"{key}.seed", f"must be a non-negative integer, got {seed!r}")
+    method = raw.get("method", base.method)
+    if method not in INTERVAL_METHODS:
+        raise ConfigError(
+            source, f"{key}.method", f"must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}"
+        )
+    return StatisticsSettings(float(level), resamples, seed, method)
+
+
+def _parse_regression(
+    source: str, key: str, raw: dict, base: RegressionSettings | None
+) -> RegressionSettings:
+    """``regression: {margin, require_significance, alpha}``; the older ``regression_margin:
+    0.05`` still sets the margin alone. A suite's block overrides only the keys it names."""
+    base = base or RegressionSettings()
+    if "regression_margin" in raw and "regression" in raw:
+        raise ConfigError(
+            source, f"{key}.regression_margin", "set the margin in regression.margin only"
+        )
+    if "regression_margin" in raw:
+        margin = _unit_interval(source, f"{key}.regression_margin", raw["regression_margin"])
+        return replace(base, margin=margin)
+    if "regression" not in raw:
+        return base
+    block = _mapping(source, f"{key}.regression", raw["regression"])
+    unknown = set(block) - {"margin", "require_significance", "alpha"}
+    if unknown:
+        raise ConfigError(
+            source,
+            f"{key}.regression.{sorted(unknown)[0]}",
+            "unknown key; use margin, require_significance, alpha",
+        )
+    margin = _unit_interval(source, f"{key}.regression.margin", block.get("margin", base.margin))
+    significance = block.get("require_significance", base.require_significance)
+    if not isinstance(significance, bool):
+        raise ConfigError(
+            source,
+            f"{key}.regression.require_significance",
+            f"must be true or false, got {significance!r}",
+        )
+    alpha = block.get("alpha", base.alpha)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ConfigError(source, f"{key}.regression.alpha", f"must be in (0, 1), got {alpha!r}")
+    return RegressionSettings(margin, significance, float(alpha))
+
+
 def _parse_suite(source: str, key: str, raw: dict, base: SuiteSettings | None) -> SuiteSettings:
     raw = _mapping(source, key, raw)
-    unknown = set(raw) - {"metrics", "thresholds", "pass_score", "regression_margin"}
+    unknown = set(raw) - {
+        "metrics", "thresholds", "pass_score", "regression", "regression_margin", "statistics",
+        "suite_metrics",
+    }  # fmt: skip
     if unknown:
         raise ConfigError(source, f"{key}.{sorted(unknown)[0]}", "unknown key")
-    margin = raw.get(
-        "regression_margin", base.regression_margin if base else DEFAULT_REGRESSION_MARGIN
-    )
-    margin = _unit_interval(source, f"{key}.regression_margin", margin)
+    regression = _parse_regression(source, key, raw, base.regression if base else None)
     default_pass = _unit_interval(
         source, f"{key}.pass_score", raw.get("pass_score", DEFAULT_PASS_SCORE)
     )
@@ -163,7 +317,27 @@ def _parse_suite(source: str, key: str, raw: dict, base: SuiteSettings | None) -
         }
     else:
         thresholds = {n: t for n, t in (base.thresholds if base else {}).items() if n in metrics}
-    return SuiteSettings(key.rsplit(".", 1)[-1], metrics, thresholds, margin)
+    statistics = _parse_statistics(
+        source,
+        f"{key}.statistics",
+        raw.get("statistics"),
+        base.statistics if base else StatisticsSettings(),
+    )
+    if "suite_metrics" in raw:
+        suite_raw = _mapping(source, f"{key}.suite_metrics", raw["suite_metrics"])
+        suite_metrics = {
+            name: _parse_suite_metric(source, f"{key}.suite_metrics.{name}", name, value, metrics)
+            for name, value in suite_raw.items()
+        }
+    else:  # inherited, like thresholds: those whose per-case metric this suite computes
+        suite_metrics = {
+            n: m
+            for n, m in (base.suite_metrics if base else {}).items()
+            if m.metric is None or m.metric in metrics
+        }
+    return SuiteSettings(
+        key.rsplit(".", 1)[-1], metrics, thresholds, regression, statistics, suite_metrics
+    )
 
 
 def parse_settings(
@@ -198,3 +372,34 @@ def load_settings(path: Path, known_suites: list[str] | None = None) -> Evaluati
     except yaml.YAMLError as exc:
         raise ConfigError(path, "<file>", f"not valid YAML: {exc}") from None
     return parse_settings(raw, str(path), known_suites)
+
+
+_LABEL_WORDS = {"number": "numeric labels (gold scores)", "class": "string labels (classes)"}
+
+
+def check_suite_labels(settings: EvaluationSettings, suites: Mapping[str, Suite]) -> None:
+    """Suite metrics that read gold labels need them, of their kind, on every case of each
+    suite they run on. Checked when the code location loads (the settings alone cannot know
+    the suite files); the error names the config key and the suite file."""
+    for name, suite in suites.items():
+        for metric in settings.for_suite(name).suite_metrics.values():
+            needs = SUITE_METRICS[metric.name].needs
+            if needs == "references":
+                continue
+            wanted = _LABEL_WORDS[needs]
+            kind = suite.label_kind
+            if kind is None:
+                problem = "no case has a label"
+            elif kind != needs:
+                problem = f"its cases carry {_LABEL_WORDS[kind]}"
+            elif suite.unlabelled:
+                missing = suite.unlabelled
+                problem = f"{len(missing)} case(s) have no label, the first '{missing[0]}'"
+            else:
+                continue
+            raise ConfigError(
+                settings.source,
+                metric.key,
+                f"{metric.name} on suite '{name}' needs {wanted} on every case, and in suite "
+                f"file {suite.path} {problem}",
+            )

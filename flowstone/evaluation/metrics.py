@@ -1,17 +1,26 @@
 """Per-case metric functions and the registry that names them.
 
 Each metric is a plain function ``(predictions, references, **options) -> list[float]`` with one
-score in [0, 1] per case, so the same code runs in an asset, in a worker of the pool, or in a
-notebook. Metrics that pay for batching (embeddings) take whole lists.
+score per case, so the same code runs in an asset, in a worker of the pool, or in a notebook.
+Metrics that pay for batching (embeddings) take whole lists. Scores are in [0, 1] except
+``embedding_similarity``, a cosine in [-1, 1] unless ``clip_negative`` is set.
+
+Option names, defaults and values are those of the reference library each metric names (HF
+evaluate, nltk, sacrebleu, rouge-score, rapidfuzz), so a figure can be checked against it.
+
+A reference is one string or a sequence of strings (several acceptable answers): BLEU counts
+n-grams against all of them, the other metrics score against each and keep the best.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowstone.evaluation import embedding
 from flowstone.text import Normalization, tokenize
@@ -20,6 +29,17 @@ if TYPE_CHECKING:
     from flowstone.evaluation.judge_metric import JudgedScores
 
 MetricFn = Callable[..., list[float]]
+Reference = str | Sequence[str]
+
+
+class OptionError(ValueError):
+    """A metric option whose value the metric cannot use. It names the option so that the
+    settings loader can point at the config key instead of failing a run later."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"option '{option}': {message}")
+        self.option = option
+        self.reason = message
 
 
 def _check_lengths(predictions: Sequence[str], references: Sequence[object]) -> None:
@@ -27,22 +47,96 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[object]) -> 
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
 
 
+def reference_list(reference: Reference) -> list[str]:
+    """Every reference of one case, whether the suite gave one string or several."""
+    return [reference] if isinstance(reference, str) else list(reference)
+
+
+def _best_of(
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    score_pairs: Callable[[list[str], list[str]], Sequence[float]],
+) -> list[float]:
+    """Score every (prediction, reference) pair in one batch, keep each case's best."""
+    _check_lengths(predictions, references)
+    groups = [reference_list(r) for r in references]
+    flat_preds = [p for p, refs in zip(predictions, groups, strict=True) for _ in refs]
+    flat_refs = [r for refs in groups for r in refs]
+    flat = list(score_pairs(flat_preds, flat_refs)) if flat_refs else []
+    best, start = [], 0
+    for refs in groups:
+        best.append(max(flat[start : start + len(refs)]))
+        start += len(refs)
+    return best
+
+
+# --- exact match (HF evaluate's exact_match) ---------------------------------------------------
+
+EXACT_MATCH_PRESETS = ("squad",)
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_DIGITS = str.maketrans("", "", string.digits)
+_SQUAD = Normalization()
+
+
+def _check_exact_match(options: Mapping[str, Any]) -> None:
+    preset = options.get("preset")
+    if preset is not None and preset not in EXACT_MATCH_PRESETS:
+        raise OptionError(
+            "preset", f"unknown preset {preset!r}; choose {', '.join(EXACT_MATCH_PRESETS)}"
+        )
+    regexes = options.get("regexes_to_ignore")
+    if regexes is None:
+        return
+    if isinstance(regexes, str) or not isinstance(regexes, Sequence):
+        raise OptionError("regexes_to_ignore", "must be a list of regular expressions")
+    for pattern in regexes:
+        if not isinstance(pattern, str):
+            raise OptionError("regexes_to_ignore", f"{pattern!r} is not a string")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise OptionError(
+                "regexes_to_ignore", f"{pattern!r} is not a regular expression ({exc})"
+            ) from None
+
+
 def exact_match(
     predictions: Sequence[str],
-    references: Sequence[str],
+    references: Sequence[Reference],
     *,
-    lowercase: bool = True,
-    strip_punctuation: bool = True,
-    strip_articles: bool = True,
-    collapse_whitespace: bool = True,
+    regexes_to_ignore: Sequence[str] | None = None,
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_numbers: bool = False,
+    preset: str | None = None,
 ) -> list[float]:
-    """1.0 where the normalised prediction equals the normalised reference."""
-    _check_lengths(predictions, references)
-    norm = Normalization(lowercase, strip_punctuation, strip_articles, collapse_whitespace)
-    return [
-        float(norm.apply(p) == norm.apply(r)) for p, r in zip(predictions, references, strict=True)
-    ]
+    """1.0 where the prediction equals a reference, as HF evaluate's ``exact_match`` decides.
 
+    Its steps in its order: remove each of ``regexes_to_ignore``, lower-case, drop ASCII
+    punctuation, drop digits. ``preset: squad`` then applies SQuAD's answer normalisation
+    (lower case, no punctuation, no articles, single spaces), what FlowStone used before.
+    """
+    _check_exact_match({"preset": preset, "regexes_to_ignore": regexes_to_ignore})
+    patterns = [re.compile(p) for p in regexes_to_ignore or ()]
+
+    def normalise(text: str) -> str:
+        for pattern in patterns:
+            text = pattern.sub("", text)
+        if ignore_case:
+            text = text.lower()
+        if ignore_punctuation:
+            text = text.translate(_ASCII_PUNCTUATION)
+        if ignore_numbers:
+            text = text.translate(_DIGITS)
+        return _SQUAD.apply(text) if preset == "squad" else text
+
+    def pairs(preds: list[str], refs: list[str]) -> list[float]:
+        return [float(normalise(p) == normalise(r)) for p, r in zip(preds, refs, strict=True)]
+
+    return _best_of(predictions, references, pairs)
+
+
+# --- fuzzy match (rapidfuzz) -------------------------------------------------------------------
 
 FUZZY_SCORERS = (
     "ratio",
@@ -54,138 +148,266 @@ FUZZY_SCORERS = (
 )
 
 
+def _check_fuzzy(options: Mapping[str, Any]) -> None:
+    scorer = options.get("scorer", "token_sort_ratio")
+    if scorer not in FUZZY_SCORERS:
+        raise OptionError(
+            "scorer", f"unknown fuzzy scorer '{scorer}'; choose one of {', '.join(FUZZY_SCORERS)}"
+        )
+
+
 def fuzzy_match(
     predictions: Sequence[str],
-    references: Sequence[str],
+    references: Sequence[Reference],
     *,
     scorer: str = "token_sort_ratio",
     normalize: bool = True,
 ) -> list[float]:
-    """rapidfuzz similarity scaled to [0, 1], computed pairwise in C.
+    """rapidfuzz similarity scaled to [0, 1], computed pairwise in C; best reference wins.
 
     ``normalize`` lower-cases and strips non-alphanumerics first (rapidfuzz's default_process).
     """
     from rapidfuzz import fuzz, process, utils
 
-    _check_lengths(predictions, references)
-    if scorer not in FUZZY_SCORERS:
-        raise ValueError(
-            f"unknown fuzzy scorer '{scorer}'; choose one of {', '.join(FUZZY_SCORERS)}"
+    _check_fuzzy({"scorer": scorer})
+
+    def pairs(preds: list[str], refs: list[str]) -> list[float]:
+        scores = process.cpdist(
+            preds,
+            refs,
+            scorer=getattr(fuzz, scorer),
+            processor=utils.default_process if normalize else None,
         )
-    if not predictions:
-        return []
-    scores = process.cpdist(
-        list(predictions),
-        list(references),
-        scorer=getattr(fuzz, scorer),
-        processor=utils.default_process if normalize else None,
-    )
-    return [float(s) / 100.0 for s in scores]
+        return [float(s) / 100.0 for s in scores]
+
+    return _best_of(predictions, references, pairs)
+
+
+# --- BLEU (nltk, with sacrebleu's tokenizers) --------------------------------------------------
+
+# whitespace: str.split, as nltk's own examples tokenise; regex: words and punctuation marks
+# apart (flowstone.text.tokenize); 13a and intl: sacrebleu's (mteval-v13a, mteval-v14 intl).
+BLEU_TOKENIZERS = ("whitespace", "regex", "13a", "intl")
+
+
+def _check_bleu(options: Mapping[str, Any]) -> None:
+    """Checked without importing nltk or sacrebleu: the settings load with the code location."""
+    _bleu_weights(options.get("max_order", 4))
+    _check_smoothing(options.get("smoothing", 1))
+    _check_tokenizer(options.get("tokenizer", "regex"))
+
+
+def _check_smoothing(method: object) -> None:
+    if isinstance(method, bool) or not isinstance(method, int) or not 0 <= method <= 7:
+        raise OptionError(
+            "smoothing", f"BLEU smoothing method must be 0-7 (Chen & Cherry 2014), got {method!r}"
+        )
+
+
+def _check_tokenizer(name: object) -> None:
+    if name not in BLEU_TOKENIZERS:
+        raise OptionError(
+            "tokenizer", f"unknown BLEU tokenizer {name!r}; choose {', '.join(BLEU_TOKENIZERS)}"
+        )
 
 
 @functools.lru_cache(maxsize=8)
 def _smoothing(method: int) -> Callable | None:
     from nltk.translate.bleu_score import SmoothingFunction
 
+    _check_smoothing(method)
     if method == 0:
         return None
-    if not 1 <= method <= 7:
-        raise ValueError(f"BLEU smoothing method must be 0-7 (Chen & Cherry 2014), got {method}")
     return getattr(SmoothingFunction(), f"method{method}")
 
 
 def _bleu_weights(max_order: int) -> tuple[float, ...]:
-    if not 1 <= max_order <= 8:
-        raise ValueError(f"BLEU max_order must be between 1 and 8, got {max_order}")
+    if isinstance(max_order, bool) or not isinstance(max_order, int) or not 1 <= max_order <= 8:
+        raise OptionError("max_order", f"BLEU max_order must be between 1 and 8, got {max_order!r}")
     return tuple([1.0 / max_order] * max_order)
 
 
-def _as_reference_list(reference: str | Sequence[str]) -> list[str]:
-    return [reference] if isinstance(reference, str) else list(reference)
+@functools.lru_cache(maxsize=8)
+def bleu_tokenizer(name: str, lowercase: bool = False) -> Callable[[str], list[str]]:
+    """The tokens BLEU counts for ``name`` (one of `BLEU_TOKENIZERS`); text is lower-cased
+    first when asked, as sacrebleu does."""
+    _check_tokenizer(name)
+    if name == "whitespace":
+        split: Callable[[str], list[str]] = str.split
+    elif name == "regex":
+        split = functools.partial(tokenize, lowercase=False)
+    else:
+        from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+        from sacrebleu.tokenizers.tokenizer_intl import TokenizerV14International
+
+        sacre = Tokenizer13a() if name == "13a" else TokenizerV14International()
+
+        def split(text: str) -> list[str]:
+            return sacre(text.rstrip()).split()  # sacrebleu's own preprocessing
+
+    if not lowercase:
+        return split
+    return lambda text: split(text.lower())
 
 
 def bleu(
     predictions: Sequence[str],
-    references: Sequence[str | Sequence[str]],
+    references: Sequence[Reference],
     *,
     max_order: int = 4,
     smoothing: int = 1,
     lowercase: bool = True,
+    tokenizer: str = "regex",
 ) -> list[float]:
-    """Sentence BLEU (nltk) per case; a reference may be one string or several."""
+    """Sentence BLEU (nltk) per case against all of its references."""
     from nltk.translate.bleu_score import sentence_bleu
 
     _check_lengths(predictions, references)
     weights = _bleu_weights(max_order)
     smooth = _smoothing(smoothing)
+    tokens = bleu_tokenizer(tokenizer, lowercase)
     scores = []
     for prediction, reference in zip(predictions, references, strict=True):
-        refs = [tokenize(r, lowercase) for r in _as_reference_list(reference)]
-        hyp = tokenize(prediction, lowercase)
-        scores.append(float(sentence_bleu(refs, hyp, weights=weights, smoothing_function=smooth)))
+        refs = [tokens(r) for r in reference_list(reference)]
+        scores.append(
+            float(
+                sentence_bleu(refs, tokens(prediction), weights=weights, smoothing_function=smooth)
+            )
+        )
     return scores
 
 
 def corpus_bleu(
     predictions: Sequence[str],
-    references: Sequence[str | Sequence[str]],
+    references: Sequence[Reference],
     *,
     max_order: int = 4,
     smoothing: int = 0,
     lowercase: bool = True,
+    tokenizer: str = "regex",
 ) -> float:
     """Corpus BLEU (nltk): n-gram counts pooled over every case, as papers report it."""
     from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
     _check_lengths(predictions, references)
+    tokens = bleu_tokenizer(tokenizer, lowercase)
     return float(
         nltk_corpus_bleu(
-            [[tokenize(r, lowercase) for r in _as_reference_list(ref)] for ref in references],
-            [tokenize(p, lowercase) for p in predictions],
+            [[tokens(r) for r in reference_list(ref)] for ref in references],
+            [tokens(p) for p in predictions],
             weights=_bleu_weights(max_order),
             smoothing_function=_smoothing(smoothing),
         )
     )
 
 
+# --- ROUGE (rouge-score) -----------------------------------------------------------------------
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+ROUGE_MEASURES = {"": "fmeasure", "_precision": "precision", "_recall": "recall"}
+
+
 @functools.lru_cache(maxsize=16)
-def _rouge_scorer(variant: str, use_stemmer: bool):
+def _rouge_scorer(variant: str, use_stemmer: bool, split_summaries: bool):
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer([variant], use_stemmer=use_stemmer)
-
-
-def _rouge(variant: str) -> MetricFn:
-    def rouge_variant(
-        predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True
-    ) -> list[float]:
-        _check_lengths(predictions, references)
-        scorer = _rouge_scorer(variant, use_stemmer)
-        return [
-            float(scorer.score(ref, pred)[variant].fmeasure)
-            for pred, ref in zip(predictions, references, strict=True)
-        ]
-
-    rouge_variant.__name__ = variant
-    rouge_variant.__doc__ = (
-        f"{variant.upper()} F-measure (rouge-score, Porter stemming on by default)."
+    return rouge_scorer.RougeScorer(
+        [variant], use_stemmer=use_stemmer, split_summaries=split_summaries
     )
+
+
+def _require_punkt() -> None:
+    from nltk.tokenize import punkt_model_available
+
+    if not punkt_model_available("english"):
+        raise OptionError(
+            "split_summaries",
+            "needs nltk's punkt_tab sentence model, which is not installed: run "
+            "`python -m nltk.downloader punkt_tab` (or point NLTK_DATA at a copy), or put one "
+            "sentence a line in outputs and references and leave split_summaries off",
+        )
+
+
+def _rouge_scores(
+    variant: str,
+    measure: str,
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    use_stemmer: bool,
+    split_summaries: bool = False,
+) -> list[float]:
+    _check_lengths(predictions, references)
+    if split_summaries:
+        _require_punkt()
+    scorer = _rouge_scorer(variant, use_stemmer, split_summaries)
+    # score_multi keeps, per case, the reference with the best F-measure (rouge-score's rule);
+    # precision and recall are that reference's too.
+    return [
+        float(getattr(scorer.score_multi(reference_list(ref), pred)[variant], measure))
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+
+
+def _rouge(variant: str, suffix: str) -> MetricFn:
+    measure = ROUGE_MEASURES[suffix]
+    if variant == "rougeLsum":
+
+        def rouge_variant(
+            predictions: Sequence[str],
+            references: Sequence[Reference],
+            *,
+            use_stemmer: bool = False,
+            split_summaries: bool = False,
+        ) -> list[float]:
+            return _rouge_scores(
+                variant, measure, predictions, references, use_stemmer, split_summaries
+            )
+
+    else:
+
+        def rouge_variant(  # type: ignore[misc]  # the same metric signature without Lsum's option
+            predictions: Sequence[str],
+            references: Sequence[Reference],
+            *,
+            use_stemmer: bool = False,
+        ) -> list[float]:
+            return _rouge_scores(variant, measure, predictions, references, use_stemmer)
+
+    rouge_variant.__name__ = f"{variant}{suffix}"
+    rouge_variant.__doc__ = f"{variant} {measure} (rouge-score); the best reference by F wins."
     return rouge_variant
 
 
+# --- embeddings --------------------------------------------------------------------------------
+
+
 def embedding_similarity(
-    predictions: Sequence[str], references: Sequence[str], *, batch_size: int = 64
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    *,
+    batch_size: int = 64,
+    clip_negative: bool = False,
 ) -> list[float]:
-    """Cosine similarity of all-MiniLM-L6-v2 embeddings, clipped to [0, 1]."""
-    _check_lengths(predictions, references)
-    sims = embedding.cosine_similarities(predictions, references, batch_size=batch_size)
-    return [max(0.0, s) for s in sims]
+    """Cosine similarity of all-MiniLM-L6-v2 embeddings in [-1, 1], the best reference's.
+
+    Not clipped by default: flattening every negative cosine to 0 changes rank correlations
+    with gold scores; ``clip_negative`` restores the old [0, 1] values.
+    """
+
+    def pairs(preds: list[str], refs: list[str]) -> list[float]:
+        return embedding.cosine_similarities(preds, refs, batch_size=batch_size)
+
+    sims = _best_of(predictions, references, pairs)
+    return [max(0.0, s) for s in sims] if clip_negative else sims
+
+
+# --- LLM judges --------------------------------------------------------------------------------
 
 
 def _judge(kind: str) -> MetricFn:
     def judge(
         predictions: Sequence[str],
-        references: Sequence[str],
+        references: Sequence[Reference],
         *,
         contexts: Sequence[str | None] | None = None,
         provider: str = "anthropic",
@@ -201,7 +423,7 @@ def _judge(kind: str) -> MetricFn:
         return judge_scores(
             kind,
             predictions,
-            references,
+            [reference_list(r)[0] for r in references],  # the judge reads the first reference
             contexts,
             provider,
             model,
@@ -216,6 +438,30 @@ def _judge(kind: str) -> MetricFn:
     return judge
 
 
+# --- registry ----------------------------------------------------------------------------------
+
+
+def check_option_types(
+    name: str, options: Mapping[str, Any], defaults: Mapping[str, object]
+) -> None:
+    """A value must have its default's type (a YAML "true" or "4" in quotes is a mistake)."""
+    for option, value in options.items():
+        default = defaults.get(option)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            kind = type(default).__name__
+            raise OptionError(option, f"{name} takes a {kind} here, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Metric:
     """A registered metric: its function, the options it accepts and how it must be run."""
@@ -225,6 +471,7 @@ class Metric:
     description: str
     heavy: bool = False
     judge: bool = False  # may return invalid (NaN) scores; needs the cases' contexts; in-process
+    check: Callable[[Mapping[str, Any]], None] | None = None  # raises OptionError
 
     @property
     def options(self) -> dict[str, object]:
@@ -235,16 +482,38 @@ class Metric:
             if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "contexts"
         }
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse option values the metric cannot use (before any case is scored)."""
+        defaults = self.options
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise OptionError(unknown[0], f"unknown option for {self.name}; known: {known}")
+        check_option_types(self.name, options, defaults)
+        if self.check is not None:
+            self.check(options)
+
+
+def _rouge_metrics() -> list[Metric]:
+    shown = {"fmeasure": "F", "precision": "precision", "recall": "recall"}
+    return [
+        Metric(
+            f"{variant}{suffix}",
+            _rouge(variant, suffix),
+            f"ROUGE-{variant.removeprefix('rouge')} {shown[measure]}",
+        )
+        for variant in ROUGE_TYPES
+        for suffix, measure in ROUGE_MEASURES.items()
+    ]
+
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("exact_match", exact_match, "Normalised exact match"),
-        Metric("fuzzy_match", fuzzy_match, "rapidfuzz similarity"),
-        Metric("bleu", bleu, "Sentence BLEU with smoothing"),
-        Metric("rouge1", _rouge("rouge1"), "ROUGE-1 F"),
-        Metric("rouge2", _rouge("rouge2"), "ROUGE-2 F"),
-        Metric("rougeL", _rouge("rougeL"), "ROUGE-L F"),
+        Metric("exact_match", exact_match, "Exact match (HF evaluate)", check=_check_exact_match),
+        Metric("fuzzy_match", fuzzy_match, "rapidfuzz similarity", check=_check_fuzzy),
+        Metric("bleu", bleu, "Sentence BLEU with smoothing", check=_check_bleu),
+        *_rouge_metrics(),
         Metric("embedding_similarity", embedding_similarity, "MiniLM cosine", heavy=True),
         Metric("llm_semantic_similarity", _judge("semantic_similarity"), "LLM judge", judge=True),
         Metric("llm_faithfulness", _judge("faithfulness"), "LLM judge vs context", judge=True),
@@ -262,7 +531,7 @@ def get_metric(name: str) -> Metric:
 
 
 def compute(
-    metric: str, predictions: Sequence[str], references: Sequence[str], **options
+    metric: str, predictions: Sequence[str], references: Sequence[Reference], **options
 ) -> list[float]:
     """Score every case with one metric by name."""
     return get_metric(metric).fn(predictions, references, **options)

@@ -7,7 +7,7 @@ benchmark, so what is timed against Dagster is exactly the same work.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +16,8 @@ from flowstone import paths, progress
 from flowstone.evaluation import aggregate, report_html, scoring
 from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
-from flowstone.evaluation.regression import Regression, find_regressions
+from flowstone.evaluation.config import RegressionSettings, SuiteSettings
+from flowstone.evaluation.regression import Regression, assess
 
 # Means as a person reads them in the UI's metadata; the stored values keep full precision.
 DISPLAY_DECIMALS = 3
@@ -25,6 +26,15 @@ DISPLAY_DECIMALS = 3
 def shown(value: float) -> float:
     """``value`` rounded for display in asset metadata (never for what is stored or compared)."""
     return round(float(value), DISPLAY_DECIMALS)
+
+
+def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for a Markdown table in metadata: the figures a failed metric does not have
+    show as "—", never "nan" (Markdown prints NaN as it is)."""
+    if not frame.isna().to_numpy().any():
+        return frame
+    rounded = frame.round(DISPLAY_DECIMALS).astype(object)
+    return rounded.where(frame.notna(), report_html.MISSING)
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,8 @@ def score(
         table,
         {
             "cases": len(table),
-            **{f"mean/{m}": shown(table[m].mean()) for m in metrics},
+            # a judge with no readable reply has no mean: the report fails that metric
+            **{f"mean/{m}": shown(table[m].mean()) for m in metrics if table[m].notna().any()},
             **{
                 f"invalid/{m}": int(table[m].isna().sum()) for m in metrics if table[m].isna().any()
             },
@@ -100,30 +111,69 @@ def score(
     )
 
 
+def case_scores(scores: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, float | None]]:
+    """metric -> case id -> score (None: invalid), what the next run's paired regression test
+    pairs its own scores with."""
+    ids = scores["case_id"].astype(str).tolist()
+    return {
+        m: {
+            case: (None if value != value else float(value))
+            for case, value in zip(ids, scores[m].astype(float).tolist(), strict=True)
+        }
+        for m in metrics
+        if m in scores.columns
+    }
+
+
 @dataclass(frozen=True)
 class ReportResult:
     report: aggregate.Report
     regressions: list[Regression]
     html_path: Path
     previous_means: Mapping[str, float]
+    compared: Mapping[str, Regression] = field(default_factory=dict)
+    cases: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    settings: SuiteSettings | None = None
+
+    @property
+    def regression_settings(self) -> RegressionSettings:
+        return self.settings.regression if self.settings else RegressionSettings()
 
     def to_value(self) -> dict:
         """The report as stored: its figures plus what it was compared with, so readers (the
-        warehouse) need not query the instance or redo the regression math."""
+        warehouse) need not query the instance or redo the regression math, and its per-case
+        scores, which the next materialization's paired regression test reads."""
         return {
             **self.report.to_dict(),
             "previous_means": dict(self.previous_means),
             "regressions": [r.metric for r in self.regressions],
+            "regression_tests": {m: r.metadata() for m, r in self.compared.items() if r.paired},
+            "case_scores": {m: dict(v) for m, v in self.cases.items()},
         }
 
     def metadata(self) -> dict:
+        """Per metric: ``mean/<metric>`` a number (the UI plots it across materializations)
+        and ``ci/<metric>`` its interval as text beside it, or ``failed/<metric>`` why there is
+        no mean."""
+        figures: dict[str, object] = {}
+        for name, summary in self.report.metrics.items():
+            interval = summary.interval
+            if interval is None:
+                figures[f"failed/{name}"] = summary.failure
+            else:
+                figures[f"mean/{name}"] = shown(summary.mean)
+                figures[f"ci/{name}"] = interval.describe(DISPLAY_DECIMALS)
         return {
             "cases": self.report.cases,
-            **{f"mean/{name}": shown(value) for name, value in self.report.means.items()},
+            **figures,
             **{f"invalid/{n}": m.invalid for n, m in self.report.metrics.items() if m.invalid},
+            **{  # a correlation over constant scores is undefined: said, never a number
+                f"suite/{n}": shown(v) if v == v else "undefined"
+                for n, v in self.report.suite_metrics.items()
+            },
             "passed": self.report.passed,
             "regressions": len(self.regressions),
-            "summary": self.report.summary_frame(),
+            "summary": shown_table(self.report.summary_frame()),
             "report_path": str(self.html_path),
         }
 
@@ -135,13 +185,28 @@ def report(
     scores: pd.DataFrame,
     previous_means: Mapping[str, float],
     reports_dir: Path | None = None,
+    previous_cases: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> ReportResult:
+    """The report of one partition, compared with its previous materialization
+    (``previous_means``, and its per-case scores for the paired test when the suite's
+    ``regression.require_significance`` is set)."""
     settings = catalog.settings.for_suite(suite_name)
     result = aggregate.build_report(scores, settings, system_name)
-    regressions = find_regressions(result.means, previous_means, settings.regression_margin)
+    cases = case_scores(scores, list(result.metrics))
+    stats = settings.statistics
+    regressions, compared = assess(
+        result.means,
+        previous_means,
+        settings.regression,
+        cases,
+        previous_cases,
+        level=stats.confidence_level,
+        resamples=stats.resamples,
+        seed=stats.seed,
+    )
     html_path = (reports_dir or paths.reports_dir()) / suite_name / f"{system_name}.html"
     report_html.write_report(html_path, report_html.render_report(result, scores, regressions))
-    return ReportResult(result, regressions, html_path, previous_means)
+    return ReportResult(result, regressions, html_path, previous_means, compared, cases, settings)
 
 
 def run_partition(

@@ -22,7 +22,8 @@ def _figure_png(fig) -> str:
 
 
 def metric_charts(scores: pd.DataFrame, report: Report) -> str:
-    """One PNG (base64) with a histogram a metric: mean, pass score and threshold marked.
+    """One PNG (base64) with a histogram a metric: mean, its confidence interval, pass score
+    and threshold marked (a failed metric's panel says so instead).
 
     A single figure with one panel a metric renders in one pass, several times faster than a
     figure per metric.
@@ -46,7 +47,27 @@ def metric_charts(scores: pd.DataFrame, report: Report) -> str:
             color="#4c72b0",
             edgecolor="white",
         )
-        ax.axvline(summary.mean, color="#222", linewidth=1.5, label=f"mean {summary.mean:.3f}")
+        interval = summary.interval
+        if interval is None:
+            ax.text(
+                0.5,
+                0.5,
+                f"failed: 0 valid of {summary.invalid}",
+                transform=ax.transAxes,
+                ha="center",
+                color="#b00020",
+                fontsize=9,
+            )
+            ax.set_yticks([])
+        else:
+            ax.axvspan(
+                interval.low,
+                interval.high,
+                color="#222",
+                alpha=0.12,
+                label=f"{interval.level:.0%} CI {interval.bounds()}",
+            )
+            ax.axvline(summary.mean, color="#222", linewidth=1.5, label=f"mean {summary.mean:.3f}")
         ax.axvline(
             summary.pass_score,
             color="#dd8452",
@@ -102,7 +123,11 @@ def render_report(
         ("pass" if verdicts[m].passed else "FAIL") if m in verdicts else "no threshold"
         for m in summary["metric"]
     ]
-    first = next(iter(report.metrics))
+    failed = "".join(
+        f"<p class='bad'>{html.escape(name)} failed: {html.escape(str(s.failure))}</p>"
+        for name, s in report.failed.items()
+    )
+    first = next(iter(report.means), next(iter(report.metrics)))  # a failed metric has no order
     worst = scores.sort_values(first).head(5)[["case_id", "expected", "output", *report.metrics]]
     title = f"{html.escape(report.suite)} × {html.escape(report.system)}"
     regression_html = (
@@ -129,7 +154,7 @@ figure {{ display: inline-block; margin: 0.3rem; }}
 <h1>{title}</h1>
 <p>{report.cases} cases · thresholds {"passed" if report.passed else "<span class='bad'>failed</span>"}</p>
 {regression_html}{link}
-<h2>Metrics</h2>{_table(summary)}
+<h2>Metrics</h2>{failed}{_table(summary)}
 <h2>Distributions</h2>{images}
 <h2>By tag</h2>{_table(report.tags)}
 <h2>Lowest-scoring cases ({html.escape(first)})</h2>{_table(worst)}

@@ -12,8 +12,8 @@ import pandas as pd
 
 from flowstone.errors import FlowStoneError
 from flowstone.evaluation.config import SuiteSettings
-from flowstone.evaluation.metrics import compute, get_metric
-from flowstone.evaluation.suites import Suite
+from flowstone.evaluation.metrics import Reference, compute, get_metric
+from flowstone.evaluation.suites import Suite, metadata_json
 
 
 class ScoringError(FlowStoneError):
@@ -50,19 +50,30 @@ def score_suite(
     metrics: Sequence[str] | None = None,
     compute_metric: Callable[..., list[float]] = compute,
 ) -> pd.DataFrame:
-    """One row per case: id, tags, expected, output and one column per metric.
+    """One row per case: id, tags, expected, output, every reference, the gold label and the
+    metadata (JSON text) of the case, then one column per metric.
 
-    ``compute_metric`` has the signature of `flowstone.evaluation.metrics.compute`; the worker
-    pool passes its own so that a shared server with a warm encoder does the scoring.
+    The label and metadata ride along so that suite-level metrics, the warehouse and the
+    viewer read them from the scores without going back to the suite file. ``compute_metric``
+    has the signature of `flowstone.evaluation.metrics.compute`; the worker pool passes its
+    own so that a shared server with a warm encoder does the scoring.
     """
     outputs = align_outputs(suite, predictions)
-    references = [case.expected for case in suite.cases]
+    # one string where a case has one reference (what every metric and worker has always
+    # taken), the list where it has several
+    references: list[Reference] = [
+        case.references[0] if len(case.references) == 1 else list(case.references)
+        for case in suite.cases
+    ]
     table = pd.DataFrame(
         {
             "case_id": [case.id for case in suite.cases],
             "tags": [",".join(case.tags) for case in suite.cases],
-            "expected": references,
+            "expected": [case.expected for case in suite.cases],
             "output": outputs,
+            "references": [list(case.references) for case in suite.cases],
+            "label": [case.label for case in suite.cases],
+            "metadata": [metadata_json(case.metadata) for case in suite.cases],
         }
     )
     judge_cost = 0.0

@@ -10,17 +10,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 
 SCORE_COLUMNS = [
-    "suite", "system", "case_id", "tags", "metric", "score", "valid", "materialized_at", "run_id",
+    "suite", "system", "case_id", "tags", "label", "metadata", "metric", "score", "valid",
+    "materialized_at", "run_id",
 ]  # fmt: skip
 REPORT_COLUMNS = [
-    "suite", "system", "metric", "mean", "median", "p95", "min", "pass_rate", "pass_score",
-    "invalid", "cases", "passed_cases", "threshold", "threshold_passed", "regression",
-    "previous_mean", "materialized_at", "run_id",
+    "suite", "system", "metric", "mean", "ci_low", "ci_high", "ci_level", "median", "p95", "min",
+    "pass_rate", "pass_score", "invalid", "cases", "passed_cases", "threshold",
+    "threshold_passed", "regression", "previous_mean", "materialized_at", "run_id",
 ]  # fmt: skip
+# Figures a report may not have: a failed metric (no valid score) has none of them, a report
+# stored before intervals existed has no interval. They stay NULL, never 0.0.
+_OPTIONAL = ("mean", "ci_low", "ci_high", "ci_level", "median", "p95", "min", "pass_rate")
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def long_scores(
@@ -45,7 +54,15 @@ def long_scores(
         dupes = sorted(scores.loc[scores["case_id"].duplicated(), "case_id"].astype(str).unique())
         raise ValueError(f"scores of {suite}|{system} repeat case ids {dupes[:5]}")
     tags = scores["tags"].fillna("") if "tags" in scores.columns else ""
-    base = pd.DataFrame({"case_id": scores["case_id"].astype(str), "tags": tags})
+    base = pd.DataFrame(
+        {
+            "case_id": scores["case_id"].astype(str),
+            "tags": tags,
+            # the gold label as text (a number or a class), the case's metadata as JSON text
+            "label": _texts(scores, "label"),
+            "metadata": _texts(scores, "metadata"),
+        }
+    )
     frames = []
     for metric in metrics:
         values = pd.to_numeric(scores[metric], errors="raise").astype(float)
@@ -57,7 +74,19 @@ def long_scores(
     long.insert(0, "suite", suite)
     long["materialized_at"] = pd.Timestamp(materialized_at).tz_localize(None)
     long["run_id"] = run_id
-    return long[SCORE_COLUMNS].astype({"tags": "object", "metric": "object"})
+    long = long[SCORE_COLUMNS].astype(
+        {"tags": "object", "metric": "object", "label": "object", "metadata": "object"}
+    )
+    for column in ("label", "metadata"):  # NULL in the warehouse, never the text "nan"
+        long[column] = long[column].astype(object).where(long[column].notna(), None)
+    return long
+
+
+def _texts(scores: pd.DataFrame, column: str) -> list[str | None]:
+    """A column as text, None where a case has no value (or scores stored before it existed)."""
+    if column not in scores.columns:
+        return [None] * len(scores)
+    return [None if v is None or v != v else str(v) for v in scores[column].tolist()]
 
 
 def report_rows(
@@ -68,27 +97,26 @@ def report_rows(
     run_id: str,
 ) -> pd.DataFrame:
     """One row per metric of a stored report (``ReportResult.to_value()``), with its threshold verdict
-    and whether it regressed against the previous materialization."""
+    and whether it regressed against the previous materialization. A metric that failed (0
+    valid of N judgements) is a row with NULL figures, ``cases`` 0 and its threshold failed."""
     regressed = set(regressed)
     thresholds = report.get("thresholds", {})
     rows = []
     for name, m in report["metrics"].items():
         verdict = thresholds.get(name)
         previous = previous_means.get(name)
+        figures = {key: _number(m.get(key)) for key in _OPTIONAL}
+        passed_cases = 0 if math.isnan(figures["pass_rate"]) else figures["pass_rate"] * m["cases"]
         rows.append(
             {
                 "suite": report["suite"],
                 "system": report["system"],
                 "metric": name,
-                "mean": float(m["mean"]),
-                "median": float(m["median"]),
-                "p95": float(m["p95"]),
-                "min": float(m["min"]),
-                "pass_rate": float(m["pass_rate"]),
+                **figures,
                 "pass_score": float(m["pass_score"]),
                 "invalid": int(m["invalid"]),
                 "cases": int(m["cases"]),
-                "passed_cases": int(round(m["pass_rate"] * m["cases"])),
+                "passed_cases": int(round(passed_cases)),
                 "threshold": float(verdict["min_mean"]) if verdict else math.nan,
                 "threshold_passed": bool(verdict["passed"]) if verdict else True,
                 "regression": name in regressed,
@@ -98,4 +126,4 @@ def report_rows(
     frame = pd.DataFrame(rows, columns=REPORT_COLUMNS[:-2])
     frame["materialized_at"] = pd.Timestamp(materialized_at).tz_localize(None)
     frame["run_id"] = run_id
-    return frame.astype({"threshold": "float64", "previous_mean": "float64"})
+    return frame.astype({c: "float64" for c in ("threshold", "previous_mean", *_OPTIONAL)})

@@ -12,8 +12,9 @@ import pandas as pd
 
 LEADERBOARD_TABLE = "analytics.leaderboard"
 COLUMNS = [
-    "suite", "metric", "rank", "system", "latest_mean", "best_mean", "previous_mean", "delta",
-    "latest_pass_rate", "regressed", "runs", "latest_at",
+    "suite", "metric", "rank", "system", "latest_mean", "latest_ci_low", "latest_ci_high",
+    "latest_ci_level", "best_mean", "previous_mean", "delta", "latest_pass_rate", "regressed",
+    "runs", "latest_at",
 ]  # fmt: skip
 
 

@@ -56,7 +56,11 @@ class SuiteComparison:
 
     def best_mean(self, metric: str) -> float | None:
         """The highest mean, or None when every system has the same (nobody is best)."""
-        means = [r.metrics[metric].mean for r in self.reports.values() if metric in r.metrics]
+        means = [
+            mean
+            for r in self.reports.values()
+            if metric in r.metrics and (mean := r.metrics[metric].mean) is not None
+        ]
         return max(means) if len(set(means)) > 1 else None
 
     def pass_score(self, metric: str) -> float | None:
@@ -246,14 +250,16 @@ class MetricChange:
     """One metric of a partition against its previous materialization."""
 
     metric: str
-    current: float
+    current: float | None  # None: the metric failed in the latest run
     previous: float | None
     regression: bool
     previous_at: str | None = None  # when the previous run was materialized, if known
 
     @property
     def delta(self) -> float | None:
-        return None if self.previous is None else self.current - self.previous
+        if self.previous is None or self.current is None:
+            return None
+        return self.current - self.previous
 
 
 def metric_changes(

@@ -219,6 +219,7 @@ class Viewer:
             comparison=comparison,
             table=listing.case_table(comparison),
             charts=charts,
+            pairs=self.readers.stored().comparison(name),
             colours={s: colour(i) for i, s in enumerate(comparison.systems)},
             warehouse_exists=self.readers.sources.warehouse.is_file(),
         )

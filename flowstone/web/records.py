@@ -48,7 +48,7 @@ class MetricFigures:
     """One metric of one partition's report."""
 
     metric: str
-    mean: float
+    mean: float | None  # None: the metric failed (no valid score), see ``failure``
     median: float | None
     p95: float | None
     min: float | None
@@ -57,12 +57,14 @@ class MetricFigures:
     cases: int
     invalid: int
     ci: tuple[float, float] | None = None
+    failure: str | None = None
 
     @classmethod
     def from_stored(cls, name: str, figures: Mapping[str, Any]) -> MetricFigures:
         mean = number_or_none(figures.get("mean"))
-        if mean is None:
-            raise ValueError(f"metric {name!r} of the stored report has no mean")
+        failure = figures.get("failure")
+        if mean is None and not failure:
+            raise ValueError(f"metric {name!r} of the stored report has no mean and no failure")
         return cls(
             metric=name,
             mean=mean,
@@ -74,6 +76,7 @@ class MetricFigures:
             cases=int(figures.get("cases") or 0),
             invalid=int(figures.get("invalid") or 0),
             ci=_interval(figures),
+            failure=str(failure) if mean is None else None,
         )
 
 
@@ -83,7 +86,7 @@ class ThresholdResult:
 
     metric: str
     min_mean: float
-    mean: float
+    mean: float | None  # None: the metric failed, so its check failed
     passed: bool
     blocking: bool
 
@@ -100,6 +103,7 @@ class PartitionReport:
     previous_means: dict[str, float]
     regressions: list[str]
     tags: list[dict[str, Any]] = field(default_factory=list)
+    suite_metrics: dict[str, float | None] = field(default_factory=dict)  # None: undefined
 
     @property
     def passed(self) -> bool:
@@ -121,13 +125,13 @@ class PartitionReport:
                 number_or_none(verdict.get("min_mean")),
                 number_or_none(verdict.get("mean")),
             )
-            if min_mean is None or mean is None:
+            if min_mean is None:
                 continue  # an unset threshold is no check, never a "passed" one
             thresholds[name] = ThresholdResult(
                 metric=name,
                 min_mean=min_mean,
                 mean=mean,
-                passed=bool(verdict.get("passed")),
+                passed=bool(verdict.get("passed")) and mean is not None,
                 blocking=bool(verdict.get("blocking")),
             )
         previous = {
@@ -144,6 +148,10 @@ class PartitionReport:
             previous_means=previous,
             regressions=[str(r) for r in value.get("regressions") or []],
             tags=list(value.get("tags") or []),
+            suite_metrics={
+                str(name): number_or_none(raw)
+                for name, raw in (value.get("suite_metrics") or {}).items()
+            },
         )
 
 
@@ -213,3 +221,52 @@ class BakeProfileRow:
     peak_memory_bytes: int
     materialized_at: datetime | None
     run_id: str
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """System ``b`` against ``a`` on one metric, as ``evaluation/comparison`` stored it."""
+
+    a: str
+    b: str
+    difference: float
+    ci: tuple[float, float] | None
+    p_adjusted: float | None
+    test: str
+    cases: int
+    verdict: str
+
+
+@dataclass(frozen=True)
+class MetricPairs:
+    metric: str
+    leaders: tuple[str, ...]
+    pairs: tuple[PairRow, ...]
+
+    @classmethod
+    def from_stored(cls, value: Mapping[str, Any]) -> MetricPairs:
+        pairs = []
+        for p in value.get("pairs", []):
+            difference = number_or_none(p.get("difference"))
+            if difference is None:
+                continue  # a pair stored without a difference has nothing to show
+            pairs.append(
+                PairRow(
+                    a=str(p.get("a", "")),
+                    b=str(p.get("b", "")),
+                    difference=difference,
+                    ci=_interval(p),
+                    p_adjusted=number_or_none(p.get("p_adjusted")),
+                    test=str(p.get("test", "")),
+                    cases=int(p.get("cases") or 0),
+                    verdict=str(p.get("verdict", "")),
+                )
+            )
+        leaders = tuple(str(s) for s in value.get("leaders", []))
+        return cls(str(value.get("metric", "")), leaders, tuple(pairs))
+
+
+def comparison_from_stored(value: Mapping[str, Any]) -> dict[str, MetricPairs]:
+    """Metric -> its pairs, from a stored ``evaluation/comparison`` partition."""
+    metrics = value.get("metrics", {})
+    return {str(name): MetricPairs.from_stored(m) for name, m in metrics.items()}

@@ -21,7 +21,13 @@ from flowstone.storage.location import DEFAULT_PREFIX, ObjectStoreLocation
 from flowstone.storage.object_store import ObjectStore
 from flowstone.storage.objects import load_object
 from flowstone.storage.versions import StoredVersion, list_versions, load_version
-from flowstone.web.records import CaseInput, PartitionReport, SystemAnswer
+from flowstone.web.records import (
+    CaseInput,
+    MetricPairs,
+    PartitionReport,
+    SystemAnswer,
+    comparison_from_stored,
+)
 
 EVALUATION = "evaluation"
 BAKING = "baking"
@@ -133,6 +139,12 @@ class StoredValues:
     ) -> dict[str, SystemAnswer]:
         """Like :meth:`answers`, from one kept version of the partition's scores."""
         return _answers(load_version(self.store, version), key.system, metrics)
+
+    def comparison(self, suite: str) -> dict[str, MetricPairs] | None:
+        """The suite's stored ``evaluation/comparison`` (metric -> pairs), or None before it
+        was materialized."""
+        value = self._load((EVALUATION, "comparison"), suite)
+        return comparison_from_stored(value) if isinstance(value, dict) else None
 
     # -- baking -------------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ def test_evaluation_lands_in_warehouse_and_leaderboard(lab_factory):
     assert qa_exact.iloc[0]["latest_mean"] == pytest.approx(1.0)
     assert qa_exact.iloc[0]["rank"] == 1
     assert board["runs"].eq(1).all() and board["delta"].isna().all()
+    # every latest mean carries its interval (seeded, so these few cases bracket their mean)
+    assert board["latest_ci_level"].eq(0.95).all()
+    assert (board["latest_ci_low"] <= board["latest_mean"]).all()
+    assert (board["latest_mean"] <= board["latest_ci_high"]).all()
     reports = query(lab.warehouse, "select * from evaluation.warehouse_reports")
     echo_docs = reports[(reports.system == "echo") & (reports.suite == "docs")]
     board_docs = board[(board.system == "echo") & (board.suite == "docs")]

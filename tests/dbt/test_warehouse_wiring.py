@@ -38,6 +38,21 @@ def test_long_scores_keep_invalid_judgements_null_never_zero():
     assert pd.isna(invalid["score"]) and not invalid["valid"]
     assert long.loc[long.metric == "exact_match", "score"].tolist() == [1.0, 0.0]
     assert long["tags"].tolist()[:2] == ["x,y", ""]
+    assert long["label"].isna().all() and long["metadata"].isna().all()  # none in this suite
+
+
+def test_long_scores_carry_the_gold_label_and_metadata_as_text():
+    scores = pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c"],
+            "label": [0.8, "positive", None],
+            "metadata": ['{"source": "sts"}', None, None],
+            "bleu": [0.1, 0.2, 0.3],
+        }
+    )
+    long = long_scores(scores, "qa", "echo", ["bleu"], NOW, "r")
+    assert long["label"].tolist() == ["0.8", "positive", None]
+    assert long["metadata"].tolist() == ['{"source": "sts"}', None, None]
 
 
 def test_long_scores_refuse_missing_metric_and_repeated_cases():
@@ -65,6 +80,34 @@ def test_report_rows_carry_threshold_and_regression():
     assert rows.loc["bleu", "threshold"] == 0.5 and not rows.loc["bleu", "threshold_passed"]
     assert math.isnan(rows.loc["rouge1", "threshold"]) and rows.loc["rouge1", "threshold_passed"]
     assert rows.loc["bleu", "passed_cases"] == 2 and rows.loc["rouge1", "invalid"] == 1
+
+
+def test_report_rows_carry_intervals_and_a_failed_metric_as_nulls():
+    from flowstone.evaluation.aggregate import build_report
+    from flowstone.evaluation.config import parse_settings
+
+    settings = parse_settings(
+        {
+            "defaults": {
+                "metrics": {"bleu": {}, "llm_semantic_similarity": {}},
+                "thresholds": {"llm_semantic_similarity": 0.5},
+            }
+        },
+        "cfg",
+    ).for_suite("qa")
+    scores = pd.DataFrame(
+        {"case_id": ["a", "b", "c"], "tags": ["", "", ""], "bleu": [0.2, 0.5, 0.9]}
+    ).assign(llm_semantic_similarity=np.nan)
+    stored = build_report(scores, settings, "echo").to_dict()
+    rows = report_rows(stored, {}, [], NOW, "r").set_index("metric")
+    bleu, judge = rows.loc["bleu"], rows.loc["llm_semantic_similarity"]
+    assert bleu["ci_low"] < bleu["mean"] < bleu["ci_high"] and bleu["ci_level"] == 0.95
+    assert (judge["cases"], judge["invalid"], judge["passed_cases"]) == (0, 3, 0)
+    assert all(math.isnan(judge[c]) for c in ("mean", "ci_low", "ci_high", "pass_rate"))
+    assert not judge["threshold_passed"] and judge["threshold"] == 0.5
+    old = {k: v for k, v in stored["metrics"]["bleu"].items() if not k.startswith("ci_")}
+    before = report_rows({**stored, "metrics": {"bleu": old}}, {}, [], NOW, "r")
+    assert math.isnan(before.loc[0, "ci_low"])  # a report stored before intervals existed
 
 
 def test_warehouse_pool_gets_one_slot_and_keeps_a_chosen_limit():

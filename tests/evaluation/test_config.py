@@ -77,3 +77,38 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("defaults: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_statistics_block_defaults_and_per_suite_override():
+    raw = {
+        **BASE,
+        "defaults": {**BASE["defaults"], "statistics": {"resamples": 2000, "seed": 7}},
+        "suites": {"qa": {"statistics": {"confidence_level": 0.9}}},
+    }
+    settings = parse_settings(raw, "evaluation.yaml", known_suites=["qa", "docs"])
+    qa, docs = settings.for_suite("qa").statistics, settings.for_suite("docs").statistics
+    assert (qa.confidence_level, qa.resamples, qa.seed, qa.method) == (0.9, 2000, 7, "percentile")
+    assert (docs.confidence_level, docs.resamples) == (0.95, 2000)
+    unset = parse_settings(BASE, "evaluation.yaml").for_suite("qa").statistics
+    assert (unset.confidence_level, unset.resamples, unset.seed) == (0.95, 1000, 0)
+    assert settings.for_suite("qa").fingerprint() != settings.for_suite("docs").fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("statistics", "key", "message"),
+    [
+        ({"confidence_level": 1.0}, "confidence_level", "strictly between 0 and 1"),
+        ({"confidence_level": 0}, "confidence_level", "strictly between 0 and 1"),
+        ({"confidence_level": 95}, "confidence_level", "0.95 for a 95% interval"),
+        ({"resamples": 99}, "resamples", "at least 100"),
+        ({"resamples": 1000.5}, "resamples", "integer"),
+        ({"seed": -1}, "seed", "non-negative"),
+        ({"method": "basic"}, "method", "percentile, bca"),
+        ({"level": 0.9}, "level", "unknown key"),
+    ],
+)
+def test_bad_statistics_settings_name_the_key(statistics, key, message):
+    raw = {**BASE, "suites": {"qa": {"statistics": statistics}}}
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_settings(raw, "evaluation.yaml", known_suites=["qa"])
+    assert err.value.key == f"suites.qa.statistics.{key}"

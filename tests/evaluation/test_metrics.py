@@ -68,11 +68,12 @@ def test_fuzzy_match_matches_rapidfuzz_documented_values():
 
 
 def test_exact_match_normalisation_options():
-    assert metrics.exact_match(["The Eiffel Tower!"], ["eiffel tower"]) == [1.0]
-    assert metrics.exact_match(["The Eiffel Tower!"], ["eiffel tower"], strip_articles=False) == [
-        0.0
-    ]
-    assert metrics.exact_match(["Paris"], ["paris"], lowercase=False) == [0.0]
+    # HF evaluate's default compares the strings as they are; SQuAD's normalisation is a preset
+    # (tests/evaluation/test_reference_metrics.py checks both against HF evaluate's script)
+    assert metrics.exact_match(["The Eiffel Tower!"], ["eiffel tower"]) == [0.0]
+    assert metrics.exact_match(["The Eiffel Tower!"], ["eiffel tower"], preset="squad") == [1.0]
+    assert metrics.exact_match(["Paris"], ["paris"]) == [0.0]
+    assert metrics.exact_match(["Paris"], ["paris"], ignore_case=True) == [1.0]
 
 
 def test_length_mismatch_is_an_error_not_a_score():
@@ -86,5 +87,34 @@ def test_unknown_metric_names_the_known_ones():
 
 
 def test_metric_options_come_from_signatures():
-    assert metrics.METRICS["bleu"].options == {"max_order": 4, "smoothing": 1, "lowercase": True}
-    assert metrics.METRICS["embedding_similarity"].options == {"batch_size": 64}
+    assert metrics.METRICS["bleu"].options == {
+        "max_order": 4,
+        "smoothing": 1,
+        "lowercase": True,
+        "tokenizer": "regex",
+    }
+    assert metrics.METRICS["embedding_similarity"].options == {
+        "batch_size": 64,
+        "clip_negative": False,
+    }
+    assert metrics.METRICS["exact_match"].options == {
+        "regexes_to_ignore": None,
+        "ignore_case": False,
+        "ignore_punctuation": False,
+        "ignore_numbers": False,
+        "preset": None,
+    }
+
+
+def test_option_values_are_checked_before_scoring():
+    bleu = metrics.METRICS["bleu"]
+    bleu.check_options({"tokenizer": "13a", "max_order": 2})
+    for options, option in [
+        ({"tokenizer": "moses"}, "tokenizer"),
+        ({"max_order": "4"}, "max_order"),
+        ({"lowercase": "yes"}, "lowercase"),
+        ({"order": 3}, "order"),
+    ]:
+        with pytest.raises(metrics.OptionError) as err:
+            bleu.check_options(options)
+        assert err.value.option == option

@@ -52,3 +52,32 @@ def test_metadata_means_rounded_stored_means_exact(tmp_path):
     assert stored["metrics"]["rouge1"]["mean"] == pytest.approx(4 / 9, abs=1e-12)
     assert stored["metrics"]["bleu"]["mean"] == pytest.approx(1.323456 / 3, abs=1e-12)
     assert stored["previous_means"] == {"rouge1": 0.4444444}
+
+
+def test_intervals_show_beside_means_in_metadata_and_html(tmp_path):
+    report = build_report(scores(), SETTINGS, "sys")
+    metadata = ReportResult(report, [], tmp_path / "r.html", {}).metadata()
+    bleu = report.metrics["bleu"]
+    assert metadata["ci/bleu"] == f"{bleu.ci_low:.3f}–{bleu.ci_high:.3f} (95% CI)"
+    assert list(metadata).index("ci/bleu") == list(metadata).index("mean/bleu") + 1
+    page = render_report(report, scores(), [])
+    bleu_row = next(row for row in page.split("<tr>") if "<td>bleu</td>" in row)
+    assert f"<td>{bleu.ci_low:.3f}–{bleu.ci_high:.3f}</td>" in bleu_row
+    assert "<th>95% CI</th>" in page
+
+
+def test_a_failed_judge_reads_as_failed_never_nan(tmp_path):
+    settings = parse_settings(
+        {"defaults": {"metrics": {"bleu": {}, "llm_faithfulness": {}}}}, "cfg"
+    ).for_suite("s")
+    table = scores().assign(llm_faithfulness=float("nan"))
+    report = build_report(table, settings, "sys")
+    metadata = ReportResult(report, [], tmp_path / "r.html", {}).metadata()
+    assert "mean/llm_faithfulness" not in metadata and "ci/llm_faithfulness" not in metadata
+    assert metadata["failed/llm_faithfulness"].startswith("0 valid of 3 judgements")
+    assert metadata["invalid/llm_faithfulness"] == 3 and metadata["mean/bleu"] == 0.441
+    markdown = metadata["summary"].to_markdown(index=False, floatfmt=".3f")
+    assert "nan" not in markdown.lower() and "failed: 0 valid of 3" in markdown
+    page = re.sub(r"data:image/png;base64,[^']*", "", render_report(report, table, []))
+    assert "nan" not in page.lower()
+    assert "llm_faithfulness failed: 0 valid of 3 judgements" in page

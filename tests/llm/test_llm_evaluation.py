@@ -166,3 +166,43 @@ systems:
     system.predict(cases)
     again = system.predict(cases)
     assert stub.calls == 2 and not again[0].cached
+
+
+@pytest.mark.slow
+def test_a_judge_that_never_answers_fails_its_metric_not_the_report(
+    llm_env, stub, monkeypatch, tmp_path
+):
+    build, instance = llm_env
+    settings = tmp_path / "evaluation.yaml"
+    raw = json.loads(settings.read_text())
+    raw["defaults"]["thresholds"] = {"llm_semantic_similarity": 0.5, "rouge1": 0.0}
+    settings.write_text(json.dumps(raw))
+    # every judge prompt (and every retry asking again for a score) gets garbage
+    monkeypatch.setattr(
+        stub.state, "reply", lambda p: "Lovely weather today." if "SCORE" in p else "city 1"
+    )
+    _, job = build()
+    for _ in range(2):  # the second run compares with a stored report that has no judge mean
+        result = job.execute_in_process(partition_key="qa|stub-gpt", instance=instance)
+        assert result.success
+        logs = instance.all_logs(result.run_id)
+        assert not [e for e in logs if "could not be read" in e.user_message]
+
+    report = metadata(instance, REPORT_KEY, "qa|stub-gpt")
+    assert report["failed/llm_semantic_similarity"].startswith("0 valid of 4 judgements")
+    assert report["invalid/llm_semantic_similarity"] == 4
+    assert "mean/llm_semantic_similarity" not in report and not report["passed"]
+    assert "mean/rouge1" in report and report["ci/rouge1"].endswith("(95% CI)")
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    judged = checks["llm_semantic_similarity_above_threshold"]
+    assert not judged.passed
+    assert judged.description.startswith(
+        "llm_semantic_similarity failed, no mean to compare with threshold 0.500: "
+        "0 valid of 4 judgements"
+    )
+    assert judged.metadata["valid"].value == 0 and judged.metadata["invalid"].value == 4
+    assert checks["rouge1_above_threshold"].passed
+    stored = result.asset_value(REPORT_KEY)
+    assert stored["metrics"]["llm_semantic_similarity"]["mean"] is None
+    scores = result.asset_value(dg.AssetKey(["evaluation", "scores"]))
+    assert set(scores["llm_semantic_similarity_invalid_reply"]) == {"Lovely weather today."}

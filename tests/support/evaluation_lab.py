@@ -73,3 +73,15 @@ class Lab:
         job = self.defs.resolve_job_def("evaluation_job")
         results = execute_partitions(job, self.instance, self.keys, single_run=True)
         assert all(result.success for result in results.values())
+
+    def compare(self, suites: Sequence[str] | None = None) -> dict[str, Any]:
+        """Materialize ``evaluation/comparison`` for each suite (all by default), in process;
+        returns each suite's run result."""
+        job = self.defs.resolve_job_def("comparison_job")
+        names = list(suites) if suites is not None else job.partitions_def.get_partition_keys()
+        return {
+            name: job.execute_in_process(
+                partition_key=name, instance=self.instance, raise_on_error=False
+            )
+            for name in names
+        }

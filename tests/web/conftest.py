@@ -113,6 +113,7 @@ def viewer_data(tmp_path_factory: pytest.TempPathFactory) -> ViewerData:
             lab.defs.resolve_job_def(WAREHOUSE_JOB), instance, lab.keys, single_run=True
         )
         assert all(r.success for r in second.values())
+        assert all(r.success for r in lab.compare(["qa"]).values())  # docs: none, on purpose
         staged = write_tiny_classifier(root / "staging", name=MODEL)
         intake.add_model(staged, MODEL, root / "out" / "models")
         baked = bake_models(lab.defs, instance, [MODEL])

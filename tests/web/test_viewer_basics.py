@@ -266,3 +266,25 @@ def test_the_viewer_reads_the_s3_store_the_io_manager_writes(
         assert suite.status_code == 200
         assert "0.420" in suite.text and "0.610" in suite.text
         assert f"s3://{bucket}/runs" in suite.text  # the footer names the store it read
+
+
+def test_a_failed_judge_metric_reads_as_failed_not_as_an_error() -> None:
+    from flowstone.web.records import PartitionReport
+
+    stored = {
+        "suite": "qa", "system": "s", "cases": 3,
+        "metrics": {
+            "judge": {"mean": None, "cases": 0, "invalid": 3,
+                      "failure": "0 valid of 3 judgements; see judge_invalid_reply"},
+            "rouge1": {"mean": 0.5, "cases": 3, "ci_low": 0.4, "ci_high": 0.6},
+        },
+        "thresholds": {"judge": {"min_mean": 0.5, "mean": None, "passed": False,
+                                 "blocking": True}},
+    }  # fmt: skip
+    report = PartitionReport.from_stored(stored)
+    judge = report.metrics["judge"]
+    assert judge.mean is None and judge.failure and "0 valid of 3" in judge.failure
+    assert report.metrics["rouge1"].ci == (0.4, 0.6) and report.metrics["rouge1"].failure is None
+    assert not report.passed and report.failed_checks == ["judge"]
+    stored["suite_metrics"] = {"chrf": 41.5, "spearman": None}
+    assert PartitionReport.from_stored(stored).suite_metrics == {"chrf": 41.5, "spearman": None}

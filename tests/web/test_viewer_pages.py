@@ -57,14 +57,17 @@ def test_suite_page_compares_every_system(http) -> None:
     for system in SYSTEMS:
         means = cells(html, f"means-{system}")
         assert means[0] == system
-        # one mean per metric, three decimals each
-        assert all(re.fullmatch(r"(✗ )?\d\.\d{3}", m) for m in means[1:4]), means
+        # per metric its mean (three decimals) and its interval around it
+        for mean, ci in zip(means[1:7:2], means[2:7:2], strict=True):
+            assert re.fullmatch(r"(✗ )?\d\.\d{3}", mean), means
+            low, high = (float(x) for x in re.fullmatch(r"\[(\S+), (\S+)\]", ci).groups())
+            assert low <= float(mean.removeprefix("✗ ")) <= high, means
     # echo's fuzzy-match mean is below its threshold: the cell is marked and says why
     assert re.search(
         r'class="num fail[^"]*" title="threshold 0\.580: failed">✗ 0\.\d{3}',
         html_text.unescape(html),
     )
-    assert "95% CI" not in html  # no interval is stored yet: no empty column
+    assert html.count('<th class="num ci">95% CI</th>') == 3  # one per metric
     assert 'id="pass-rates"' in html and 'id="checks"' in html
     echo_checks = cells(html, "checks-echo")  # the thresholded metrics in the suite's order
     assert re.fullmatch(r"✗ 0\.\d{3} < 0\.580", echo_checks[1]), echo_checks
@@ -115,6 +118,19 @@ def test_case_list_filters_are_links(http) -> None:
         float(s) for s in re.findall(r'<td class="num">(\d\.\d{3})</td>\s*</tr>', sorted_.text)
     ]
     assert spreads == sorted(spreads, reverse=True) and len(spreads) == 5
+
+
+def test_suite_page_says_which_differences_are_real(http) -> None:
+    page = http.get("/suites/qa")
+    # tunable now answers unrelated words and scores far lower on rouge1, but on 5 cases a
+    # paired test cannot tell that from chance (the smallest sign-flip p is 2/32): no verdict
+    row = cells(page.text, "pair-rouge1-tunable-echo")
+    assert row[-1] == "tunable ≈ echo" and row[-5].startswith("-")
+    assert float(row[-3]) >= 0.05 and "paired-permutation, 5 cases" in row[-2]
+    assert re.search(r'<td rowspan="3" class="best">echo, lead-1, tunable</td>', page.text)
+    # a suite whose comparison was not materialized says how to get it
+    docs = http.get("/suites/docs")
+    assert 'id="no-comparison"' in docs.text and "comparison_job" in docs.text
 
 
 def test_partition_page_and_diff(http) -> None:

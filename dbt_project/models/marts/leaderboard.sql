@@ -1,5 +1,6 @@
--- Per suite and metric: each system's latest mean, its best ever, the delta against its
--- previous run, and its rank among the systems on the suite (1 = best latest mean).
+-- Per suite and metric: each system's latest mean with its confidence interval, its best ever,
+-- the delta against its previous run, and its rank among the systems on the suite (1 = best
+-- latest mean; a metric that failed in its latest run has no mean and ranks last).
 with ordered as (
     select
         *,
@@ -12,6 +13,10 @@ per_system as (
         system,
         metric,
         max(case when recency = 1 then mean end) as latest_mean,
+        max(case when recency = 1 then ci_low end) as latest_ci_low,
+        max(case when recency = 1 then ci_high end) as latest_ci_high,
+        max(case when recency = 1 then ci_level end) as latest_ci_level,
+        max(case when recency = 1 then cases end) as latest_cases,
         max(case when recency = 2 then mean end) as previous_mean,
         max(mean) as best_mean,
         max(case when recency = 1 then pass_rate end) as latest_pass_rate,
@@ -27,9 +32,13 @@ select
     suite || '|' || system as partition_id,
     suite,
     metric,
-    rank() over (partition by suite, metric order by latest_mean desc) as rank,
+    rank() over (partition by suite, metric order by latest_mean desc nulls last) as rank,
     system,
     latest_mean,
+    latest_ci_low,
+    latest_ci_high,
+    latest_ci_level,
+    latest_cases,
     best_mean,
     previous_mean,
     latest_mean - previous_mean as delta,

@@ -1,4 +1,5 @@
--- One row per metric of each partition's latest report.
+-- One row per metric of each partition's latest report. A metric that failed (0 valid of N
+-- judgements) has cases = 0 and NULL figures; ci_low/ci_high bound the mean at ci_level.
 select
     suite || '|' || system || '|' || metric || '|' || run_id as report_id,
     suite || '|' || system as partition_id,
@@ -6,6 +7,9 @@ select
     system,
     metric,
     mean,
+    ci_low,
+    ci_high,
+    ci_level,
     median,
     p95,
     min as min_score,

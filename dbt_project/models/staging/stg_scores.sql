@@ -7,6 +7,8 @@ select
     system,
     case_id,
     coalesce(tags, '') as tags,
+    label,
+    metadata,
     metric,
     score,
     valid,

@@ -1,0 +1,168 @@
+"""Evaluate suite files without Dagster: the code path behind ``flowstone eval``, for CI.
+
+Why: a pull request should fail when a blocking check fails, and a CI job has neither a
+Dagster instance nor a daemon. This runs the very steps the assets run (``pipeline.load_suite``,
+``predict``, ``score``, ``report``) on suite files named on the command line, so a figure in CI
+is the figure the UI would show for the same suite, system and settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowstone.errors import ConfigError, SuiteError
+from flowstone.evaluation import pipeline
+from flowstone.evaluation.catalog import Catalog
+from flowstone.evaluation.check_names import threshold_check_name
+from flowstone.evaluation.config import check_suite_labels, load_settings
+from flowstone.evaluation.suites import load_suite
+from flowstone.systems.base import SystemRegistry
+from flowstone.systems.registry import default_systems
+
+SUFFIX = ".jsonl"
+
+
+class EvalInputError(ValueError):
+    """Bad input to ``flowstone eval``: a file, setting or system name; exit code 2."""
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    name: str
+    passed: bool
+    blocking: bool
+
+
+@dataclass(frozen=True)
+class MetricFigures:
+    mean: float | None
+    ci: tuple[float, float] | None
+    level: float
+    valid: int
+    invalid: int
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """One suite evaluated with one system: the figures a CI job decides on."""
+
+    suite: str
+    system: str
+    cases: int
+    metrics: dict[str, MetricFigures]
+    suite_metrics: dict[str, float]
+    checks: list[CheckVerdict]
+    report_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return any(c.blocking and not c.passed for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape the README documents for ``flowstone eval --json``."""
+        return {
+            "suite": self.suite,
+            "system": self.system,
+            "cases": self.cases,
+            "metrics": {
+                name: {
+                    "mean": m.mean,
+                    "ci95" if math.isclose(m.level, 0.95) else f"ci{round(m.level * 100)}": (
+                        list(m.ci) if m.ci else None
+                    ),
+                    "valid": m.valid,
+                    "invalid": m.invalid,
+                    **({"failure": m.failure} if m.failure else {}),
+                }
+                for name, m in self.metrics.items()
+            },
+            # JSON has no NaN: an undefined figure (a correlation over constant scores) is null
+            "suite_metrics": {k: (v if v == v else None) for k, v in self.suite_metrics.items()},
+            "checks": [
+                {"name": c.name, "passed": c.passed, "blocking": c.blocking} for c in self.checks
+            ],
+        }
+
+
+def suite_name(path: Path) -> str:
+    """A suite's name is its file name without ``.jsonl``, as for the suites folder."""
+    if path.suffix != SUFFIX:
+        raise EvalInputError(f"{path}: a suite file must end in {SUFFIX}")
+    return path.stem
+
+
+def build_catalog(
+    files: Sequence[Path], config: Path, systems: SystemRegistry | None = None
+) -> Catalog:
+    """A catalog of exactly these suite files, validated the way the code location validates
+    the suites folder (every line, every setting), before anything runs."""
+    suites: dict[str, Path] = {}
+    for path in files:
+        name = suite_name(path)
+        if name in suites:
+            raise EvalInputError(f"{path} and {suites[name]} are both suite {name!r}")
+        if not path.is_file():
+            raise EvalInputError(f"{path}: no such suite file")
+        suites[name] = path
+    try:
+        loaded = {name: load_suite(path, name) for name, path in suites.items()}
+        settings = load_settings(config)  # the config may set suites not evaluated here
+        check_suite_labels(settings, loaded)
+    except (SuiteError, ConfigError) as exc:
+        raise EvalInputError(str(exc)) from exc
+    return Catalog(suites=suites, settings=settings, systems=systems or default_systems())
+
+
+def require_system(catalog: Catalog, system: str) -> None:
+    """A system of the registry, or an error naming those there are (and why a configured
+    one is not runnable here, e.g. its API key is not set)."""
+    if system in catalog.systems.names:
+        return
+    skipped = catalog.systems.skipped.get(system)
+    if skipped:
+        raise EvalInputError(f"system {system!r} is not available here: {skipped}")
+    raise EvalInputError(f"no system {system!r}; systems: {', '.join(catalog.systems.names)}")
+
+
+def evaluate(catalog: Catalog, suite: str, system: str, reports_dir: Path) -> SuiteOutcome:
+    """Run one suite through the assets' steps in this process; no previous run is compared."""
+    require_system(catalog, system)
+    frame = pipeline.load_suite(catalog, suite).value
+    predictions = pipeline.predict(catalog, suite, system, frame).value
+    scores = pipeline.score(catalog, suite, frame, predictions).value
+    result = pipeline.report(catalog, suite, system, scores, {}, reports_dir)
+    return outcome_of(result)
+
+
+def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
+    report = result.report
+    metrics = {
+        name: MetricFigures(
+            mean=None if s.failed else s.mean,
+            ci=(s.interval.low, s.interval.high) if s.interval else None,
+            level=s.ci_level,
+            valid=s.cases,
+            invalid=s.invalid,
+            failure=s.failure,
+        )
+        for name, s in report.metrics.items()
+    }
+    checks = [
+        CheckVerdict(threshold_check_name(metric), v.passed, v.blocking)
+        for metric, v in report.thresholds.items()
+    ]
+    return SuiteOutcome(
+        suite=report.suite,
+        system=report.system,
+        cases=report.cases,
+        metrics=metrics,
+        suite_metrics=dict(report.suite_metrics),
+        checks=checks,
+        report_path=result.html_path,
+    )

@@ -23,6 +23,7 @@ from resources.worker_pool import PythonWorkerPoolResource
 
 if TYPE_CHECKING:  # the pipeline brings pandas and matplotlib; loaded on first use only
     from assets.partition_checks import AssetCheckEvaluationTargetMaterializationData
+    from flowstone.evaluation.aggregate import ThresholdVerdict
     from flowstone.evaluation.pipeline import ReportResult
 
 GROUP = "evaluation"
@@ -169,8 +170,12 @@ def build_check_specs(
             REPORT_KEY,
             partitions,
             blocking=any(metric in s.thresholds and s.thresholds[metric].blocking for s in every),
-            description=f"The suite mean of {metric} is at least the threshold in "
-            "evaluation.yaml (suites without one are not checked).",
+            description=(
+                f"{metric} over the whole suite is at least the threshold in evaluation.yaml"
+                if any(metric in s.suite_metrics for s in every)
+                else f"The suite mean of {metric} is at least the threshold in evaluation.yaml"
+            )
+            + " (suites without one are not checked).",
         )
         for metric in settings.thresholded_metrics
     ]
@@ -228,10 +233,12 @@ class CheckOutcome:
 
 
 def threshold_outcome(outcome: "ReportResult", metric: str) -> CheckOutcome:
-    """A metric's threshold check: its mean and interval against the floor, or a failure
-    (not an error) naming why a metric with no valid score has no mean to compare."""
+    """A metric's threshold check: its mean and interval (or a suite metric's value) against
+    the floor, or a failure (not an error) naming why there is no figure to compare."""
     verdict = outcome.report.thresholds[metric]
-    summary = outcome.report.metrics[metric]
+    summary = outcome.report.metrics.get(metric)
+    if summary is None:  # a suite metric: one value over the suite, no interval
+        return suite_threshold_outcome(metric, verdict)
     interval = summary.interval
     if interval is None:
         return CheckOutcome(
@@ -248,6 +255,27 @@ def threshold_outcome(outcome: "ReportResult", metric: str) -> CheckOutcome:
         verdict.blocking,
         {"mean": round(verdict.mean, 3), "ci": interval.describe(), "min_mean": verdict.min_mean},
         f"{metric} mean {verdict.mean:.3f} ({interval.level:.0%} CI {interval.bounds()}) "
+        f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
+    )
+
+
+def suite_threshold_outcome(metric: str, verdict: "ThresholdVerdict") -> CheckOutcome:
+    """A suite metric's check; an undefined value (NaN, e.g. a correlation over constant
+    scores) fails with the reason rather than comparing as a number."""
+    if verdict.reason is not None:
+        return CheckOutcome(
+            threshold_check_name(metric),
+            False,
+            verdict.blocking,
+            {"value": "undefined", "min_mean": verdict.min_mean},
+            f"{verdict.reason}; no value to compare with threshold {verdict.min_mean:.3f}",
+        )
+    return CheckOutcome(
+        threshold_check_name(metric),
+        verdict.passed,
+        verdict.blocking,
+        {"value": round(verdict.mean, 3), "min_mean": verdict.min_mean},
+        f"{metric} over the suite {verdict.mean:.3f} "
         f"{'>=' if verdict.passed else '<'} threshold {verdict.min_mean:.3f}",
     )
 

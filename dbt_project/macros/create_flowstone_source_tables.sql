@@ -15,7 +15,7 @@
     alter table evaluation.warehouse_scores add column if not exists metadata varchar;
     create table if not exists evaluation.warehouse_reports (
       suite varchar not null, system varchar not null,
-      metric varchar, mean double, ci_low double, ci_high double, ci_level double,
+      metric varchar, kind varchar, mean double, ci_low double, ci_high double, ci_level double,
       median double, p95 double, min double,
       pass_rate double, pass_score double, invalid bigint, cases bigint, passed_cases bigint,
       threshold double, threshold_passed boolean, regression boolean, previous_mean double,
@@ -25,6 +25,8 @@
     alter table evaluation.warehouse_reports add column if not exists ci_low double;
     alter table evaluation.warehouse_reports add column if not exists ci_high double;
     alter table evaluation.warehouse_reports add column if not exists ci_level double;
+    -- a warehouse written before suite metrics had rows ('mean' | 'suite'; NULL reads 'mean')
+    alter table evaluation.warehouse_reports add column if not exists kind varchar;
     create schema if not exists baking;
     create table if not exists baking.warehouse_bake_quality (
       model varchar not null, version varchar, variant varchar, task varchar, metric varchar,

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from flowstone.evaluation.config import StatisticsSettings, SuiteSettings
+from flowstone.evaluation.config import StatisticsSettings, SuiteSettings, Threshold
 from flowstone.evaluation.metrics import METRICS
 from flowstone.evaluation.statistics import Interval, bootstrap_ci
-from flowstone.evaluation.suite_metrics import compute_suite_metrics
+from flowstone.evaluation.suite_metrics import SUITE_METRICS, compute_suite_metrics
 
 
 def _stored(value: object) -> object:
@@ -65,7 +65,8 @@ class ThresholdVerdict:
     mean: float
     passed: bool
     blocking: bool
-    reason: str | None = None  # why it failed without a mean to compare (a failed metric)
+    # why it failed without a figure to compare: a failed judge metric, an undefined suite metric
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         return {k: _stored(v) for k, v in asdict(self).items()}
@@ -212,27 +213,18 @@ def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> 
         )
         for m in metrics
     }
+    suite_values = compute_suite_metrics(settings, scores)
     verdicts = {}
     for name, threshold in settings.thresholds.items():
-        summary = summaries[name]
-        if summary.failed:
-            verdicts[name] = ThresholdVerdict(
-                metric=name,
-                min_mean=threshold.min_mean,
-                mean=math.nan,
-                passed=False,
-                blocking=threshold.blocking,
-                reason=summary.failure,
-            )
-            continue
-        mean = summary.mean
-        verdicts[name] = ThresholdVerdict(
-            metric=name,
-            min_mean=threshold.min_mean,
-            mean=mean,
-            passed=bool(mean >= threshold.min_mean or math.isclose(mean, threshold.min_mean)),
-            blocking=threshold.blocking,
-        )
+        if name in summaries:
+            summary = summaries[name]
+            value, reason = summary.mean, summary.failure
+        else:  # a suite metric: its value over the suite, on its own scale
+            value = suite_values[name]
+            reason = None
+            if math.isnan(value):
+                reason = SUITE_METRICS[settings.suite_metrics[name].name].undefined_reason()
+        verdicts[name] = threshold_verdict(threshold, value, reason)
     return Report(
         suite=settings.suite,
         system=system,
@@ -240,5 +232,26 @@ def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> 
         metrics=summaries,
         tags=by_tag(scores, metrics),
         thresholds=verdicts,
-        suite_metrics=compute_suite_metrics(settings, scores),
+        suite_metrics=suite_values,
+    )
+
+
+def threshold_verdict(threshold: Threshold, value: float, reason: str | None) -> ThresholdVerdict:
+    """A figure the report does not have (a failed judge, an undefined correlation) fails its
+    threshold with the reason: a check that cannot compare must never read as passed."""
+    if reason is not None or math.isnan(value):
+        return ThresholdVerdict(
+            metric=threshold.metric,
+            min_mean=threshold.min_mean,
+            mean=math.nan,
+            passed=False,
+            blocking=threshold.blocking,
+            reason=reason or f"{threshold.metric} has no value to compare",
+        )
+    return ThresholdVerdict(
+        metric=threshold.metric,
+        min_mean=threshold.min_mean,
+        mean=value,
+        passed=bool(value >= threshold.min_mean or math.isclose(value, threshold.min_mean)),
+        blocking=threshold.blocking,
     )

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flowstone import paths
@@ -50,7 +51,8 @@ def _checks(outcome: SuiteOutcome) -> str:
     parts = []
     for c in outcome.checks:
         mark = "[green]✓[/]" if c.passed else ("[red]✗[/]" if c.blocking else "[yellow]![/]")
-        parts.append(f"{mark} {c.name}{' (blocking)' if c.blocking else ''}")
+        why = f" ({escape(c.reason)})" if c.reason else ""
+        parts.append(f"{mark} {c.name}{' (blocking)' if c.blocking else ''}{why}")
     return "  ".join(parts)
 
 

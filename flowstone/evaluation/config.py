@@ -1,7 +1,7 @@
 """Evaluation settings: which metrics score which suite, per-case pass scores, thresholds.
 
 The settings are read and validated when the code location loads, so an unknown metric or a
-threshold outside [0, 1] stops `dagster definitions validate` with the offending key instead of
+threshold outside its metric's scale stops `dagster definitions validate` with the offending key instead of
 failing a run hours later.
 """
 
@@ -40,7 +40,8 @@ class MetricSetting:
 
 @dataclass(frozen=True)
 class Threshold:
-    """A floor on a metric's suite mean, checked by an asset check on the report."""
+    """A floor on a metric's suite mean, or on a suite metric's value (on its own scale),
+    checked by an asset check on the report."""
 
     metric: str
     min_mean: float
@@ -192,9 +193,40 @@ def _parse_suite_metric(
     return SuiteMetricSetting(name=name, options=options, metric=metric, key=key)
 
 
-def _parse_threshold(source: str, key: str, name: str, raw: object, metrics: dict) -> Threshold:
-    if name not in metrics:
-        raise ConfigError(source, key, f"threshold on '{name}', which this suite does not compute")
+def _floor(source: str, key: str, value: object, scale: tuple[float, float]) -> float:
+    low, high = scale
+    if (low, high) == (0.0, 1.0):
+        return _unit_interval(source, key, value)
+    wanted = f"a number in [{low:g}, {high:g}], the metric's scale"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(source, key, f"must be {wanted}, got {value!r}")
+    if not low <= float(value) <= high:
+        raise ConfigError(source, key, f"must be {wanted}, got {value}")
+    return float(value)
+
+
+def _parse_threshold(
+    source: str,
+    key: str,
+    name: str,
+    raw: object,
+    metrics: Mapping[str, MetricSetting],
+    suite_metrics: Mapping[str, SuiteMetricSetting],
+) -> Threshold:
+    """A floor on a per-case metric's mean (in [0, 1]) or on a suite metric's value, on that
+    metric's own scale (a correlation in [-1, 1], chrF 0-100)."""
+    if name in metrics:
+        scale = (0.0, 1.0)
+    elif name in suite_metrics:
+        scale = SUITE_METRICS[suite_metrics[name].name].scale
+    else:
+        computed = ", ".join([*metrics, *suite_metrics])
+        raise ConfigError(
+            source,
+            key,
+            f"threshold on '{name}', which this suite does not compute (under metrics or "
+            f"suite_metrics); it computes: {computed}",
+        )
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         raw = {"min_mean": raw}
     raw = _mapping(source, key, raw)
@@ -208,7 +240,7 @@ def _parse_threshold(source: str, key: str, name: str, raw: object, metrics: dic
     blocking = raw.get("blocking", False)
     if not isinstance(blocking, bool):
         raise ConfigError(source, f"{key}.blocking", f"must be true or false, got {blocking!r}")
-    return Threshold(name, _unit_interval(source, f"{key}.min_mean", raw["min_mean"]), blocking)
+    return Threshold(name, _floor(source, f"{key}.min_mean", raw["min_mean"], scale), blocking)
 
 
 def _parse_statistics(
@@ -309,14 +341,6 @@ def _parse_suite(source: str, key: str, raw: dict, base: SuiteSettings | None) -
         metrics = base.metrics
     else:
         raise ConfigError(source, f"{key}.metrics", "missing: name at least one metric")
-    if "thresholds" in raw:
-        thresholds_raw = _mapping(source, f"{key}.thresholds", raw["thresholds"])
-        thresholds = {
-            name: _parse_threshold(source, f"{key}.thresholds.{name}", name, value, metrics)
-            for name, value in thresholds_raw.items()
-        }
-    else:
-        thresholds = {n: t for n, t in (base.thresholds if base else {}).items() if n in metrics}
     statistics = _parse_statistics(
         source,
         f"{key}.statistics",
@@ -334,6 +358,20 @@ def _parse_suite(source: str, key: str, raw: dict, base: SuiteSettings | None) -
             n: m
             for n, m in (base.suite_metrics if base else {}).items()
             if m.metric is None or m.metric in metrics
+        }
+    if "thresholds" in raw:  # after suite_metrics: a threshold may be on one of them
+        thresholds_raw = _mapping(source, f"{key}.thresholds", raw["thresholds"])
+        thresholds = {
+            name: _parse_threshold(
+                source, f"{key}.thresholds.{name}", name, value, metrics, suite_metrics
+            )
+            for name, value in thresholds_raw.items()
+        }
+    else:
+        thresholds = {
+            n: t
+            for n, t in (base.thresholds if base else {}).items()
+            if n in metrics or n in suite_metrics
         }
     return SuiteSettings(
         key.rsplit(".", 1)[-1], metrics, thresholds, regression, statistics, suite_metrics

@@ -35,6 +35,7 @@ class CheckVerdict:
     name: str
     passed: bool
     blocking: bool
+    reason: str | None = None  # why it failed with no figure to compare (failed, undefined)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,13 @@ class SuiteOutcome:
             # JSON has no NaN: an undefined figure (a correlation over constant scores) is null
             "suite_metrics": {k: (v if v == v else None) for k, v in self.suite_metrics.items()},
             "checks": [
-                {"name": c.name, "passed": c.passed, "blocking": c.blocking} for c in self.checks
+                {
+                    "name": c.name,
+                    "passed": c.passed,
+                    "blocking": c.blocking,
+                    **({"reason": c.reason} if c.reason else {}),
+                }
+                for c in self.checks
             ],
         }
 
@@ -154,7 +161,7 @@ def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
         for name, s in report.metrics.items()
     }
     checks = [
-        CheckVerdict(threshold_check_name(metric), v.passed, v.blocking)
+        CheckVerdict(threshold_check_name(metric), v.passed, v.blocking, v.reason)
         for metric, v in report.thresholds.items()
     ]
     return SuiteOutcome(

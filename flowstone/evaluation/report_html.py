@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -107,6 +108,30 @@ def _table(frame: pd.DataFrame) -> str:
     )
 
 
+def suite_metrics_frame(report: Report) -> pd.DataFrame:
+    """The suite-level figures with their threshold verdicts: a failed check on an undefined
+    correlation must say why here too, or "thresholds failed" above would be unexplained."""
+    verdicts = report.thresholds
+    rows = []
+    for name, value in report.suite_metrics.items():
+        verdict = verdicts.get(name)
+        if verdict is None:
+            outcome = "no threshold"
+        elif verdict.reason:
+            outcome = f"FAIL: {verdict.reason}"
+        else:
+            outcome = "pass" if verdict.passed else "FAIL"
+        rows.append(
+            {
+                "suite metric": name,
+                "value": "undefined" if math.isnan(value) else f"{value:.3f}",
+                "threshold": f"{verdict.min_mean:.3f}" if verdict else MISSING,
+                "verdict": outcome,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def render_report(
     report: Report,
     scores: pd.DataFrame,
@@ -140,6 +165,11 @@ def render_report(
         if regressions
         else "<p>No regression against the previous run.</p>"
     )
+    suite_html = (
+        f"<h2>Over the whole suite</h2>{_table(suite_metrics_frame(report))}"
+        if report.suite_metrics
+        else ""
+    )
     images = f"<figure><img alt='score distributions' src='data:image/png;base64,{chart}'></figure>"
     link = f"<p><a href='{html.escape(run_url)}'>Dagster run</a></p>" if run_url else ""
     return f"""<!doctype html>
@@ -155,6 +185,7 @@ figure {{ display: inline-block; margin: 0.3rem; }}
 <p>{report.cases} cases · thresholds {"passed" if report.passed else "<span class='bad'>failed</span>"}</p>
 {regression_html}{link}
 <h2>Metrics</h2>{failed}{_table(summary)}
+{suite_html}
 <h2>Distributions</h2>{images}
 <h2>By tag</h2>{_table(report.tags)}
 <h2>Lowest-scoring cases ({html.escape(first)})</h2>{_table(worst)}

@@ -233,6 +233,14 @@ def f1(
 
 # --- registry ----------------------------------------------------------------------------------
 
+UNIT = (0.0, 1.0)
+CORRELATION = (-1.0, 1.0)
+PERCENT = (0.0, 100.0)
+CORRELATION_UNDEFINED = (
+    "undefined over this suite: fewer than two cases with a score, or every score (or every "
+    "label) the same"
+)
+
 
 @dataclass(frozen=True)
 class SuiteMetric:
@@ -243,6 +251,10 @@ class SuiteMetric:
     description: str
     needs: Needs
     check: Callable[[Mapping[str, Any]], None] | None = None  # raises OptionError
+    # The range the value lives in, which a threshold's floor must fall within: a floor of 30
+    # means something for chrF (0-100) and nothing for an accuracy.
+    scale: tuple[float, float] = UNIT
+    undefined: str = ""  # when the value is NaN, said in a failed threshold check
 
     @property
     def options(self) -> dict[str, object]:
@@ -265,6 +277,10 @@ class SuiteMetric:
         if self.check is not None:
             self.check(options)
 
+    def undefined_reason(self) -> str:
+        """Why a threshold on this metric failed without a value to compare."""
+        return f"{self.name} is {self.undefined or 'undefined over this suite'}"
+
 
 SUITE_METRICS: dict[str, SuiteMetric] = {
     m.name: m
@@ -277,13 +293,38 @@ SUITE_METRICS: dict[str, SuiteMetric] = {
             check=metrics.METRICS["bleu"].check,
         ),
         SuiteMetric(
-            "sacrebleu", sacrebleu, "Corpus BLEU (sacrebleu, 0-100)", "references", _check_sacrebleu
+            "sacrebleu",
+            sacrebleu,
+            "Corpus BLEU (sacrebleu, 0-100)",
+            "references",
+            _check_sacrebleu,
+            scale=PERCENT,
         ),
-        SuiteMetric("chrf", chrf, "Corpus chrF (sacrebleu, 0-100)", "references"),
-        SuiteMetric("spearman", spearman, "Spearman rho with the gold score", "number"),
-        SuiteMetric("pearson", pearson, "Pearson r with the gold score", "number"),
+        SuiteMetric("chrf", chrf, "Corpus chrF (sacrebleu, 0-100)", "references", scale=PERCENT),
         SuiteMetric(
-            "kendall", kendall, "Kendall tau with the gold score", "number", _check_kendall
+            "spearman",
+            spearman,
+            "Spearman rho with the gold score",
+            "number",
+            scale=CORRELATION,
+            undefined=CORRELATION_UNDEFINED,
+        ),
+        SuiteMetric(
+            "pearson",
+            pearson,
+            "Pearson r with the gold score",
+            "number",
+            scale=CORRELATION,
+            undefined=CORRELATION_UNDEFINED,
+        ),
+        SuiteMetric(
+            "kendall",
+            kendall,
+            "Kendall tau with the gold score",
+            "number",
+            _check_kendall,
+            scale=CORRELATION,
+            undefined=CORRELATION_UNDEFINED,
         ),
         SuiteMetric("accuracy", accuracy, "Accuracy against the class label", "class"),
         SuiteMetric("f1", f1, "F1 against the class label", "class", _check_f1),

@@ -2,7 +2,8 @@
 
 Why long format: every suite scores with its own metrics, so one column per metric would give
 each suite a different table schema. One row per (case, metric) and per (report, metric)
-keeps a single schema that dbt models read across suites.
+keeps a single schema that dbt models read across suites. A suite metric (spearman, chrF) is a
+report row too, ``kind = 'suite'``, so the leaderboard ranks it like a mean.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ SCORE_COLUMNS = [
     "materialized_at", "run_id",
 ]  # fmt: skip
 REPORT_COLUMNS = [
-    "suite", "system", "metric", "mean", "ci_low", "ci_high", "ci_level", "median", "p95", "min",
+    "suite", "system", "metric", "kind", "mean", "ci_low", "ci_high", "ci_level", "median", "p95", "min",
     "pass_rate", "pass_score", "invalid", "cases", "passed_cases", "threshold",
     "threshold_passed", "regression", "previous_mean", "materialized_at", "run_id",
 ]  # fmt: skip
 # Figures a report may not have: a failed metric (no valid score) has none of them, a report
 # stored before intervals existed has no interval. They stay NULL, never 0.0.
 _OPTIONAL = ("mean", "ci_low", "ci_high", "ci_level", "median", "p95", "min", "pass_rate")
+# A report row's kind: the mean of a per-case metric (in [0, 1], with its interval), or a suite
+# metric's one value over the partition (on its own scale: a correlation in [-1, 1], chrF
+# 0-100), which dbt's [0, 1] range tests must leave alone.
+MEAN, SUITE = "mean", "suite"
 
 
 def _number(value: Any) -> float:
@@ -98,7 +103,9 @@ def report_rows(
 ) -> pd.DataFrame:
     """One row per metric of a stored report (``ReportResult.to_value()``), with its threshold verdict
     and whether it regressed against the previous materialization. A metric that failed (0
-    valid of N judgements) is a row with NULL figures, ``cases`` 0 and its threshold failed."""
+    valid of N judgements) is a row with NULL figures, ``cases`` 0 and its threshold failed.
+    Each suite metric is a row of kind ``suite``: its value in ``mean`` (NULL when undefined),
+    no interval, pass rate or pass score, never a regression (the comparison is on means)."""
     regressed = set(regressed)
     thresholds = report.get("thresholds", {})
     rows = []
@@ -112,18 +119,51 @@ def report_rows(
                 "suite": report["suite"],
                 "system": report["system"],
                 "metric": name,
+                "kind": MEAN,
                 **figures,
                 "pass_score": float(m["pass_score"]),
                 "invalid": int(m["invalid"]),
                 "cases": int(m["cases"]),
                 "passed_cases": int(round(passed_cases)),
-                "threshold": float(verdict["min_mean"]) if verdict else math.nan,
-                "threshold_passed": bool(verdict["passed"]) if verdict else True,
+                **_verdict(verdict),
                 "regression": name in regressed,
                 "previous_mean": float(previous) if previous is not None else math.nan,
+            }
+        )
+    for name, value in (report.get("suite_metrics") or {}).items():
+        rows.append(
+            {
+                "suite": report["suite"],
+                "system": report["system"],
+                "metric": name,
+                "kind": SUITE,
+                **{key: math.nan for key in _OPTIONAL},
+                "mean": _number(value),  # None (undefined) stays NULL, never 0.0
+                "pass_score": math.nan,
+                "invalid": 0,
+                "cases": int(report.get("cases") or 0),
+                "passed_cases": None,
+                **_verdict(thresholds.get(name)),
+                "regression": False,
+                "previous_mean": math.nan,
             }
         )
     frame = pd.DataFrame(rows, columns=REPORT_COLUMNS[:-2])
     frame["materialized_at"] = pd.Timestamp(materialized_at).tz_localize(None)
     frame["run_id"] = run_id
-    return frame.astype({c: "float64" for c in ("threshold", "previous_mean", *_OPTIONAL)})
+    return frame.astype(
+        {
+            **{c: "float64" for c in ("threshold", "previous_mean", "pass_score", *_OPTIONAL)},
+            "kind": "object",
+            "invalid": "int64",
+            "cases": "int64",
+            "passed_cases": "Int64",  # NULL for a suite metric: it has no per-case pass
+        }
+    )
+
+
+def _verdict(verdict: Mapping | None) -> dict[str, Any]:
+    return {
+        "threshold": float(verdict["min_mean"]) if verdict else math.nan,
+        "threshold_passed": bool(verdict["passed"]) if verdict else True,
+    }

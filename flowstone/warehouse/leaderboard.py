@@ -12,7 +12,7 @@ import pandas as pd
 
 LEADERBOARD_TABLE = "analytics.leaderboard"
 COLUMNS = [
-    "suite", "metric", "rank", "system", "latest_mean", "latest_ci_low", "latest_ci_high",
+    "suite", "metric", "kind", "rank", "system", "latest_mean", "latest_ci_low", "latest_ci_high",
     "latest_ci_level", "best_mean", "previous_mean", "delta", "latest_pass_rate", "regressed",
     "runs", "latest_at",
 ]  # fmt: skip
@@ -20,7 +20,7 @@ COLUMNS = [
 
 def leaderboard(warehouse_path: Path | str, suite: str | None = None) -> pd.DataFrame:
     """The leaderboard, ordered by suite, metric and rank (one row per suite x metric x
-    system). Raises FileNotFoundError / LookupError naming what to build first."""
+    system; ``kind`` 'suite' for a suite metric's value, 'mean' for a mean). Raises FileNotFoundError / LookupError naming what to build first."""
     import duckdb
 
     path = Path(warehouse_path)

@@ -38,6 +38,24 @@ class SuiteComparison:
         return list(seen)
 
     @property
+    def suite_metrics(self) -> list[str]:
+        """The suite-level metrics any system's stored report has, in the suite's order."""
+        seen: dict[str, None] = {}
+        for report in self.reports.values():
+            seen.update(dict.fromkeys(report.suite_metrics))
+        return list(seen)
+
+    def best_suite_value(self, metric: str) -> float | None:
+        """The highest defined value of a suite metric (every one reads higher-is-better), or
+        None when the defined values are all equal (nobody is best)."""
+        values = [
+            value
+            for r in self.reports.values()
+            if (value := r.suite_metrics.get(metric)) is not None
+        ]
+        return max(values) if len(set(values)) > 1 else None
+
+    @property
     def thresholded(self) -> list[str]:
         seen: dict[str, None] = {}
         for report in self.reports.values():

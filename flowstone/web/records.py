@@ -86,9 +86,10 @@ class ThresholdResult:
 
     metric: str
     min_mean: float
-    mean: float | None  # None: the metric failed, so its check failed
+    mean: float | None  # None: the metric failed (or a suite metric is undefined): failed
     passed: bool
     blocking: bool
+    reason: str | None = None  # why there was no figure to compare
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class PartitionReport:
                 mean=mean,
                 passed=bool(verdict.get("passed")) and mean is not None,
                 blocking=bool(verdict.get("blocking")),
+                reason=str(verdict["reason"]) if verdict.get("reason") else None,
             )
         previous = {
             name: number

@@ -283,3 +283,69 @@ def test_scores_come_from_a_shared_pool_server(env, tmp_path):
     pooled = latest_report_metadata(env["instance"], "qa|lead-1")
     for metric in ("exact_match", "fuzzy_match", "rouge1"):
         assert pooled[f"mean/{metric}"] == pytest.approx(expected[f"mean/{metric}"])
+
+
+STS_INPUTS = ["the cat sat on the mat", "a dog ran in the park", "rain fell all day long",
+              "we ate bread and cheese"]  # fmt: skip
+STS = [  # echo answers with the input: the closer the expected text, the higher the label
+    {"id": f"s{i}", "input": text, "expected": expected, "label": float(4 - i)}
+    for i, (text, expected) in enumerate(
+        zip(
+            STS_INPUTS,
+            ["the cat sat on the mat", "a dog ran in a park", "rain all day", "nothing alike"],
+            strict=True,
+        )
+    )
+]
+STS_SETTINGS = {
+    "defaults": {
+        "metrics": {"fuzzy_match": {}},
+        "suite_metrics": {"spearman": {"metric": "fuzzy_match"}},
+        "thresholds": {"spearman": {"min_mean": 0.5, "blocking": True}},
+    }
+}
+
+
+def test_a_suite_metric_threshold_is_a_partitioned_check_in_the_code_location(
+    tmp_path, monkeypatch
+):
+    """Through the product's code location: a blocking spearman threshold passes on a system
+    whose scores rank like the labels, and fails (blocking, with the reason) where the
+    correlation is undefined; the regression check compares means only."""
+    from support.evaluation_lab import Lab
+
+    from flowstone.warehouse.project import dbt_project_dir
+
+    monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("FLOWSTONE_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))
+    with dg.instance_for_test() as instance:
+        lab = Lab(tmp_path, instance, dbt_project_dir(), {"sts": STS}, STS_SETTINGS)
+        job = lab.defs.resolve_job_def("evaluation_job")
+        spec = lab.defs.resolve_asset_graph().get_check_spec(
+            dg.AssetCheckKey(REPORT, "spearman_above_threshold")
+        )
+        assert spec.blocking and "over the whole suite" in spec.description
+
+        ranked = job.execute_in_process(partition_key="sts|echo", instance=instance)
+        assert ranked.success
+        [check] = ranked.get_asset_check_evaluations()
+        assert (check.check_name, check.passed) == ("spearman_above_threshold", True)
+        assert check.metadata["value"].value == pytest.approx(1.0)
+        assert latest_report_metadata(instance, "sts|echo")["suite/spearman"] == 1.0
+
+        # tunable answers every case exactly: every fuzzy score is 1.0, spearman undefined
+        flat = job.execute_in_process(
+            partition_key="sts|tunable", instance=instance, raise_on_error=False
+        )
+        assert not flat.success  # blocking: the failed check fails the step
+        [check] = flat.get_asset_check_evaluations()
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+        assert check.metadata["value"].value == "undefined"
+        assert "spearman is undefined over this suite" in check.description
+        meta = latest_report_metadata(instance, "sts|tunable")
+        assert meta["suite/spearman"] == "undefined" and meta["passed"] is False
+
+        again = job.execute_in_process(partition_key="sts|echo", instance=instance)
+        checks = {c.check_name: c for c in again.get_asset_check_evaluations()}
+        assert checks["no_regression"].passed
+        assert checks["no_regression"].metadata["compared_metrics"].value == 1  # fuzzy_match

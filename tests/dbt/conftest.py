@@ -36,20 +36,25 @@ SETTINGS = {
 
 @pytest.fixture
 def lab_factory(tmp_path, monkeypatch):
-    """Build a Lab on a fresh warehouse; ``project_dir`` swaps in another dbt project."""
+    """Build a Lab on a fresh warehouse; ``project_dir`` swaps in another dbt project,
+    ``suites`` and ``settings`` other suites and evaluation settings."""
     monkeypatch.setenv("FLOWSTONE_OUTPUTS_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("FLOWSTONE_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))
     with dg.instance_for_test() as instance:
 
-        def make(project_dir: Path | None = None) -> Lab:
+        def make(
+            project_dir: Path | None = None,
+            suites: dict[str, list[dict]] | None = None,
+            settings: dict | None = None,
+        ) -> Lab:
             if project_dir is not None:
                 monkeypatch.setenv("FLOWSTONE_DBT_PROJECT_DIR", str(project_dir))
             return Lab(
                 tmp_path,
                 instance,
                 project_dir or dbt_project_dir(),
-                {"qa": QA, "docs": DOCS},
-                SETTINGS,
+                suites or {"qa": QA, "docs": DOCS},
+                settings or SETTINGS,
             )
 
         yield make

@@ -182,3 +182,58 @@ def test_dbt_waits_out_a_warehouse_lock_held_by_another_process(lab_factory):
     assert result.success, step_failure_message(result)
     retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retried, "the first dbt attempt should have met the lock"
+
+
+LABELLED = [
+    {
+        "id": f"s{i}",
+        "input": f"What colour is item {i}?",
+        "expected": f"item {i} is {'red' if i % 2 else 'a dark shade of blue'}",
+        "label": float(i % 3),
+    }
+    for i in range(5)
+]
+SUITE_METRIC_SETTINGS = {
+    "defaults": {
+        "metrics": {"exact_match": {}, "fuzzy_match": {}},
+        "suite_metrics": {"spearman": {"metric": "fuzzy_match"}, "chrf": {}},
+        "thresholds": {"spearman": {"min_mean": 0.5}, "chrf": {"min_mean": 50}},
+    }
+}
+
+
+def test_suite_metrics_are_report_rows_the_leaderboard_ranks(lab_factory):
+    """chrF (0-100) and spearman ([-1, 1]) land as kind 'suite' rows: dbt's [0, 1] tests
+    leave them alone, the leaderboard ranks them, and an undefined value stays NULL."""
+    lab = lab_factory(suites={"sts": LABELLED}, settings=SUITE_METRIC_SETTINGS)
+    lab.evaluate()  # the thresholds are not blocking: a failed one does not stop the run
+    results = materialize_analytics(lab.defs, lab.instance, lab.keys)
+    assert results[WAREHOUSE_JOB].success
+    assert results[DBT_JOB].success, step_failure_message(results[DBT_JOB])
+    found = checks(results[DBT_JOB])
+    assert all(c.passed for c in found.values())
+    assert "accepted_values_stg_reports_kind__mean__suite" in found
+
+    reports = query(lab.warehouse, "select * from evaluation.warehouse_reports")
+    suite_rows = reports[reports.kind == "suite"].set_index(["system", "metric"])
+    assert set(suite_rows.index) == {
+        (s, m) for s in ("echo", "tunable") for m in ("spearman", "chrf")
+    }
+    assert set(reports[reports.kind == "mean"].metric) == {"exact_match", "fuzzy_match"}
+    # tunable answers every case exactly: chrF 100 passes its floor of 50; its fuzzy scores are
+    # all 1.0, so spearman is undefined: NULL (never 0.0) and its threshold failed
+    tunable_chrf = suite_rows.loc[("tunable", "chrf")]
+    assert tunable_chrf["mean"] == pytest.approx(100.0) and tunable_chrf["threshold_passed"]
+    tunable_rho = suite_rows.loc[("tunable", "spearman")]
+    assert pd.isna(tunable_rho["mean"]) and not tunable_rho["threshold_passed"]
+    assert tunable_rho["threshold"] == 0.5 and pd.isna(tunable_rho["ci_low"])
+
+    board = leaderboard(lab.warehouse).set_index(["metric", "system"])
+    assert board.loc[("chrf", "tunable"), "kind"] == "suite"
+    assert board.loc[("chrf", "tunable"), "rank"] == 1
+    assert board.loc[("chrf", "echo"), "latest_mean"] < 100.0
+    assert pd.isna(board.loc[("spearman", "tunable"), "latest_mean"])
+    assert board.loc[("spearman", "tunable"), "rank"] == 2  # undefined ranks last
+    assert board.loc[("exact_match", "tunable"), "kind"] == "mean"
+    trends = query(lab.warehouse, "select * from analytics.score_trends_daily")
+    assert set(trends[trends.kind == "suite"].metric) == {"spearman", "chrf"}

@@ -175,3 +175,42 @@ def test_leaderboard_names_what_to_build_first(tmp_path):
     duckdb.connect(str(tmp_path / "empty.duckdb")).close()
     with pytest.raises(LookupError, match="run the dbt build"):
         leaderboard(tmp_path / "empty.duckdb")
+
+
+def test_report_rows_carry_suite_metrics_as_suite_kind_with_undefined_as_null():
+    from flowstone.evaluation.aggregate import build_report
+    from flowstone.evaluation.config import parse_settings
+
+    settings = parse_settings(
+        {
+            "defaults": {
+                "metrics": {"bleu": {}},
+                "suite_metrics": {"spearman": {"metric": "bleu"}, "chrf": {}},
+                "thresholds": {"spearman": {"min_mean": 0.5}, "chrf": 10},
+            }
+        },
+        "cfg",
+    ).for_suite("sts")
+    scores = pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c"],
+            "tags": ["", "", ""],
+            "output": ["one two", "three four", "five six"],
+            "expected": ["one two", "three four", "five six"],
+            "bleu": [0.5, 0.5, 0.5],  # constant: spearman is undefined
+            "label": [1.0, 2.0, 3.0],
+        }
+    )
+    stored = build_report(scores, settings, "echo").to_dict()
+    frame = report_rows(stored, {"spearman": 0.9}, ["spearman"], NOW, "r")
+    assert list(frame.columns) == REPORT_COLUMNS
+    rows = frame.set_index("metric")
+    assert rows["kind"].to_dict() == {"bleu": "mean", "spearman": "suite", "chrf": "suite"}
+    spearman, chrf = rows.loc["spearman"], rows.loc["chrf"]
+    assert math.isnan(spearman["mean"])  # undefined: NULL, never 0.0
+    assert not spearman["threshold_passed"] and spearman["threshold"] == 0.5
+    assert chrf["mean"] == pytest.approx(100.0) and chrf["threshold_passed"]
+    assert not spearman["regression"] and math.isnan(spearman["previous_mean"])
+    assert pd.isna(chrf["passed_cases"]) and chrf["cases"] == 3 and math.isnan(chrf["pass_score"])
+    assert all(math.isnan(chrf[c]) for c in ("ci_low", "ci_high", "pass_rate", "median"))
+    assert rows.loc["bleu", "passed_cases"] == 3

@@ -136,3 +136,55 @@ def test_runs_without_a_dagster_instance(files, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["metrics"]["rouge1"]["mean"] == 1.0
     assert not (tmp_path / "does-not-exist").exists()
+
+
+STS_INPUTS = ["the cat sat on the mat", "a dog ran in the park", "rain fell all day long",
+              "we ate bread and cheese"]  # fmt: skip
+
+
+def _sts(tmp_path: Path, expected: list[str]) -> dict[str, Path]:
+    """Echo answers with its input; labels rank the cases by how close the expected text is."""
+    config = tmp_path / "sts.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {
+                    "metrics": {"fuzzy_match": {}},
+                    "suite_metrics": {"spearman": {"metric": "fuzzy_match"}},
+                    "thresholds": {"spearman": {"min_mean": 0.5, "blocking": True}},
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    rows = [
+        {"id": f"s{i}", "input": text, "expected": e, "label": float(4 - i)}
+        for i, (text, e) in enumerate(zip(STS_INPUTS, expected, strict=True))
+    ]
+    return {"sts": _write(tmp_path, "sts", rows), "config": config}
+
+
+def test_a_suite_metric_threshold_gates_the_exit_code(tmp_path) -> None:
+    ranked = _sts(
+        tmp_path,
+        ["the cat sat on the mat", "a dog ran in a park", "rain all day", "nothing alike here"],
+    )
+    code, out, _ = _eval(str(ranked["sts"]), "--system", "echo", "--config",
+                         str(ranked["config"]), "--json")  # fmt: skip
+    doc = json.loads(out)
+    assert code == 0, out
+    assert doc["suite_metrics"]["spearman"] == pytest.approx(1.0)
+    assert doc["checks"] == [{"name": "spearman_above_threshold", "passed": True, "blocking": True}]
+
+    # every expected text equals its input: constant scores, an undefined correlation, which
+    # fails its blocking threshold with the reason (never passes, never reads as 0.0)
+    flat = _sts(tmp_path, STS_INPUTS)
+    code, out, err = _eval(str(flat["sts"]), "--system", "echo", "--config",
+                           str(flat["config"]), "--json")  # fmt: skip
+    doc = json.loads(out)
+    assert code == 1
+    assert doc["suite_metrics"] == {"spearman": None}
+    [check] = doc["checks"]
+    assert check["name"] == "spearman_above_threshold" and not check["passed"]
+    assert "spearman is undefined over this suite" in check["reason"]
+    assert "blocked: sts × echo: spearman_above_threshold" in err.replace("\n", " ")

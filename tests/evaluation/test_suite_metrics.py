@@ -323,3 +323,142 @@ def test_compute_suite_metrics_refuses_missing_labels():
     )
     with pytest.raises(ValueError, match="case 'b' has none"):
         compute_suite_metrics(settings, frame)
+
+
+# --- thresholds on suite metrics -----------------------------------------------------------
+
+
+def thresholds_with(thresholds, suite_metrics_raw=None):
+    raw = suite_metrics_raw or {
+        "spearman": {"metric": "bleu"},
+        "chrf": {},
+        "accuracy": {},
+    }
+    return parse_settings(
+        {**BASE, "suites": {"sts": {"suite_metrics": raw, "thresholds": thresholds}}}, "cfg"
+    )
+
+
+def test_thresholds_on_suite_metrics_take_floors_on_each_metrics_scale():
+    settings = thresholds_with(
+        {
+            "spearman": {"min_mean": -0.2, "blocking": True},
+            "chrf": 40,
+            "accuracy": {"min_mean": 0.75},
+            "bleu": 0.1,
+        }
+    )
+    sts = settings.for_suite("sts")
+    assert sts.thresholds["spearman"].min_mean == -0.2 and sts.thresholds["spearman"].blocking
+    assert sts.thresholds["chrf"].min_mean == 40.0
+    assert settings.thresholded_metrics == ["accuracy", "bleu", "chrf", "spearman"]
+    assert {name: SUITE_METRICS[name].scale for name in ("spearman", "chrf", "accuracy")} == {
+        "spearman": (-1.0, 1.0),
+        "chrf": (0.0, 100.0),
+        "accuracy": (0.0, 1.0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "key", "message"),
+    [
+        ({"spearman": 1.5}, "suites.sts.thresholds.spearman.min_mean", r"\[-1, 1\]"),
+        ({"chrf": 140}, "suites.sts.thresholds.chrf.min_mean", r"\[0, 100\]"),
+        ({"accuracy": 40}, "suites.sts.thresholds.accuracy.min_mean", r"\[0, 1\]"),
+        ({"bleu": -0.5}, "suites.sts.thresholds.bleu.min_mean", r"\[0, 1\]"),
+        ({"kendall": 0.3}, "suites.sts.thresholds.kendall", "does not compute"),
+        ({"spearman": {"min_mean": "high"}}, "suites.sts.thresholds.spearman.min_mean", "number"),
+    ],
+)
+def test_bad_suite_metric_thresholds_name_the_key(thresholds, key, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        thresholds_with(thresholds)
+    assert err.value.key == key
+
+
+def test_suite_metric_thresholds_are_inherited_only_where_the_metric_is_computed():
+    settings = parse_settings(
+        {
+            "defaults": {
+                "metrics": {"bleu": {}, "embedding_similarity": {}},
+                "suite_metrics": {"pearson": {"metric": "embedding_similarity"}},
+                "thresholds": {"pearson": {"min_mean": 0.4, "blocking": True}},
+            },
+            "suites": {
+                "sts": {},
+                "mt": {"metrics": {"bleu": {}}},  # no embedding_similarity: no pearson
+            },
+        },
+        "cfg",
+    )
+    assert settings.for_suite("sts").thresholds["pearson"].min_mean == 0.4
+    assert settings.for_suite("mt").thresholds == {}
+
+
+def test_settings_module_loads_no_metric_library():
+    """The code location parses the thresholds at load: the scales live in the registry, and
+    reading them must not import scipy, scikit-learn or sacrebleu."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import flowstone.evaluation.config as c; "
+        "c.parse_settings({'defaults': {'metrics': {'bleu': {}}, "
+        "'suite_metrics': {'spearman': {'metric': 'bleu'}, 'chrf': {}}, "
+        "'thresholds': {'spearman': -0.5, 'chrf': 30}}}, 'cfg'); "
+        "print(sorted(m for m in ('scipy', 'sklearn', 'sacrebleu') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def sts_scores(bleu, labels):
+    return pd.DataFrame(
+        {
+            "case_id": [f"c{i}" for i in range(len(bleu))],
+            "tags": [""] * len(bleu),
+            "output": ["x"] * len(bleu),
+            "bleu": bleu,
+            "label": labels,
+        }
+    )
+
+
+def test_report_verdicts_use_the_suite_metric_value_and_fail_when_undefined():
+    from scipy import stats
+
+    from flowstone.evaluation.aggregate import build_report
+
+    settings = parse_settings(
+        {
+            "defaults": {
+                "metrics": {"bleu": {}},
+                "suite_metrics": {"spearman": {"metric": "bleu"}, "kendall": {"metric": "bleu"}},
+                "thresholds": {
+                    "spearman": {"min_mean": 0.5, "blocking": True},
+                    "kendall": {"min_mean": -1.0},
+                },
+            }
+        },
+        "cfg",
+    ).for_suite("sts")
+    labels = [1.0, 2.0, 3.0, 4.0]
+    ranked = build_report(sts_scores([0.1, 0.3, 0.2, 0.9], labels), settings, "echo")
+    rho = stats.spearmanr([0.1, 0.3, 0.2, 0.9], labels).statistic
+    verdict = ranked.thresholds["spearman"]
+    assert verdict.mean == pytest.approx(rho) and verdict.passed and verdict.reason is None
+    assert ranked.passed
+
+    reversed_ = build_report(sts_scores([0.9, 0.3, 0.2, 0.1], labels), settings, "echo")
+    assert not reversed_.thresholds["spearman"].passed
+    assert reversed_.thresholds["spearman"].reason is None  # a value, below the floor
+
+    # constant scores: the correlation is undefined, and fails even the lowest floor
+    flat = build_report(sts_scores([0.5] * 4, labels), settings, "echo")
+    for name in ("spearman", "kendall"):
+        verdict = flat.thresholds[name]
+        assert not verdict.passed and math.isnan(verdict.mean)
+        assert "every score (or every label) the same" in verdict.reason
+    stored = flat.to_dict()
+    assert stored["thresholds"]["kendall"]["mean"] is None
+    assert stored["suite_metrics"] == {"spearman": None, "kendall": None}

@@ -35,6 +35,7 @@ QA = [
         "expected": f"colour {i}",
         "context": f"Item {i} has colour {i}. Other items vary.",
         "tags": ["easy" if i % 2 else "hard", *(["numbers"] if i < 2 else [])],
+        "label": float(i),  # a gold score, for the suite metrics' correlation
     }
     for i in range(5)
 ]
@@ -52,8 +53,18 @@ SETTINGS = {
         "thresholds": {"rouge1": {"min_mean": 0.5}},
     },
     # echo repeats the question: its fuzzy-match mean stays under this floor on qa
+    # and every system's fuzzy-match scores are the same on every qa case: spearman is
+    # undefined, so its threshold fails; chrF (0-100) is a figure the page compares
     "suites": {
-        "qa": {"thresholds": {"fuzzy_match": {"min_mean": 0.58}, "rouge1": {"min_mean": 0.5}}}
+        "qa": {
+            "suite_metrics": {"chrf": {}, "spearman": {"metric": "fuzzy_match"}},
+            "thresholds": {
+                "fuzzy_match": {"min_mean": 0.58},
+                "rouge1": {"min_mean": 0.5},
+                "chrf": {"min_mean": 20},
+                "spearman": {"min_mean": 0.0},
+            },
+        }
     },
 }
 SUITES = {"qa": QA, "docs": DOCS}

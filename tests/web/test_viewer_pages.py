@@ -81,6 +81,31 @@ def test_suite_page_compares_every_system(http) -> None:
         assert f'href="/suites/qa/cases/qa-{i}"' in html
 
 
+def test_suite_page_shows_suite_metrics_side_by_side(http) -> None:
+    """qa's chrF and spearman from each stored report: the best chrF marked, the threshold
+    verdicts as in the means table, an undefined correlation failing its threshold."""
+    html = http.get("/suites/qa").text
+    assert "Over the whole suite" in html and 'id="suite-metrics"' in html
+    rows = {s: cells(html, f"suite-metrics-{s}") for s in SYSTEMS}
+    assert all(row[0] == s for s, row in rows.items())
+    chrf = {s: float(row[1].removeprefix("✗ ")) for s, row in rows.items()}
+    assert all(0.0 <= v <= 100.0 for v in chrf.values()) and len(set(chrf.values())) > 1
+    best = max(chrf.values())
+    for system, value in chrf.items():  # the best cell is bold, a failed floor of 20 marked
+        cell = re.search(
+            rf'<tr id="suite-metrics-{system}">.*?</td>\s*<td class="([^"]*)"', html, re.S
+        )
+        assert ("best" in cell[1]) == (value == best), (system, cell[1])
+        assert ("fail" in cell[1]) == (value < 20), (system, cell[1])
+    # every system's fuzzy-match scores are constant over qa: spearman undefined, and failed
+    assert all(row[2] == "✗ undefined" for row in rows.values()), rows
+    assert re.search(r'title="threshold 0\.000: failed \(spearman is undefined', html)
+    checks = cells(html, "checks-echo")  # after the per-case metrics' checks
+    assert checks[-1] == "✗ undefined, threshold 0.000" and checks[-2].startswith(("✓", "✗"))
+    partition = http.get("/suites/qa/systems/echo").text
+    assert cells(partition, "suite-metric-spearman")[1:] == ["undefined", "✗ undefined, < 0.000"]
+
+
 def test_case_page_shows_every_system_side_by_side(http) -> None:
     page = http.get("/suites/qa/cases/qa-1")
     assert page.status_code == 200

@@ -1,9 +1,11 @@
 -- Per suite and metric: each system's latest mean with its confidence interval, its best ever,
 -- the delta against its previous run, and its rank among the systems on the suite (1 = best
--- latest mean; a metric that failed in its latest run has no mean and ranks last).
+-- latest mean; a metric that failed in its latest run has no mean and ranks last). A suite
+-- metric (kind 'suite': spearman, chrf, ...) ranks the same way on its value, higher is better;
+-- an undefined value (NULL) ranks last.
 with ordered as (
     select
-        *,
+        * replace (coalesce(kind, 'mean') as kind),  -- history kept before kinds existed
         row_number() over (partition by suite, system, metric order by materialized_at desc) as recency
     from {{ ref('report_history') }}
 ),
@@ -12,6 +14,7 @@ per_system as (
         suite,
         system,
         metric,
+        kind,
         max(case when recency = 1 then mean end) as latest_mean,
         max(case when recency = 1 then ci_low end) as latest_ci_low,
         max(case when recency = 1 then ci_high end) as latest_ci_high,
@@ -25,13 +28,14 @@ per_system as (
         max(case when recency = 1 then run_id end) as latest_run_id,
         count(*) as runs
     from ordered
-    group by suite, system, metric
+    group by suite, system, metric, kind
 )
 select
     suite || '|' || system || '|' || metric as leaderboard_id,
     suite || '|' || system as partition_id,
     suite,
     metric,
+    kind,
     rank() over (partition by suite, metric order by latest_mean desc nulls last) as rank,
     system,
     latest_mean,

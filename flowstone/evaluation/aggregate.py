@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from flowstone.evaluation.calibration import Calibration, calibrate
 from flowstone.evaluation.config import StatisticsSettings, SuiteSettings, Threshold
 from flowstone.evaluation.metrics import METRICS
 from flowstone.evaluation.statistics import Interval, bootstrap_ci
@@ -157,6 +158,12 @@ class Report:
     tags: pd.DataFrame
     thresholds: dict[str, ThresholdVerdict]
     suite_metrics: dict[str, float] = field(default_factory=dict)  # figures over the suite
+    # judge metric -> its agreement with the gold labels (a labelled suite's judges only)
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+
+    @property
+    def uncalibrated(self) -> dict[str, Calibration]:
+        return {name: c for name, c in self.calibration.items() if not c.calibrated}
 
     @property
     def means(self) -> dict[str, float]:
@@ -202,6 +209,7 @@ class Report:
             "tags": self.tags.to_dict(orient="records"),
             "thresholds": {k: v.to_dict() for k, v in self.thresholds.items()},
             "suite_metrics": {k: _stored(v) for k, v in self.suite_metrics.items()},
+            "calibration": {k: v.to_dict() for k, v in self.calibration.items()},
         }
 
 
@@ -233,7 +241,27 @@ def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> 
         tags=by_tag(scores, metrics),
         thresholds=verdicts,
         suite_metrics=suite_values,
+        calibration=judge_calibration(scores, settings, metrics),
     )
+
+
+def judge_calibration(
+    scores: pd.DataFrame, settings: SuiteSettings, metrics: list[str]
+) -> dict[str, Calibration]:
+    """Each judge metric's agreement with the labels, when every case carries one."""
+    if "label" not in scores.columns:  # scores stored before labels existed
+        return {}
+    labels = list(scores["label"])
+    found = {}
+    for name in metrics:
+        if not METRICS[name].judge:
+            continue
+        setting = settings.metrics[name]
+        values = scores[name].to_numpy(dtype=float).tolist()
+        result = calibrate(name, values, labels, setting.pass_score, setting.calibration_setting)
+        if result is not None:
+            found[name] = result
+    return found
 
 
 def threshold_verdict(threshold: Threshold, value: float, reason: str | None) -> ThresholdVerdict:

@@ -31,11 +31,33 @@ MIN_RESAMPLES = 100
 INTERVAL_METHODS = ("percentile", "bca")
 
 
+DEFAULT_MIN_AGREEMENT = 0.5
+
+
+@dataclass(frozen=True)
+class CalibrationSetting:
+    """An LLM judge's ``calibration:`` block: the agreement with the gold labels (Spearman
+    for numeric labels, Cohen's kappa for class labels, both in [-1, 1]) below which the judge
+    is marked uncalibrated, and for class labels the class a passing judgement stands for.
+
+    0.5 by default: a moderate agreement on either scale; below it a judge's mean is more
+    its own taste than the labels'."""
+
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    pass_label: str | None = None
+
+
 @dataclass(frozen=True)
 class MetricSetting:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     pass_score: float = DEFAULT_PASS_SCORE
+    # None: the defaults (judge metrics only; others have no agreement to measure)
+    calibration: CalibrationSetting | None = None
+
+    @property
+    def calibration_setting(self) -> CalibrationSetting:
+        return self.calibration or CalibrationSetting()
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,11 @@ class SuiteSettings:
             ],
             "statistics": asdict(self.statistics),
         }
+        calibrations = {
+            n: asdict(m.calibration) for n, m in self.metrics.items() if m.calibration is not None
+        }
+        if calibrations:  # absent when unset, so older fingerprints stay as they were
+            payload["calibration"] = calibrations
         if self.suite_metrics:  # absent when unused, so older fingerprints stay as they were
             payload["suite_metrics"] = {
                 n: [m.options, m.metric] for n, m in sorted(self.suite_metrics.items())
@@ -155,11 +182,46 @@ def _parse_metric(
         )
     raw = dict(_mapping(source, key, raw))
     pass_score = _unit_interval(source, f"{key}.pass_score", raw.pop("pass_score", default_pass))
+    calibration = None
+    if "calibration" in raw:
+        calibration = _parse_calibration(source, f"{key}.calibration", name, raw.pop("calibration"))
     try:
         METRICS[name].check_options(raw)
     except OptionError as exc:
         raise ConfigError(source, f"{key}.{exc.option}", exc.reason) from None
-    return MetricSetting(name=name, options=raw, pass_score=pass_score)
+    return MetricSetting(name=name, options=raw, pass_score=pass_score, calibration=calibration)
+
+
+def _parse_calibration(source: str, key: str, metric: str, raw: object) -> CalibrationSetting:
+    """``calibration: {min_agreement, pass_label}`` of a judge metric."""
+    if not METRICS[metric].judge:
+        judges = ", ".join(sorted(n for n, m in METRICS.items() if m.judge))
+        raise ConfigError(
+            source,
+            key,
+            f"calibration measures an LLM judge against gold labels; {metric} is not a judge "
+            f"(judges: {judges})",
+        )
+    raw = _mapping(source, key, raw)
+    unknown = set(raw) - {"min_agreement", "pass_label"}
+    if unknown:
+        raise ConfigError(
+            source, f"{key}.{sorted(unknown)[0]}", "unknown key; use min_agreement, pass_label"
+        )
+    bar = raw.get("min_agreement", DEFAULT_MIN_AGREEMENT)
+    if isinstance(bar, bool) or not isinstance(bar, int | float) or not -1.0 <= bar <= 1.0:
+        raise ConfigError(
+            source,
+            f"{key}.min_agreement",
+            f"must be a number in [-1, 1], the scale of Spearman's rho and Cohen's kappa, "
+            f"got {bar!r}",
+        )
+    pass_label = raw.get("pass_label")
+    if pass_label is not None and (not isinstance(pass_label, str) or not pass_label.strip()):
+        raise ConfigError(
+            source, f"{key}.pass_label", f"must be a class label (a string), got {pass_label!r}"
+        )
+    return CalibrationSetting(float(bar), pass_label.strip() if pass_label else None)
 
 
 def _parse_suite_metric(

@@ -60,6 +60,8 @@ class SuiteOutcome:
     checks: list[CheckVerdict]
     report_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    # judge metric -> agreement with the gold labels (Calibration.to_dict), labelled suites only
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -94,6 +96,8 @@ class SuiteOutcome:
                 }
                 for c in self.checks
             ],
+            # only on a labelled suite with a judge, so other suites' JSON stays as it was
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
 
@@ -172,4 +176,5 @@ def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
         suite_metrics=dict(report.suite_metrics),
         checks=checks,
         report_path=result.html_path,
+        calibration={name: c.to_dict() for name, c in report.calibration.items()},
     )

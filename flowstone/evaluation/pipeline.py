@@ -154,7 +154,8 @@ class ReportResult:
     def metadata(self) -> dict:
         """Per metric: ``mean/<metric>`` a number (the UI plots it across materializations)
         and ``ci/<metric>`` its interval as text beside it, or ``failed/<metric>`` why there is
-        no mean."""
+        no mean; for a judge on a labelled suite ``calibration/<metric>`` its agreement with
+        the labels and ``uncalibrated/<metric>`` why it is not to be trusted, when it is not."""
         figures: dict[str, object] = {}
         for name, summary in self.report.metrics.items():
             interval = summary.interval
@@ -171,6 +172,10 @@ class ReportResult:
                 f"suite/{n}": shown(v) if v == v else "undefined"
                 for n, v in self.report.suite_metrics.items()
             },
+            **{  # a judge's agreement with the gold labels, and whether it can be trusted
+                f"calibration/{n}": c.describe() for n, c in self.report.calibration.items()
+            },
+            **{f"uncalibrated/{n}": c.verdict() for n, c in self.report.uncalibrated.items()},
             "passed": self.report.passed,
             "regressions": len(self.regressions),
             "summary": shown_table(self.report.summary_frame()),

@@ -132,6 +132,20 @@ def suite_metrics_frame(report: Report) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def calibration_frame(report: Report) -> pd.DataFrame:
+    """Each judge's agreement with the gold labels and whether it clears its bar."""
+    rows = [
+        {
+            "judge metric": name,
+            "agreement": c.describe(3),
+            "bar": f"{c.min_agreement:.3f}",
+            "verdict": "calibrated" if c.calibrated else "UNCALIBRATED",
+        }
+        for name, c in report.calibration.items()
+    ]
+    return pd.DataFrame(rows)
+
+
 def render_report(
     report: Report,
     scores: pd.DataFrame,
@@ -170,6 +184,15 @@ def render_report(
         if report.suite_metrics
         else ""
     )
+    uncalibrated = "".join(
+        f"<p class='bad'>{html.escape(name)} {html.escape(str(c.verdict(3)))}</p>"
+        for name, c in report.uncalibrated.items()
+    )
+    calibration_html = (
+        f"<h2>Judges against the gold labels</h2>{uncalibrated}{_table(calibration_frame(report))}"
+        if report.calibration
+        else ""
+    )
     images = f"<figure><img alt='score distributions' src='data:image/png;base64,{chart}'></figure>"
     link = f"<p><a href='{html.escape(run_url)}'>Dagster run</a></p>" if run_url else ""
     return f"""<!doctype html>
@@ -186,6 +209,7 @@ figure {{ display: inline-block; margin: 0.3rem; }}
 {regression_html}{link}
 <h2>Metrics</h2>{failed}{_table(summary)}
 {suite_html}
+{calibration_html}
 <h2>Distributions</h2>{images}
 <h2>By tag</h2>{_table(report.tags)}
 <h2>Lowest-scoring cases ({html.escape(first)})</h2>{_table(worst)}

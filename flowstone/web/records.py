@@ -81,6 +81,39 @@ class MetricFigures:
 
 
 @dataclass(frozen=True)
+class JudgeCalibration:
+    """A judge metric's agreement with the suite's gold labels, as the report stored it."""
+
+    metric: str
+    method: str  # "spearman" or "cohen_kappa"
+    agreement: float | None  # None: undefined, see ``reason``
+    cases: int
+    min_agreement: float | None
+    calibrated: bool
+    reason: str | None = None
+
+    @property
+    def method_name(self) -> str:
+        return {"cohen_kappa": "Cohen's kappa", "spearman": "Spearman"}.get(
+            self.method, self.method
+        )
+
+    @classmethod
+    def from_stored(cls, name: str, value: Mapping[str, Any]) -> JudgeCalibration:
+        agreement = number_or_none(value.get("agreement"))
+        return cls(
+            metric=name,
+            method=str(value.get("method", "")),
+            agreement=agreement,
+            cases=int(value.get("cases") or 0),
+            min_agreement=number_or_none(value.get("min_agreement")),
+            # an undefined agreement is never calibrated, whatever was stored
+            calibrated=bool(value.get("calibrated")) and agreement is not None,
+            reason=str(value["reason"]) if value.get("reason") else None,
+        )
+
+
+@dataclass(frozen=True)
 class ThresholdResult:
     """A threshold check as the report computed it (a metric without threshold has none)."""
 
@@ -105,6 +138,12 @@ class PartitionReport:
     regressions: list[str]
     tags: list[dict[str, Any]] = field(default_factory=list)
     suite_metrics: dict[str, float | None] = field(default_factory=dict)  # None: undefined
+    # judge metric -> agreement with the gold labels (reports before calibration have none)
+    calibration: dict[str, JudgeCalibration] = field(default_factory=dict)
+
+    @property
+    def uncalibrated(self) -> list[str]:
+        return [name for name, c in self.calibration.items() if not c.calibrated]
 
     @property
     def passed(self) -> bool:
@@ -153,6 +192,11 @@ class PartitionReport:
             suite_metrics={
                 str(name): number_or_none(raw)
                 for name, raw in (value.get("suite_metrics") or {}).items()
+            },
+            calibration={
+                str(name): JudgeCalibration.from_stored(str(name), raw)
+                for name, raw in (value.get("calibration") or {}).items()
+                if isinstance(raw, Mapping)
             },
         )
 

@@ -206,3 +206,78 @@ def test_a_judge_that_never_answers_fails_its_metric_not_the_report(
     assert stored["metrics"]["llm_semantic_similarity"]["mean"] is None
     scores = result.asset_value(dg.AssetKey(["evaluation", "scores"]))
     assert set(scores["llm_semantic_similarity_invalid_reply"]) == {"Lovely weather today."}
+
+
+def _labelled(kind: str, labels: list) -> str:
+    return "\n".join(
+        json.dumps(
+            {
+                "id": f"{kind}{i}",
+                "input": f"Which {kind} is number {i}?",
+                "expected": f"{kind} {i}",
+                "context": f"The list says {kind} {i} is number {i}.",
+                "label": label,
+            }
+        )
+        for i, label in enumerate(labels)
+    )
+
+
+@pytest.mark.slow
+def test_a_judge_is_calibrated_against_gold_labels(llm_env, stub, monkeypatch, tmp_path):
+    """Through the OpenAI wire protocol: on "agree" the judge ranks the cases as the gold
+    scores do (Spearman 1, calibrated); on "disagree" it passes what the labels fail (Cohen's
+    kappa -1, uncalibrated)."""
+    import re
+
+    build, instance = llm_env
+    suites = tmp_path / "suites"
+    (suites / "agree.jsonl").write_text(_labelled("city", [1, 2, 4, 5]))
+    (suites / "disagree.jsonl").write_text(_labelled("town", ["pass", "pass", "fail", "fail"]))
+    systems = tmp_path / "systems.yaml"  # one template for every suite
+    systems.write_text(
+        re.sub(r"templates: \{qa: ([^}]+)\}", r"template: \1", systems.read_text(), count=1)
+    )
+    settings = tmp_path / "evaluation.yaml"
+    raw = json.loads(settings.read_text())
+    raw["defaults"]["metrics"]["llm_semantic_similarity"]["calibration"] = {"min_agreement": 0.6}
+    settings.write_text(json.dumps(raw))
+    judged = {"city": [0.1, 0.3, 0.6, 0.9], "town": [0.1, 0.2, 0.8, 0.9]}
+
+    def reply(prompt: str) -> str:
+        found = re.search(r"\b(city|town) (\d)\b", prompt)
+        assert found, prompt
+        kind, i = found.group(1), int(found.group(2))
+        return f"SCORE: {judged[kind][i]}" if "SCORE" in prompt else f"{kind} {i}"
+
+    monkeypatch.setattr(stub.state, "reply", reply)
+    _, job = build()
+    name = "llm_semantic_similarity"
+
+    agree = job.execute_in_process(partition_key="agree|stub-gpt", instance=instance)
+    assert agree.success
+    report = metadata(instance, REPORT_KEY, "agree|stub-gpt")
+    assert report[f"calibration/{name}"] == "spearman 1.00 (n=4)"
+    assert f"uncalibrated/{name}" not in report and "calibration/rouge1" not in report
+    stored = agree.asset_value(REPORT_KEY)["calibration"]
+    assert stored == {
+        name: {
+            "metric": name,
+            "method": "spearman",
+            "agreement": pytest.approx(1.0),
+            "cases": 4,
+            "min_agreement": 0.6,
+            "reason": None,
+            "calibrated": True,
+        }
+    }
+
+    disagree = job.execute_in_process(partition_key="disagree|stub-gpt", instance=instance)
+    assert disagree.success
+    report = metadata(instance, REPORT_KEY, "disagree|stub-gpt")
+    assert report[f"calibration/{name}"] == "cohen's kappa -1.00 (n=4)"
+    assert report[f"uncalibrated/{name}"] == (
+        "uncalibrated: cohen's kappa -1.00 is below the bar 0.60"
+    )
+    assert not disagree.asset_value(REPORT_KEY)["calibration"][name]["calibrated"]
+    assert "UNCALIBRATED" in Path(report["report_path"]).read_text()

@@ -31,21 +31,12 @@ def suite_partitions(catalog: Catalog) -> dg.StaticPartitionsDefinition:
 def comparison_metadata(result: "SuiteComparisonResult", missing: list[str]) -> dict:
     """Per metric, the leaders (systems nobody beats significantly) as text, and one markdown
     table of every pair: the difference b - a, its interval, the corrected p-value, the verdict."""
-    rows = ["| metric | b vs a | b - a | CI | p (adj.) | verdict |", "|---|---|---|---|---|---|"]
-    leaders = {}
-    for name, metric in result.metrics.items():
-        leaders[f"leaders/{name}"] = ", ".join(metric.leaders)
-        for p in metric.pairs:
-            rows.append(
-                f"| {name} | {p.b} vs {p.a} | {p.difference:+.3f} | {p.ci.bounds()} "
-                f"| {p.p_adjusted:.3g} | {p.verdict} |"
-            )
     return {
         "systems": ", ".join(result.systems),
         "not materialized": ", ".join(missing) or "none",
         "significant differences": len(result.significant()),
-        **leaders,
-        "pairs": dg.MetadataValue.md("\n".join(rows)),
+        **{f"leaders/{name}": ", ".join(m.leaders) for name, m in result.metrics.items()},
+        "pairs": dg.MetadataValue.md(result.markdown()),
         "viewer": dg.MetadataValue.url(ViewerLinks(public_base_url()).suite(result.suite)),
     }
 

@@ -11,7 +11,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,13 +20,9 @@ from rich.table import Table
 
 from flowstone import paths
 from flowstone import progress as case_progress
-from flowstone.evaluation.offline import (
-    EvalInputError,
-    SuiteOutcome,
-    build_catalog,
-    evaluate,
-    require_system,
-)
+
+if TYPE_CHECKING:
+    from flowstone.evaluation.offline import SuiteOutcome
 
 EXIT_OK, EXIT_BLOCKED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -36,9 +32,9 @@ def _table(outcome: SuiteOutcome) -> Table:
     for column in ("metric", "mean", "CI", "valid", "invalid"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, m in outcome.metrics.items():
-        ci = f"[{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else "—"
-        mean = f"{m.mean:.3f}" if m.mean is not None else f"[red]failed[/]: {m.failure}"
-        table.add_row(name, mean, ci, str(m.valid), str(m.invalid))
+        ci = f"[{m.interval.low:.3f}, {m.interval.high:.3f}]" if m.interval else "—"
+        mean = f"[red]failed[/]: {m.failure}" if m.failed else f"{m.mean:.3f}"
+        table.add_row(name, mean, ci, str(m.cases), str(m.invalid))
     for name, value in outcome.suite_metrics.items():
         shown = f"{value:.3f}" if value == value else "undefined"
         table.add_row(f"{name} (suite)", shown, "", "", "")
@@ -79,6 +75,15 @@ def run(
 ) -> None:
     """Evaluate suite files with one system, the same code the assets run; no Dagster needed."""
     err = Console(stderr=True)
+    # the pipeline (pandas, scipy, matplotlib: about a second) loads for this command only,
+    # not for every `flowstone` command that mounts it
+    from flowstone.evaluation.offline import (
+        EvalInputError,
+        build_catalog,
+        evaluate,
+        require_system,
+    )
+
     try:
         catalog = build_catalog(suites, config or paths.evaluation_config_path())
         require_system(catalog, system)

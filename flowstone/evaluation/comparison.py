@@ -104,6 +104,21 @@ class SuiteComparisonResult:
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
         }
 
+    def markdown(self) -> str:
+        """Every pair as a markdown table: the difference b - a, its interval, the corrected
+        p-value and the verdict (what the asset's metadata shows in the Dagster UI)."""
+        rows = [
+            "| metric | b vs a | b - a | CI | p (adj.) | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, metric in self.metrics.items():
+            rows += [
+                f"| {name} | {p.b} vs {p.a} | {p.difference:+.3f} | {p.ci.bounds()} "
+                f"| {p.p_adjusted:.3g} | {p.verdict} |"
+                for p in metric.pairs
+            ]
+        return "\n".join(rows)
+
     def significant(self) -> list[PairedComparison]:
         return [p for m in self.metrics.values() for p in m.pairs if p.significant]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from flowstone.errors import ConfigError, SuiteError
 from flowstone.evaluation import pipeline
+from flowstone.evaluation.aggregate import MetricSummary
 from flowstone.evaluation.catalog import Catalog
 from flowstone.evaluation.check_names import threshold_check_name
 from flowstone.evaluation.config import check_suite_labels, load_settings
@@ -39,27 +40,16 @@ class CheckVerdict:
 
 
 @dataclass(frozen=True)
-class MetricFigures:
-    mean: float | None
-    ci: tuple[float, float] | None
-    level: float
-    valid: int
-    invalid: int
-    failure: str | None = None
-
-
-@dataclass(frozen=True)
 class SuiteOutcome:
     """One suite evaluated with one system: the figures a CI job decides on."""
 
     suite: str
     system: str
     cases: int
-    metrics: dict[str, MetricFigures]
+    metrics: dict[str, MetricSummary]
     suite_metrics: dict[str, float]
     checks: list[CheckVerdict]
     report_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
     # judge metric -> agreement with the gold labels (Calibration.to_dict), labelled suites only
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -75,11 +65,11 @@ class SuiteOutcome:
             "cases": self.cases,
             "metrics": {
                 name: {
-                    "mean": m.mean,
-                    "ci95" if math.isclose(m.level, 0.95) else f"ci{round(m.level * 100)}": (
-                        list(m.ci) if m.ci else None
+                    "mean": None if m.failed else m.mean,
+                    "ci95" if math.isclose(m.ci_level, 0.95) else f"ci{round(m.ci_level * 100)}": (
+                        [m.interval.low, m.interval.high] if m.interval else None
                     ),
-                    "valid": m.valid,
+                    "valid": m.cases,
                     "invalid": m.invalid,
                     **({"failure": m.failure} if m.failure else {}),
                 }
@@ -153,17 +143,6 @@ def evaluate(catalog: Catalog, suite: str, system: str, reports_dir: Path) -> Su
 
 def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
     report = result.report
-    metrics = {
-        name: MetricFigures(
-            mean=None if s.failed else s.mean,
-            ci=(s.interval.low, s.interval.high) if s.interval else None,
-            level=s.ci_level,
-            valid=s.cases,
-            invalid=s.invalid,
-            failure=s.failure,
-        )
-        for name, s in report.metrics.items()
-    }
     checks = [
         CheckVerdict(threshold_check_name(metric), v.passed, v.blocking, v.reason)
         for metric, v in report.thresholds.items()
@@ -172,7 +151,7 @@ def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
         suite=report.suite,
         system=report.system,
         cases=report.cases,
-        metrics=metrics,
+        metrics=dict(report.metrics),
         suite_metrics=dict(report.suite_metrics),
         checks=checks,
         report_path=result.html_path,

@@ -106,10 +106,3 @@ def assess(
         if dropped and real:
             found.append(candidate)
     return found, compared
-
-
-def find_regressions(
-    current: Mapping[str, float], previous: Mapping[str, float], margin: float
-) -> list[Regression]:
-    """Metrics present in both runs whose mean dropped by more than ``margin`` (relative)."""
-    return assess(current, previous, RegressionSettings(margin=margin))[0]

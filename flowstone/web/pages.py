@@ -10,6 +10,7 @@ its thread pool, where the blocking reads (files, S3, DuckDB) belong.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,26 @@ class SuiteOverview:
 
 def _known(names: list[str]) -> str:
     return ", ".join(names) if names else "none yet"
+
+
+def _metric_param(params: Mapping[str, str], comparison: SuiteComparison) -> str:
+    """The ``metric`` query parameter (default: the suite's first), or a 400 naming those there
+    are: a filter on a metric that does not exist must never look like an empty result."""
+    metrics = comparison.metrics
+    metric = params.get("metric") or (metrics[0] if metrics else "")
+    if metric not in metrics:
+        raise BadRequest(
+            f"no metric {metric!r} on suite {comparison.suite!r}; metrics: {_known(metrics)}"
+        )
+    return metric
+
+
+def _choice(params: Mapping[str, str], name: str, options: Mapping[str, str], default: str) -> str:
+    """A query parameter that must be one of ``options``' keys, or a 400 naming them."""
+    value = params.get(name) or default
+    if value not in options:
+        raise BadRequest(f"unknown {name} {value!r}; {name}s: {_known(list(options))}")
+    return value
 
 
 class Listing:
@@ -248,12 +269,7 @@ class Viewer:
         """The case list's query parameters; a value that does not exist is a 400 (404 for a
         system) naming what does, never an empty list that looks like a result."""
         params = request.query_params
-        metrics = comparison.metrics
-        metric = params.get("metric") or (metrics[0] if metrics else "")
-        if metric not in metrics:
-            raise BadRequest(
-                f"no metric {metric!r} on suite {comparison.suite!r}; metrics: {_known(metrics)}"
-            )
+        metric = _metric_param(params, comparison)
         tag = params.get("tag", "")
         if tag and tag not in table.tags:
             raise BadRequest(
@@ -262,9 +278,7 @@ class Viewer:
         system = params.get("system", "")
         if system:
             listing.require_system(comparison, system)
-        sort = params.get("sort") or "id"
-        if sort not in SORTS:
-            raise BadRequest(f"unknown sort {sort!r}; sorts: {_known(list(SORTS))}")
+        sort = _choice(params, "sort", SORTS, "id")
         return CaseFilter(
             metric=metric,
             tag=tag,
@@ -353,24 +367,16 @@ class Viewer:
         stored = self.readers.stored()
         versions = stored.score_versions(key)
         params = request.query_params
-        metrics = comparison.metrics
-        metric = params.get("metric") or (metrics[0] if metrics else "")
-        if metric not in metrics:
-            raise BadRequest(
-                f"no metric {metric!r} on suite {comparison.suite!r}; metrics: {_known(metrics)}"
-            )
-        show = params.get("show") or "changed"
-        if show not in DIFF_SHOWS:
-            raise BadRequest(f"unknown show {show!r}; choose one of {_known(list(DIFF_SHOWS))}")
-        sort = params.get("sort") or "drop"
-        if sort not in DIFF_SORTS:
-            raise BadRequest(f"unknown sort {sort!r}; sorts: {_known(list(DIFF_SORTS))}")
+        metric = _metric_param(params, comparison)
+        show = _choice(params, "show", DIFF_SHOWS, "changed")
+        sort = _choice(params, "sort", DIFF_SORTS, "drop")
         current = _version(versions, params.get("current"), key)
         previous = _version(versions, params.get("previous"), key, before=current)
         spec = CaseDiffFilter(metric, show, sort)
         if current is None or previous is None:
             return CaseDiffView(versions, None, None, [], spec)
         order = [c.case_id for c in stored.cases(key) or []]
+        metrics = comparison.metrics
         changes = diff_cases(
             stored.answers_in(key, previous, metrics),
             stored.answers_in(key, current, metrics),

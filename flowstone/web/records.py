@@ -14,10 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-# Names a confidence interval may be stored under in a report's metric figures: the
-# evaluation issue adds intervals to every mean, and the viewer shows them once they exist.
-_CI_KEYS = (("ci_low", "ci_high"), ("ci_lower", "ci_upper"), ("ci95_low", "ci95_high"))
-
 
 def number_or_none(value: Any) -> float | None:
     """A finite float, or None for a missing, null or NaN figure (never a silent 0.0)."""
@@ -31,16 +27,13 @@ def number_or_none(value: Any) -> float | None:
 
 
 def _interval(figures: Mapping[str, Any]) -> tuple[float, float] | None:
-    for low_key, high_key in _CI_KEYS:
-        low, high = number_or_none(figures.get(low_key)), number_or_none(figures.get(high_key))
-        if low is not None and high is not None:
-            return low, high
+    """A stored interval: ``ci_low``/``ci_high`` in a report's metric figures, ``ci`` as a
+    pair in a comparison's pairs; None for a report stored before intervals existed."""
     ci = figures.get("ci")
-    if isinstance(ci, list | tuple) and len(ci) == 2:
-        low, high = number_or_none(ci[0]), number_or_none(ci[1])
-        if low is not None and high is not None:
-            return low, high
-    return None
+    low, high = (ci if isinstance(ci, list | tuple) and len(ci) == 2 else
+                 (figures.get("ci_low"), figures.get("ci_high")))  # fmt: skip
+    low, high = number_or_none(low), number_or_none(high)
+    return (low, high) if low is not None and high is not None else None
 
 
 @dataclass(frozen=True)

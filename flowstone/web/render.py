@@ -8,7 +8,6 @@ can never inject markup into the page.
 from __future__ import annotations
 
 import functools
-import math
 from datetime import datetime
 from typing import Any
 
@@ -17,33 +16,29 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from flowstone.web.links import ViewerLinks
+from flowstone.web.records import number_or_none
 
 MISSING = "—"
 
 
+def _shown(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec``, a dash for None or NaN (an unset threshold is not a
+    number); what counts as a figure is decided once, in ``records.number_or_none``."""
+    figure = number_or_none(value)
+    return MISSING if figure is None else format(figure, spec)
+
+
 def number(value: Any, digits: int = 3) -> str:
-    """``0.812`` for a figure, a dash for None or NaN (an unset threshold is not a number)."""
-    if value is None or isinstance(value, bool):
-        return MISSING
-    try:
-        figure = float(value)
-    except (TypeError, ValueError):
-        return MISSING
-    return f"{figure:.{digits}f}" if math.isfinite(figure) else MISSING
+    """``0.812`` for a figure."""
+    return _shown(value, f".{digits}f")
 
 
 def percent(value: Any) -> str:
-    if value is None:
-        return MISSING
-    figure = float(value)
-    return f"{figure:.1%}" if math.isfinite(figure) else MISSING
+    return _shown(value, ".1%")
 
 
 def signed(value: Any) -> str:
-    if value is None:
-        return MISSING
-    figure = float(value)
-    return f"{figure:+.3f}" if math.isfinite(figure) else MISSING
+    return _shown(value, "+.3f")
 
 
 def when(value: Any) -> str:

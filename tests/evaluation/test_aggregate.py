@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from flowstone.evaluation.aggregate import build_report, summarize_metric
-from flowstone.evaluation.config import parse_settings
-from flowstone.evaluation.regression import find_regressions
+from flowstone.evaluation.config import RegressionSettings, parse_settings
+from flowstone.evaluation.regression import assess
 
 SETTINGS = parse_settings(
     {
@@ -59,14 +59,15 @@ def test_failing_threshold():
 
 
 def test_regressions_use_relative_margin():
-    found = find_regressions(
-        {"bleu": 0.45, "rouge1": 0.3, "new": 0.1}, {"bleu": 0.5, "rouge1": 0.31}, 0.05
+    margin = RegressionSettings(margin=0.05)
+    found, _ = assess(
+        {"bleu": 0.45, "rouge1": 0.3, "new": 0.1}, {"bleu": 0.5, "rouge1": 0.31}, margin
     )
     assert [r.metric for r in found] == ["bleu"]
     assert found[0].relative_drop == pytest.approx(0.1)
-    assert find_regressions({"bleu": 0.0}, {"bleu": 0.0}, 0.05) == []
+    assert assess({"bleu": 0.0}, {"bleu": 0.0}, margin)[0] == []
     with pytest.raises(ValueError):
-        find_regressions({}, {}, 1.5)
+        RegressionSettings(margin=1.5)
 
 
 def test_every_mean_carries_its_bootstrap_interval():

@@ -30,6 +30,7 @@ class Completer(Protocol):
         params: Params | dict | None = ...,
         use_cache: bool = ...,
         totals: CostTotals | None = ...,
+        repeat: int = ...,
     ) -> Completion: ...
 
 
@@ -52,13 +53,19 @@ def complete_many(
     progress: Callable[[int], None] | None = None,
     labels: Sequence[str] | None = None,
     totals: CostTotals | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> list[Completion]:
-    """One completion per prompt, in order; ``progress(done)`` after each finishes."""
+    """One completion per prompt, in order; ``progress(done)`` after each finishes.
+    ``repeats`` gives each prompt its repeat index (see ``LLMClient.complete``); 0 for all
+    by default."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     labels = list(labels) if labels is not None else [f"item {i}" for i in range(len(prompts))]
     if len(labels) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(labels)} labels")
+    repeat_of = list(repeats) if repeats is not None else [0] * len(prompts)
+    if len(repeat_of) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(repeat_of)} repeat indexes")
     results: list[Completion | None] = [None] * len(prompts)
     done = 0
     lock = threading.Lock()
@@ -66,7 +73,11 @@ def complete_many(
     def run(index: int) -> None:
         nonlocal done
         results[index] = client.complete(
-            prompts[index], params=params, use_cache=use_cache, totals=totals
+            prompts[index],
+            params=params,
+            use_cache=use_cache,
+            totals=totals,
+            repeat=repeat_of[index],
         )
         with lock:
             done += 1

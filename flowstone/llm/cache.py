@@ -30,17 +30,21 @@ CACHE_FILE_NAME = "llm_cache.sqlite"
 CACHE_LOCATION_ENV = "FLOWSTONE_LLM_CACHE"
 
 
-def cache_key(provider: str, model: str, messages: Sequence[Message], params: Params) -> str:
-    blob = json.dumps(
-        {
-            "provider": provider,
-            "model": model,
-            "messages": [m.to_dict() for m in messages],
-            "params": params.to_dict(),
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    )
+def cache_key(
+    provider: str, model: str, messages: Sequence[Message], params: Params, repeat: int = 0
+) -> str:
+    """``repeat`` > 0 asks the same request again on purpose (an evaluation's repeats): each
+    repeat has its own entry, so a rerun costs nothing and a repeat is never the first answer
+    served again. Repeat 0 keys exactly as before repeats existed, so old entries still hit."""
+    payload: dict[str, object] = {
+        "provider": provider,
+        "model": model,
+        "messages": [m.to_dict() for m in messages],
+        "params": params.to_dict(),
+    }
+    if repeat:
+        payload["repeat"] = repeat
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

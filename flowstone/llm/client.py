@@ -185,13 +185,15 @@ class LLMClient:
                     cache_hit=completion.cache_hit,
                 )
 
-    def _cached(self, candidates: Sequence[Provider], messages, params) -> Completion | None:
+    def _cached(
+        self, candidates: Sequence[Provider], messages, params, repeat: int = 0
+    ) -> Completion | None:
         cache = self.cache
         if cache is None:
             return None
         start = time.perf_counter()
         for provider in candidates:
-            hit = cache.get(cache_key(provider.name, provider.model, messages, params))
+            hit = cache.get(cache_key(provider.name, provider.model, messages, params, repeat))
             if hit is not None:
                 metrics.llm_cache_lookup(provider.name, provider.model)
                 return Completion(
@@ -218,11 +220,14 @@ class LLMClient:
         provider: str | None = None,
         required_capabilities: Sequence[str] = (),
         totals: CostTotals | None = None,
+        repeat: int = 0,
     ) -> Completion:
-        """One completion, from the cache or the first provider in the route that succeeds."""
+        """One completion, from the cache or the first provider in the route that succeeds.
+        ``repeat`` > 0 asks the same request again on purpose (an evaluation's repeats): the
+        cache keeps each repeat apart."""
         with tracing.span("flowstone.llm.complete") as span:
             completion = self._complete(
-                span, prompt, params, use_cache, provider, required_capabilities, totals
+                span, prompt, params, use_cache, provider, required_capabilities, totals, repeat
             )
             _record_usage(span, completion)
             if span.is_recording():
@@ -239,6 +244,7 @@ class LLMClient:
         provider: str | None,
         required_capabilities: Sequence[str],
         totals: CostTotals | None,
+        repeat: int = 0,
     ) -> Completion:
         messages = as_messages(prompt)
         params = params if isinstance(params, Params) else Params.from_mapping(params)
@@ -254,7 +260,7 @@ class LLMClient:
                 if (provider is None or p.name == provider)
                 and all(c in p.capabilities for c in required_capabilities)
             ]
-            hit = self._cached(cached_from, messages, params)
+            hit = self._cached(cached_from, messages, params, repeat)
             if hit is not None:
                 self._account(hit, totals)
                 return hit
@@ -271,7 +277,8 @@ class LLMClient:
                 continue
             if use_cache and self.cache is not None:
                 self.cache.put(
-                    cache_key(candidate.name, candidate.model, messages, params), completion
+                    cache_key(candidate.name, candidate.model, messages, params, repeat),
+                    completion,
                 )
             self._account(completion, totals, priced)
             return completion
@@ -443,6 +450,7 @@ class LLMClient:
         progress: Callable[[int], None] | None = None,
         labels: Sequence[str] | None = None,
         totals: CostTotals | None = None,
+        repeats: Sequence[int] | None = None,
     ) -> list[Completion]:
         """One completion per prompt, in order, up to ``concurrency`` (the configured
         ``max_concurrency`` by default) in flight; see :func:`flowstone.llm.batch.complete_many`."""
@@ -455,4 +463,5 @@ class LLMClient:
             progress=progress,
             labels=labels,
             totals=totals,
+            repeats=repeats,
         )

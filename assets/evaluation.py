@@ -403,8 +403,8 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
     ):
         context.log.info(f"scoring with the worker pool in '{worker_pool.mode}' mode")
         return PartitionBatch(context).run(
-            lambda suite_name, _system, suite, predictions: _pipeline().score(
-                catalog, suite_name, suite, predictions, worker_pool.compute_metric
+            lambda suite_name, system_name, suite, predictions: _pipeline().score(
+                catalog, suite_name, suite, predictions, worker_pool.compute_metric, system_name
             ),
             suite=suite,
             predictions=predictions,

@@ -12,6 +12,12 @@ import pandas as pd
 from flowstone.evaluation.calibration import Calibration, calibrate
 from flowstone.evaluation.config import StatisticsSettings, SuiteSettings, Threshold
 from flowstone.evaluation.metrics import METRICS
+from flowstone.evaluation.repeats import (
+    JudgeAgreement,
+    RepeatSummary,
+    judge_agreement,
+    repeat_summary,
+)
 from flowstone.evaluation.statistics import Interval, bootstrap_ci
 from flowstone.evaluation.suite_metrics import SUITE_METRICS, compute_suite_metrics
 
@@ -160,6 +166,15 @@ class Report:
     suite_metrics: dict[str, float] = field(default_factory=dict)  # figures over the suite
     # judge metric -> its agreement with the gold labels (a labelled suite's judges only)
     calibration: dict[str, Calibration] = field(default_factory=dict)
+    # metric -> spread and flipped cases over the system's repeats (a system with repeats only)
+    repeats: dict[str, RepeatSummary] = field(default_factory=dict)
+    # judge metric -> its agreement with itself over its repeats (a judge with repeats only)
+    judge_agreement: dict[str, JudgeAgreement] = field(default_factory=dict)
+
+    @property
+    def repeat_count(self) -> int:
+        """How many times the system answered each case (1 without repeats)."""
+        return max((r.repeats for r in self.repeats.values()), default=1)
 
     @property
     def uncalibrated(self) -> dict[str, Calibration]:
@@ -210,6 +225,8 @@ class Report:
             "thresholds": {k: v.to_dict() for k, v in self.thresholds.items()},
             "suite_metrics": {k: _stored(v) for k, v in self.suite_metrics.items()},
             "calibration": {k: v.to_dict() for k, v in self.calibration.items()},
+            "repeats": {k: v.to_dict() for k, v in self.repeats.items()},
+            "judge_agreement": {k: v.to_dict() for k, v in self.judge_agreement.items()},
         }
 
 
@@ -242,6 +259,16 @@ def build_report(scores: pd.DataFrame, settings: SuiteSettings, system: str) -> 
         thresholds=verdicts,
         suite_metrics=suite_values,
         calibration=judge_calibration(scores, settings, metrics),
+        repeats={
+            m: repeated
+            for m in metrics
+            if (repeated := repeat_summary(scores, m, settings.metrics[m].pass_score))
+        },
+        judge_agreement={
+            m: agreement
+            for m in metrics
+            if METRICS[m].judge and (agreement := judge_agreement(scores, m))
+        },
     )
 
 

@@ -52,6 +52,9 @@ class SuiteOutcome:
     report_path: Path
     # judge metric -> agreement with the gold labels (Calibration.to_dict), labelled suites only
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # with repeats: metric -> RepeatSummary.to_dict(), judge metric -> JudgeAgreement.to_dict()
+    repeats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    judge_agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -88,6 +91,9 @@ class SuiteOutcome:
             ],
             # only on a labelled suite with a judge, so other suites' JSON stays as it was
             **({"calibration": self.calibration} if self.calibration else {}),
+            # likewise only with repeats (a system's, a judge's)
+            **({"repeats": self.repeats} if self.repeats else {}),
+            **({"judge_agreement": self.judge_agreement} if self.judge_agreement else {}),
         }
 
 
@@ -136,7 +142,7 @@ def evaluate(catalog: Catalog, suite: str, system: str, reports_dir: Path) -> Su
     require_system(catalog, system)
     frame = pipeline.load_suite(catalog, suite).value
     predictions = pipeline.predict(catalog, suite, system, frame).value
-    scores = pipeline.score(catalog, suite, frame, predictions).value
+    scores = pipeline.score(catalog, suite, frame, predictions, system_name=system).value
     result = pipeline.report(catalog, suite, system, scores, {}, reports_dir)
     return outcome_of(result)
 
@@ -156,4 +162,6 @@ def outcome_of(result: pipeline.ReportResult) -> SuiteOutcome:
         checks=checks,
         report_path=result.html_path,
         calibration={name: c.to_dict() for name, c in report.calibration.items()},
+        repeats={name: r.to_dict() for name, r in report.repeats.items()},
+        judge_agreement={name: a.to_dict() for name, a in report.judge_agreement.items()},
     )

@@ -61,14 +61,15 @@ def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataF
     cases = suite_io.suite_from_frame(suite_name, suite).cases
     preds = system.predict(
         cases,
-        progress=progress.reporter(f"{suite_name} × {system_name}", len(cases)),
+        progress=progress.reporter(f"{suite_name} × {system_name}", len(cases) * system.repeats),
         suite=suite_name,
     )
     table = pd.DataFrame([p.to_dict() for p in preds])
     return StepResult(
         table,
         {
-            "cases": len(table),
+            "cases": len(cases),
+            **({"repeats": system.repeats, "answers": len(table)} if system.repeats > 1 else {}),
             "system_kind": system.kind,
             "latency_mean_s": float(table["latency_s"].mean()),
             "input_tokens": int(table["input_tokens"].sum()),
@@ -87,6 +88,7 @@ def score(
     suite: pd.DataFrame,
     predictions: pd.DataFrame,
     compute_metric=scoring.compute,
+    system_name: str | None = None,
 ) -> StepResult:
     settings = catalog.settings.for_suite(suite_name)
     table = scoring.score_suite(
@@ -94,6 +96,7 @@ def score(
         predictions,
         settings,
         compute_metric=compute_metric,
+        system=system_name,
     )
     metrics = list(settings.metrics)
     return StepResult(
@@ -151,6 +154,24 @@ class ReportResult:
             "case_scores": {m: dict(v) for m, v in self.cases.items()},
         }
 
+    def repeat_metadata(self) -> dict:
+        """With repeats: how many, and per metric ``spread/<metric>`` (a number the UI can
+        plot) and ``flipped/<metric>`` (how many cases change verdict across repeats); per
+        judge with repeats ``judge_agreement/<metric>``."""
+        report = self.report
+        if not report.repeats and not report.judge_agreement:
+            return {}
+        return {
+            **({"repeats": report.repeat_count} if report.repeats else {}),
+            **{
+                f"spread/{n}": shown(r.spread)
+                for n, r in report.repeats.items()
+                if r.spread == r.spread
+            },
+            **{f"flipped/{n}": len(r.flipped) for n, r in report.repeats.items()},
+            **{f"judge_agreement/{n}": a.describe() for n, a in report.judge_agreement.items()},
+        }
+
     def metadata(self) -> dict:
         """Per metric: ``mean/<metric>`` a number (the UI plots it across materializations)
         and ``ci/<metric>`` its interval as text beside it, or ``failed/<metric>`` why there is
@@ -176,6 +197,7 @@ class ReportResult:
                 f"calibration/{n}": c.describe() for n, c in self.report.calibration.items()
             },
             **{f"uncalibrated/{n}": c.verdict() for n, c in self.report.uncalibrated.items()},
+            **self.repeat_metadata(),
             "passed": self.report.passed,
             "regressions": len(self.regressions),
             "summary": shown_table(self.report.summary_frame()),
@@ -220,5 +242,5 @@ def run_partition(
     """The whole pipeline for one partition without Dagster (the benchmark's plain loop)."""
     suite = load_suite(catalog, suite_name).value
     preds = predict(catalog, suite_name, system_name, suite).value
-    scores = score(catalog, suite_name, suite, preds).value
+    scores = score(catalog, suite_name, suite, preds, system_name=system_name).value
     return report(catalog, suite_name, system_name, scores, {}, reports_dir)

@@ -146,6 +146,57 @@ def calibration_frame(report: Report) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def repeats_html(report: Report, scores: pd.DataFrame) -> str:
+    """The system's repeats (spread, and each flipped case with its score on every repeat)
+    and the judges' agreement with themselves; empty without repeats."""
+    parts = []
+    if report.repeats:
+        rows = [
+            {
+                "metric": name,
+                "repeats": r.repeats,
+                "spread (mean sd)": r.spread,
+                "flipped cases": len(r.flipped),
+            }
+            for name, r in report.repeats.items()
+        ]
+        parts.append(
+            f"<h2>Repeats: {report.repeat_count} answers a case</h2>"
+            "<p>A case's score is its mean over the repeats. A flipped case passes on some "
+            "repeats and fails on others: one run's verdict on it is luck.</p>"
+            + _table(pd.DataFrame(rows))
+        )
+        flips = [
+            {
+                "case_id": case,
+                "metric": name,
+                "score per repeat": ", ".join(
+                    MISSING if v != v else f"{v:.3f}"
+                    for v in scores.loc[scores["case_id"] == case, f"{name}_repeats"].iloc[0]
+                ),
+            }
+            for name, r in report.repeats.items()
+            for case in r.flipped
+        ]
+        if flips:
+            parts.append(f"<h3>Flipped cases</h3>{_table(pd.DataFrame(flips))}")
+    if report.judge_agreement:
+        rows = [
+            {
+                "judge metric": name,
+                "agreement": a.agreement,
+                "spread (mean sd)": a.spread,
+                "cases": a.cases,
+            }
+            for name, a in report.judge_agreement.items()
+        ]
+        parts.append(
+            "<h2>Judges against themselves</h2><p>Agreement: the share of answers every "
+            "repeat of the judge passes, or every repeat fails.</p>" + _table(pd.DataFrame(rows))
+        )
+    return "".join(parts)
+
+
 def render_report(
     report: Report,
     scores: pd.DataFrame,
@@ -210,6 +261,7 @@ figure {{ display: inline-block; margin: 0.3rem; }}
 <h2>Metrics</h2>{failed}{_table(summary)}
 {suite_html}
 {calibration_html}
+{repeats_html(report, scores)}
 <h2>Distributions</h2>{images}
 <h2>By tag</h2>{_table(report.tags)}
 <h2>Lowest-scoring cases ({html.escape(first)})</h2>{_table(worst)}

@@ -25,6 +25,7 @@ class Prediction:
     output_tokens: int = 0
     cost_usd: float = 0.0
     cached: bool = False
+    repeat: int = 0  # which of the system's repeats this answer is (0 when it has one)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +60,9 @@ class System(abc.ABC):
     name: str
     kind: str = "baseline"
     description: str = ""
+    # How many times ``predict`` answers each case: an LLM system samples, so one answer per
+    # case says little about what it does; a deterministic baseline has nothing to repeat.
+    repeats: int = 1
 
     @abc.abstractmethod
     def params(self) -> dict:
@@ -80,8 +84,9 @@ class System(abc.ABC):
     def predict(
         self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
     ) -> list[Prediction]:
-        """One prediction per case, in order. ``suite`` names the suite the cases come from,
-        for systems whose behaviour depends on the task (an LLM system's prompt)."""
+        """One prediction per case and repeat, in case order within each repeat (``repeat`` 0
+        first). ``suite`` names the suite the cases come from, for systems whose behaviour
+        depends on the task (an LLM system's prompt)."""
 
 
 class SystemRegistry:

@@ -49,6 +49,7 @@ _SYSTEM_KEYS = {
     "description",
     "strategy",
     "cache",
+    "repeats",
 }
 
 
@@ -166,6 +167,13 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
             system_prompt=raw.get("system_prompt"),
             description=raw.get("description", ""),
         )
+        repeats = raw.get("repeats", 1)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(
+                source,
+                f"{where}.repeats",
+                f"must be a whole number of answers per case, at least 1; got {repeats!r}",
+            )
         systems.append(
             PromptTemplateSystem(
                 spec,
@@ -174,6 +182,7 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
                     {**defaults, **({"cache": raw["cache"]} if "cache" in raw else {})},
                     raw.get("strategy"),
                 ),
+                repeats=repeats,
             )
         )
     return systems

@@ -42,8 +42,17 @@ class PromptTemplateSystem(System):
 
     kind = "llm"
 
-    def __init__(self, spec: LLMSystemSpec, client_config: ClientConfig | None = None, client=None):
+    def __init__(
+        self,
+        spec: LLMSystemSpec,
+        client_config: ClientConfig | None = None,
+        client=None,
+        repeats: int = 1,
+    ):
+        if repeats < 1:
+            raise ValueError(f"system '{spec.name}': repeats must be at least 1, got {repeats}")
         self.spec = spec
+        self.repeats = repeats
         self.name = spec.name
         self.description = spec.description or "LLM system on " + ", ".join(
             f"{p.kind}/{p.model}" for p in spec.providers
@@ -71,6 +80,8 @@ class PromptTemplateSystem(System):
             "providers": [f"{p.kind}/{p.model}" for p in self.spec.providers],
             "strategy": self.client_config.strategy,
             "sampling": self.spec.params.to_dict(),
+            # absent for one answer per case, so older fingerprints stay as they were
+            **({"repeats": self.repeats} if self.repeats > 1 else {}),
         }
 
     def run_metadata(self) -> dict:
@@ -131,13 +142,24 @@ class PromptTemplateSystem(System):
     ) -> list[Prediction]:
         self.check_keys()
         prompts = [self.render(case, suite) for case in cases]
+        # every repeat of every case goes out in one batch; the repeat index keeps each
+        # repeat's cache entry apart, so a rerun is free and a repeat is never repeat 0 again
+        runs = [
+            (r, case, prompt)
+            for r in range(self.repeats)
+            for case, prompt in zip(cases, prompts, strict=True)
+        ]
         try:
             completions = self.client.complete_many(
-                prompts,
+                [prompt for _, _, prompt in runs],
                 params=self.spec.params,
                 use_cache=use_cache,
                 progress=progress,
-                labels=[f"case {c.id}" for c in cases],
+                labels=[
+                    f"case {case.id}" + (f" (repeat {r + 1})" if self.repeats > 1 else "")
+                    for r, case, _ in runs
+                ],
+                repeats=[r for r, _, _ in runs],
             )
         except LLMError as exc:
             raise SystemUnderTestError(f"system '{self.name}': {exc}") from exc
@@ -150,6 +172,7 @@ class PromptTemplateSystem(System):
                 output_tokens=c.output_tokens,
                 cost_usd=c.cost_usd,
                 cached=c.cache_hit,
+                repeat=r,
             )
-            for case, c in zip(cases, completions, strict=True)
+            for (r, case, _), c in zip(runs, completions, strict=True)
         ]

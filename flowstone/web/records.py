@@ -107,6 +107,44 @@ class JudgeCalibration:
 
 
 @dataclass(frozen=True)
+class RepeatFigures:
+    """One metric over a system's repeats: the mean per-case spread and the flipped cases."""
+
+    metric: str
+    repeats: int
+    spread: float | None
+    flipped: tuple[str, ...]
+
+    @classmethod
+    def from_stored(cls, name: str, value: Mapping[str, Any]) -> RepeatFigures:
+        return cls(
+            metric=name,
+            repeats=int(value.get("repeats") or 1),
+            spread=number_or_none(value.get("spread")),
+            flipped=tuple(str(c) for c in value.get("flipped") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class JudgeSelfAgreement:
+    """A judge metric over its own repeats: the share of answers judged alike every time."""
+
+    metric: str
+    agreement: float | None
+    spread: float | None
+    cases: int
+
+    @classmethod
+    def from_stored(cls, name: str, value: Mapping[str, Any]) -> JudgeSelfAgreement:
+        return cls(
+            metric=name,
+            agreement=number_or_none(value.get("agreement")),
+            spread=number_or_none(value.get("spread")),
+            cases=int(value.get("cases") or 0),
+        )
+
+
+@dataclass(frozen=True)
 class ThresholdResult:
     """A threshold check as the report computed it (a metric without threshold has none)."""
 
@@ -133,6 +171,13 @@ class PartitionReport:
     suite_metrics: dict[str, float | None] = field(default_factory=dict)  # None: undefined
     # judge metric -> agreement with the gold labels (reports before calibration have none)
     calibration: dict[str, JudgeCalibration] = field(default_factory=dict)
+    # with repeats (reports before repeats, or without them, have none)
+    repeats: dict[str, RepeatFigures] = field(default_factory=dict)
+    judge_agreement: dict[str, JudgeSelfAgreement] = field(default_factory=dict)
+
+    @property
+    def repeat_count(self) -> int:
+        return max((r.repeats for r in self.repeats.values()), default=1)
 
     @property
     def uncalibrated(self) -> list[str]:
@@ -189,6 +234,16 @@ class PartitionReport:
             calibration={
                 str(name): JudgeCalibration.from_stored(str(name), raw)
                 for name, raw in (value.get("calibration") or {}).items()
+                if isinstance(raw, Mapping)
+            },
+            repeats={
+                str(name): RepeatFigures.from_stored(str(name), raw)
+                for name, raw in (value.get("repeats") or {}).items()
+                if isinstance(raw, Mapping)
+            },
+            judge_agreement={
+                str(name): JudgeSelfAgreement.from_stored(str(name), raw)
+                for name, raw in (value.get("judge_agreement") or {}).items()
                 if isinstance(raw, Mapping)
             },
         )

@@ -6,6 +6,11 @@ asked again (the judge sees its own reply and is told what was wrong), and after
 ``max_attempts`` the case is recorded as *invalid* with the raw reply: never as 0.0, because a
 judge that failed to answer says nothing about the prediction.
 
+A case can be judged several times (*repeats*), because one sample of a judge at any
+temperature is one draw of a noisy instrument. Repeat ``r`` is sent with ``repeat=r`` to the
+client, which keeps it in its own cache entry: a rerun costs no calls, and repeat 1 is a new
+answer, never repeat 0's served again.
+
 A judge is evaluation logic that happens to call a model, so it lives here and uses
 ``flowstone.llm`` (a leaf) for the client, the message types and the template rendering.
 """
@@ -16,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +39,8 @@ RETRY_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class Judgement:
-    """One case's judgement; ``score`` is None exactly when ``valid`` is False."""
+    """One case's judgement (one of its repeats); ``score`` is None exactly when ``valid`` is
+    False."""
 
     case_id: str
     metric: str
@@ -44,6 +50,7 @@ class Judgement:
     attempts: int
     error: str | None = None
     cost_usd: float = 0.0
+    repeat: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +102,18 @@ class LLMJudge:
         self.use_cache = use_cache
 
     def judge_one(
-        self, case_id: str, prediction: str, reference: str, context: str | None = None
+        self,
+        case_id: str,
+        prediction: str,
+        reference: str,
+        context: str | None = None,
+        repeat: int = 0,
     ) -> Judgement:
+        """Judge one case once. ``repeat`` > 0 is a deliberate new sample of the same case: every
+        call of its conversation (the follow-ups after an unparseable reply too) carries it, so
+        the cache keeps each repeat's answers apart from the others'."""
+        if repeat < 0:
+            raise ValueError(f"repeat must be >= 0, got {repeat}")
         if self.metric == "faithfulness" and not context:
             return Judgement(
                 case_id,
@@ -106,6 +123,7 @@ class LLMJudge:
                 "",
                 0,
                 "the case has no context to judge faithfulness against",
+                repeat=repeat,
             )
         prompt = self.template.render(
             prediction=prediction, reference=reference, context=context or ""
@@ -114,12 +132,19 @@ class LLMJudge:
         reply, cost, error = "", 0.0, None
         for attempt in range(1, self.max_attempts + 1):
             completion = self.client.complete(
-                messages, params=self.params, use_cache=self.use_cache
+                messages, params=self.params, use_cache=self.use_cache, repeat=repeat
             )
             reply, cost = completion.text, cost + completion.cost_usd
             try:
                 return Judgement(
-                    case_id, self.metric, parse_score(reply), True, reply, attempt, cost_usd=cost
+                    case_id,
+                    self.metric,
+                    parse_score(reply),
+                    True,
+                    reply,
+                    attempt,
+                    cost_usd=cost,
+                    repeat=repeat,
                 )
             except ValueError as exc:
                 error = str(exc)
@@ -138,6 +163,7 @@ class LLMJudge:
             self.max_attempts,
             f"unparseable judge reply: {error}",
             cost,
+            repeat,
         )
 
     def judge(
@@ -148,15 +174,57 @@ class LLMJudge:
         contexts: Sequence[str | None] | None = None,
     ) -> list[Judgement]:
         """One judgement per case, in order, judged in parallel up to ``concurrency``."""
+        rows = self.judge_repeated(case_ids, predictions, references, contexts, repeats=1)
+        return [row[0] for row in rows]
+
+    def judge_repeated(
+        self,
+        case_ids: Sequence[str],
+        predictions: Sequence[str],
+        references: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        *,
+        repeats: int = 1,
+    ) -> list[list[Judgement]]:
+        """Per case, ``repeats`` judgements in repeat order (repeat ``r`` at index ``r``).
+
+        Every (case, repeat) is one task of the same pool, so repeats run in parallel with the
+        other cases up to ``concurrency``. The first provider failure (an ``LLMError`` that
+        escaped the client's retries) cancels the tasks not started and is raised: a provider
+        that is down would fail them too, each after its own retries and timeouts.
+        """
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         contexts = list(contexts) if contexts is not None else [None] * len(case_ids)
         if not len(case_ids) == len(predictions) == len(references) == len(contexts):
             raise ValueError(
                 "case_ids, predictions, references and contexts must have the same length"
             )
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(self.concurrency, len(case_ids) or 1))
-        ) as pool:
-            return list(pool.map(self.judge_one, case_ids, predictions, references, contexts))
+        tasks = [
+            (case_ids[i], predictions[i], references[i], contexts[i], r)
+            for i in range(len(case_ids))
+            for r in range(repeats)
+        ]
+        judgements = self._run(tasks)
+        return [judgements[i * repeats : (i + 1) * repeats] for i in range(len(case_ids))]
+
+    def _run(self, tasks: list[tuple[str, str, str, str | None, int]]) -> list[Judgement]:
+        """``judge_one`` over ``tasks`` in order, up to ``concurrency`` at once; stops at the
+        first exception and raises it."""
+        if not tasks:
+            return []
+        pool = ThreadPoolExecutor(
+            max_workers=max(1, min(self.concurrency, len(tasks))), thread_name_prefix="judge"
+        )
+        try:
+            futures: list[Future[Judgement]] = [pool.submit(self.judge_one, *t) for t in tasks]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:  # the first failure in case order, for a stable error
+                if future in done and future.exception() is not None:
+                    future.result()  # raises it; `finally` cancels what has not started
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def scores_with_invalid_as_nan(judgements: Sequence[Judgement]) -> list[float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -404,6 +405,40 @@ def embedding_similarity(
 # --- LLM judges --------------------------------------------------------------------------------
 
 
+def _check_judge(options: Mapping[str, Any]) -> None:
+    """The judge's numbers, checked when the settings load (``check_option_types`` has checked
+    the types of options with a typed default; the rate limits default to None, so their type
+    is checked here)."""
+    timeout = options.get("timeout_s", 60.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise OptionError(
+            "timeout_s",
+            f"the provider call timeout must be a number of seconds > 0, got {timeout!r}",
+        )
+    for option, least, what in (
+        ("retries", 0, "retries of a failed provider call (after the first try)"),
+        ("max_attempts", 1, "attempts at a readable score"),
+        ("concurrency", 1, "judgements in flight"),
+        ("repeats", 1, "judgements of each case"),
+    ):
+        value = options.get(option, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise OptionError(option, f"{what} must be an integer >= {least}, got {value!r}")
+    for option in ("requests_per_minute", "tokens_per_minute"):
+        value = options.get(option)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise OptionError(
+                option, f"must be a positive integer (leave it out for no limit), got {value!r}"
+            )
+
+
 def _judge(kind: str) -> MetricFn:
     def judge(
         predictions: Sequence[str],
@@ -416,25 +451,49 @@ def _judge(kind: str) -> MetricFn:
         api_key: str | None = None,
         max_attempts: int = 3,
         concurrency: int = 4,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        repeats: int = 1,
     ) -> JudgedScores:
         from flowstone.evaluation.judge_metric import judge_scores  # loaded only to judge
 
         _check_lengths(predictions, references)
+        _check_judge(
+            {
+                "timeout_s": timeout_s,
+                "retries": retries,
+                "max_attempts": max_attempts,
+                "concurrency": concurrency,
+                "repeats": repeats,
+                "requests_per_minute": requests_per_minute,
+                "tokens_per_minute": tokens_per_minute,
+            }
+        )
         return judge_scores(
             kind,
             predictions,
             [reference_list(r)[0] for r in references],  # the judge reads the first reference
             contexts,
-            provider,
-            model,
-            base_url,
-            api_key,
-            max_attempts,
-            concurrency,
+            provider=provider,
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            max_attempts=max_attempts,
+            concurrency=concurrency,
+            timeout_s=float(timeout_s),
+            retries=retries,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            repeats=repeats,
         )
 
     judge.__name__ = f"llm_{kind}"
-    judge.__doc__ = f"LLM-judge {kind.replace('_', ' ')} (rubric prompt, 0-1, invalid kept as NaN)."
+    judge.__doc__ = (
+        f"LLM-judge {kind.replace('_', ' ')} (rubric prompt, 0-1, invalid kept as NaN); with "
+        "``repeats`` > 1 each case is judged that many times and scores the mean of its valid ones."
+    )
     return judge
 
 
@@ -515,8 +574,20 @@ METRICS: dict[str, Metric] = {
         Metric("bleu", bleu, "Sentence BLEU with smoothing", check=_check_bleu),
         *_rouge_metrics(),
         Metric("embedding_similarity", embedding_similarity, "MiniLM cosine", heavy=True),
-        Metric("llm_semantic_similarity", _judge("semantic_similarity"), "LLM judge", judge=True),
-        Metric("llm_faithfulness", _judge("faithfulness"), "LLM judge vs context", judge=True),
+        Metric(
+            "llm_semantic_similarity",
+            _judge("semantic_similarity"),
+            "LLM judge",
+            judge=True,
+            check=_check_judge,
+        ),
+        Metric(
+            "llm_faithfulness",
+            _judge("faithfulness"),
+            "LLM judge vs context",
+            judge=True,
+            check=_check_judge,
+        ),
     )
 }
 

@@ -281,3 +281,112 @@ def test_a_judge_is_calibrated_against_gold_labels(llm_env, stub, monkeypatch, t
     )
     assert not disagree.asset_value(REPORT_KEY)["calibration"][name]["calibrated"]
     assert "UNCALIBRATED" in Path(report["report_path"]).read_text()
+
+
+@pytest.mark.slow
+def test_a_system_with_repeats_answers_each_case_again_and_reruns_free(
+    llm_env, stub, monkeypatch, tmp_path
+):
+    build, instance = llm_env
+    systems = tmp_path / "systems.yaml"
+    systems.write_text(
+        systems.read_text().replace(
+            "  - name: stub-gpt\n", "  - name: stub-gpt\n    repeats: 3\n", 1
+        )
+    )
+    asked: dict[str, int] = {}
+
+    # The n-th time a question is asked: right the first and third time, wrong the second.
+    def reply(prompt: str) -> str:
+        if "SCORE" in prompt:
+            return "SCORE: 0.9"
+        n = asked[prompt] = asked.get(prompt, -1) + 1
+        number = prompt.split("number ")[-1].split("?")[0]
+        return "no idea" if n == 1 else f"city {number}"
+
+    monkeypatch.setattr(stub.state, "reply", reply)
+    catalog, job = build()
+    assert catalog.systems.get("stub-gpt").repeats == 3
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    # three distinct answers a question: a repeat is never the cached first answer
+    assert sorted(set(asked.values())) == [2] and len(asked) == 4
+    predictions = metadata(instance, dg.AssetKey(["evaluation", "predictions"]), "qa|stub-gpt")
+    assert predictions["cases"] == 4 and predictions["repeats"] == 3
+    assert predictions["answers"] == 12 and predictions["llm_calls"] == 12
+    report = metadata(instance, REPORT_KEY, "qa|stub-gpt")
+    assert report["repeats"] == 3
+    assert report["flipped/rouge1"] == 4  # every case passes twice and fails once
+    assert report["mean/rouge1"] == pytest.approx(2 / 3, abs=1e-3)
+    assert report["spread/rouge1"] == pytest.approx(0.471, abs=1e-3)  # sd of (1, 0, 1)
+
+    calls = stub.calls
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    again = metadata(instance, dg.AssetKey(["evaluation", "predictions"]), "qa|stub-gpt")
+    assert again["cache_hits"] == 12 and stub.calls == calls
+
+
+@pytest.mark.slow
+def test_a_judge_whose_provider_fails_names_metric_suite_system_and_provider(
+    llm_env, stub, monkeypatch, tmp_path
+):
+    from support.net import free_port
+
+    build, instance = llm_env
+    settings = tmp_path / "evaluation.yaml"
+    raw = json.loads(settings.read_text())
+    judge = raw["defaults"]["metrics"]["llm_semantic_similarity"]
+    judge.update(base_url=f"http://127.0.0.1:{free_port()}/v1", retries=0)  # nobody listens
+    settings.write_text(json.dumps(raw))
+    monkeypatch.setattr(stub.state, "reply", lambda p: "city 1")
+    _, job = build()
+    result = job.execute_in_process(
+        partition_key="qa|stub-gpt", instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key.endswith("scores")
+    message = failure.step_failure_data.error.cause.message  # the step's own error
+    for name in (
+        "llm_semantic_similarity",
+        "openai/gpt-4o-mini",
+        "suite 'qa'",
+        "system 'stub-gpt'",
+    ):
+        assert name in message
+    # nothing was written for the partition: no scores, no report
+    assert not instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["evaluation", "scores"]), asset_partitions=["qa|stub-gpt"]
+        ),
+        limit=1,
+    ).records
+
+
+@pytest.mark.slow
+def test_judge_repeats_report_the_judges_agreement_with_itself(
+    llm_env, stub, monkeypatch, tmp_path
+):
+    build, instance = llm_env
+    settings = tmp_path / "evaluation.yaml"
+    raw = json.loads(settings.read_text())
+    raw["defaults"]["metrics"]["llm_semantic_similarity"]["repeats"] = 2
+    settings.write_text(json.dumps(raw))
+    judged: dict[str, int] = {}
+
+    # The judge changes its mind on the answer for question 0 (0.9, then 0.2) and no other.
+    def reply(prompt: str) -> str:
+        if "SCORE" not in prompt:
+            number = prompt.split("number ")[-1].split("?")[0]
+            return f"city {number}"
+        n = judged[prompt] = judged.get(prompt, -1) + 1
+        return "SCORE: 0.2" if n == 1 and "city 0" in prompt else "SCORE: 0.9"
+
+    monkeypatch.setattr(stub.state, "reply", reply)
+    _, job = build()
+    assert job.execute_in_process(partition_key="qa|stub-gpt", instance=instance).success
+    assert sorted(judged.values()) == [1, 1, 1, 1]  # two judgements of each of 4 answers
+    report = metadata(instance, REPORT_KEY, "qa|stub-gpt")
+    assert report["judge_agreement/llm_semantic_similarity"].startswith(
+        "75% of answers judged the same on every repeat, over 4 cases"
+    )
+    assert report["mean/llm_semantic_similarity"] == pytest.approx((0.55 + 0.9 * 3) / 4, abs=1e-3)

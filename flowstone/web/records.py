@@ -258,6 +258,12 @@ class CaseInput:
     expected: str
     context: str | None
     tags: tuple[str, ...]
+    # every acceptable answer, ``expected`` first (a suite stored before references: just it)
+    references: tuple[str, ...] = ()
+
+    @property
+    def other_references(self) -> tuple[str, ...]:
+        return self.references[1:]
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,8 @@ class SystemAnswer:
     system: str
     output: str
     scores: dict[str, float | None]
+    # every repeat's answer when the system answered the case several times (else empty)
+    outputs: tuple[str, ...] = ()
 
     def passes(self, metric: str, pass_score: float | None) -> bool | None:
         score = self.scores.get(metric)

@@ -111,6 +111,7 @@ class StoredValues:
         for row in frame.to_dict(orient="records"):
             tags = row.get("tags")
             context = row.get("context")
+            references = row.get("references")
             cases.append(
                 CaseInput(
                     case_id=str(row["id"]),
@@ -118,6 +119,9 @@ class StoredValues:
                     expected=str(row["expected"]),
                     context=context if isinstance(context, str) else None,
                     tags=tuple(str(t) for t in tags) if tags is not None else (),
+                    references=tuple(str(r) for r in references)
+                    if references is not None
+                    else (str(row["expected"]),),
                 )
             )
         return cases
@@ -177,7 +181,11 @@ def _answers(frame: Any, system: str, metrics: list[str]) -> dict[str, SystemAns
             value = row[metric]
             scores[metric] = None if value is None or value != value else float(value)
         output = row.get("output")
+        repeats = row.get("outputs")  # only a system with repeats stores each answer
         out[str(row["case_id"])] = SystemAnswer(
-            system=system, output="" if output is None else str(output), scores=scores
+            system=system,
+            output="" if output is None else str(output),
+            scores=scores,
+            outputs=tuple(str(o) for o in repeats) if repeats is not None else (),
         )
     return out

@@ -116,3 +116,16 @@ systems:
     with pytest.raises(ConfigError, match=r"systems\[0\]\.repeats.*at least 1") as error:
         load_llm_systems(path)
     assert str(path) in str(error.value)
+
+
+def test_the_viewer_reads_the_repeats_of_a_stored_report(suite):
+    from flowstone.web.records import PartitionReport
+
+    report = build_report(score_suite(suite, predictions(), settings()), settings(), "sampler")
+    stored = {**report.to_dict(), "previous_means": {}, "regressions": []}
+    read = PartitionReport.from_stored(json.loads(json.dumps(stored)))
+    assert read.repeat_count == 3
+    assert read.repeats["exact_match"].flipped == ("b",)
+    assert read.repeats["exact_match"].spread == pytest.approx(report.repeats["exact_match"].spread)
+    # a report stored before repeats has none, and one answer a case
+    assert PartitionReport.from_stored({"suite": "s", "system": "x"}).repeat_count == 1

@@ -43,7 +43,10 @@ DOCS = [
     {
         "id": f"d{i}",
         "input": f"Story {i} begins here. It ends.",
-        "expected": f"Story {i} begins here.",
+        # the last case has two acceptable answers (the case page shows both)
+        "expected": f"Story {i} begins here."
+        if i < 2
+        else [f"Story {i} begins here.", f"Story {i} starts, then ends."],
     }
     for i in range(3)
 ]

@@ -120,6 +120,16 @@ def test_case_page_shows_every_system_side_by_side(http) -> None:
     assert 'id="previous"' in html and 'id="next"' in html
 
 
+def test_case_page_shows_every_reference(http) -> None:
+    html = http.get("/suites/docs/cases/d2").text
+    assert 'id="expected">Story 2 begins here.<' in html
+    others = re.search(r'<ul id="other-references">(.*?)</ul>', html, re.S)
+    assert others and re.findall(r"<li[^>]*>(.*?)</li>", others[1]) == [
+        "Story 2 starts, then ends."
+    ]
+    assert 'id="other-references"' not in http.get("/suites/docs/cases/d1").text
+
+
 def test_case_list_filters_are_links(http) -> None:
     every = http.get("/suites/qa/cases")
     assert every.status_code == 200 and every.text.count('<tr id="case-') == 5

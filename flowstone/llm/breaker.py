@@ -47,7 +47,10 @@ class BreakerConfig:
 
 class CircuitBreaker:
     def __init__(self, provider: str, config: BreakerConfig, clock=time.monotonic):
+        # ``provider`` labels the breaker's metrics and log lines; ``endpoint`` is what it
+        # guards (the registry builds it with the endpoint, the first client names it)
         self.provider = provider
+        self.endpoint = provider
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()
@@ -62,7 +65,12 @@ class CircuitBreaker:
         if new is self._state:
             return
         log.warning(
-            "circuit breaker for provider '%s': %s -> %s (%s)", self.provider, self._state, new, why
+            "circuit breaker for provider '%s' (%s): %s -> %s (%s)",
+            self.provider,
+            self.endpoint,
+            self._state,
+            new,
+            why,
         )
         self.transitions.append((str(self._state), str(new)))
         metrics.llm_breaker_transition(self.provider, str(new))
@@ -142,13 +150,18 @@ class CircuitBreaker:
 _breakers: ProcessShared[BreakerConfig, CircuitBreaker] = ProcessShared(CircuitBreaker)
 
 
-def breaker_for(provider: str, config: BreakerConfig) -> CircuitBreaker:
-    """The process-wide breaker of a provider; a changed config replaces it."""
-    return _breakers.get(provider, config)
+def breaker_for(endpoint: str, config: BreakerConfig, name: str | None = None) -> CircuitBreaker:
+    """The process-wide breaker of an endpoint (``ProviderConfig.endpoint``); a changed config
+    replaces it. ``name``, the provider's configured name, labels its metrics (the first
+    client to ask names it: two names on one endpoint share one breaker)."""
+    breaker = _breakers.get(endpoint, config)
+    if name and breaker.provider == breaker.endpoint:
+        breaker.provider = name
+    return breaker
 
 
 def all_breakers() -> dict[str, CircuitBreaker]:
-    """Every breaker of this process by provider name (the breaker-state gauge reads them)."""
+    """Every breaker of this process by endpoint (the breaker-state gauge reads them)."""
     with _breakers._lock:
         return {name: breaker for name, (_, breaker) in _breakers._items.items()}
 

@@ -1,7 +1,8 @@
 """A durable response cache, so re-materializing a partition makes no provider calls.
 
-The key is a hash of provider name, model, messages and sampling parameters: anything that
-can change the reply. The default store is a SQLite file in the Dagster instance folder
+The key is a hash of the endpoint (kind, base URL, model, credential hash: see
+``ProviderConfig.endpoint``), messages and sampling parameters: anything that can change the
+reply. Two servers with one model name never answer for each other. The default store is a SQLite file in the Dagster instance folder
 (``$DAGSTER_HOME`` or ``<repo>/.dagster_home``) in WAL mode, which several step processes on
 one host can share. Deployments spread over hosts use the object-store cache instead
 (``FLOWSTONE_LLM_CACHE=s3://bucket/prefix``, or ``cache_path`` in systems.yaml), behind the same
@@ -31,13 +32,13 @@ CACHE_LOCATION_ENV = "FLOWSTONE_LLM_CACHE"
 
 
 def cache_key(
-    provider: str, model: str, messages: Sequence[Message], params: Params, repeat: int = 0
+    endpoint: str, model: str, messages: Sequence[Message], params: Params, repeat: int = 0
 ) -> str:
     """``repeat`` > 0 asks the same request again on purpose (an evaluation's repeats): each
     repeat has its own entry, so a rerun costs nothing and a repeat is never the first answer
     served again. Repeat 0 keys exactly as before repeats existed, so old entries still hit."""
     payload: dict[str, object] = {
-        "provider": provider,
+        "provider": endpoint,
         "model": model,
         "messages": [m.to_dict() for m in messages],
         "params": params.to_dict(),

@@ -135,7 +135,10 @@ class LLMClient:
             if p.input_price_per_mtok is not None and p.output_price_per_mtok is not None:
                 self.prices.set(p.model, Price(p.input_price_per_mtok, p.output_price_per_mtok))
         self.providers: list[Provider] = [build_provider(p) for p in providers]
-        self.breakers = {p.name: breaker_for(p.name, self.config.breaker) for p in self.providers}
+        self.breakers = {
+            p.name: breaker_for(p.config.endpoint, self.config.breaker, p.name)
+            for p in self.providers
+        }
         self.router = Router(self.providers, self.breakers, self.prices, self.config.strategy)
         self._cache = cache
         self._cache_lock = threading.Lock()
@@ -159,7 +162,7 @@ class LLMClient:
         limits = provider.config.limits
         if limits.requests_per_minute is None and limits.tokens_per_minute is None:
             return None
-        return limiter_for(provider.name, provider.model, limits)
+        return limiter_for(provider.config.endpoint, limits)
 
     def _price(self, completion: Completion, configured_model: str) -> tuple[Completion, bool]:
         """The completion with its cost, and whether a price was known. The model the server
@@ -193,7 +196,8 @@ class LLMClient:
             return None
         start = time.perf_counter()
         for provider in candidates:
-            hit = cache.get(cache_key(provider.name, provider.model, messages, params, repeat))
+            key = cache_key(provider.config.endpoint, provider.model, messages, params, repeat)
+            hit = cache.get(key)
             if hit is not None:
                 metrics.llm_cache_lookup(provider.name, provider.model)
                 return Completion(
@@ -277,7 +281,7 @@ class LLMClient:
                 continue
             if use_cache and self.cache is not None:
                 self.cache.put(
-                    cache_key(candidate.name, candidate.model, messages, params, repeat),
+                    cache_key(candidate.config.endpoint, candidate.model, messages, params, repeat),
                     completion,
                 )
             self._account(completion, totals, priced)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from flowstone.llm.breaker import BreakerConfig
@@ -13,6 +14,13 @@ DEFAULT_KEY_REFS = {
     "anthropic": "env:ANTHROPIC_API_KEY",
     "openai": "env:OPENAI_API_KEY",
     "gemini": "env:GEMINI_API_KEY",
+}
+#: Where each kind's SDK sends a request when no base_url is set: the same server either way.
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "local": "local",
 }
 ROUTING_STRATEGIES = ("fallback", "cheapest", "fastest", "most_capable", "round_robin")
 
@@ -61,6 +69,25 @@ class ProviderConfig:
     @property
     def purpose(self) -> str:
         return self.owner or f"provider '{self.name}'"
+
+    @property
+    def credential_hash(self) -> str:
+        """Which credential the calls carry, as a hash: of its reference (``env:NAME``), or
+        of the value when one was given directly. Never the key itself."""
+        credential = f"value:{self.api_key}" if self.api_key else f"ref:{self.key_ref or ''}"
+        return hashlib.sha256(credential.encode()).hexdigest()[:12]
+
+    @property
+    def endpoint(self) -> str:
+        """The identity of the endpoint: kind, base URL, model and credential hash.
+
+        The response cache, the circuit breaker and the rate limiter are keyed by it, not by
+        ``name``: two systems naming the same model on two vLLM hosts never share an answer or a
+        breaker, and two systems (or a system and a judge) on one endpoint share its limit and
+        its health whatever they call it.
+        """
+        url = (self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")).rstrip("/")
+        return f"{self.kind}:{self.model}@{url}#{self.credential_hash}"
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,10 @@ class RateLimiter:
 _limiters: ProcessShared[RateLimits, RateLimiter] = ProcessShared(RateLimiter)
 
 
-def limiter_for(provider: str, model: str, limits: RateLimits) -> RateLimiter:
-    """The process-wide limiter for provider+model; new limits replace old ones."""
-    return _limiters.get(f"{provider}/{model}", limits)
+def limiter_for(endpoint: str, limits: RateLimits) -> RateLimiter:
+    """The process-wide limiter of an endpoint (``ProviderConfig.endpoint``: kind, base URL,
+    model, credential); new limits replace old ones."""
+    return _limiters.get(endpoint, limits)
 
 
 def reset_limiters() -> None:

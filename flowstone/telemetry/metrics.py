@@ -48,6 +48,7 @@ POOL_CALL_BUCKETS = (
 )  # fmt: skip
 LLM_CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 BREAKER_STATES = ("closed", "open", "half_open")
+_BREAKER_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -429,7 +430,12 @@ class LiveStateCollector:
             ["provider", "state"],
         )
         try:
-            current = {name: str(b.state) for name, b in breaker_module.all_breakers().items()}
+            current: dict[str, str] = {}
+            for breaker in breaker_module.all_breakers().values():
+                # one name on two endpoints: the label shows the worse of their states
+                state, seen = str(breaker.state), current.get(breaker.provider)
+                if seen is None or _BREAKER_SEVERITY[state] > _BREAKER_SEVERITY[seen]:
+                    current[breaker.provider] = state
         except Exception:
             log.warning("cannot read circuit breaker state for /metrics", exc_info=True)
             return

@@ -19,6 +19,7 @@ from flowstone.errors import ConfigError, FlowStoneError
 from flowstone.evaluation.config import load_settings, parse_settings
 from flowstone.evaluation.judge_metric import JudgedScores, JudgeProviderError
 from flowstone.evaluation.metrics import OptionError, compute
+from flowstone.llm.config import ProviderConfig
 from flowstone.llm.errors import LLMError
 from flowstone.llm.ratelimit import RateLimits, limiter_for
 
@@ -243,17 +244,24 @@ def test_the_follow_up_after_an_unreadable_reply_keeps_its_repeat(stub):
 
 
 def test_rate_limits_go_to_the_judges_provider(stub):
-    # The limiter registry keeps one limiter per provider+model and replaces it when the limits
+    # The limiter registry keeps one limiter per endpoint and replaces it when the limits
     # differ: taking it first with the configured limits and finding the same one after the run
     # shows the judge asked for exactly these limits, and its empty request bucket that it
     # waited on it.
     limits = RateLimits(requests_per_minute=60, tokens_per_minute=100_000)
-    limiter = limiter_for("openai", "gpt-4o-mini", limits)
+    endpoint = ProviderConfig(
+        name="openai",
+        kind="openai",
+        model="gpt-4o-mini",
+        base_url=stub.openai_url,
+        api_key_ref=f"env:{KEY_ENV}",
+    ).endpoint
+    limiter = limiter_for(endpoint, limits)
     stub.script("SCORE: 1.0")
     options = openai_judge(stub, requests_per_minute=60, tokens_per_minute=100_000)
     scores = compute(JUDGE, PREDICTIONS[:1], REFERENCES[:1], **options)
     assert list(scores) == [1.0]
-    assert limiter_for("openai", "gpt-4o-mini", limits) is limiter
+    assert limiter_for(endpoint, limits) is limiter
     assert limiter.requests is not None and limiter.requests._level < 1.0
 
 

@@ -13,6 +13,10 @@ from typing import Annotated
 
 import typer
 
+# Plain numbers, mirrored from flowstone.workers.server (kept import-free: `flowstone --help`
+# must not import the pool); tests/workers checks that they agree.
+DEFAULT_READ_TIMEOUT_S = 300.0
+DEFAULT_MAX_CONNECTIONS = 256
 app = typer.Typer(help="The warm Python worker pool (server mode).", no_args_is_help=True)
 
 SocketOption = Annotated[
@@ -75,6 +79,22 @@ def serve(
             "$FLOWSTONE_POOL_IDLE_TIMEOUT (default 600).",
         ),
     ] = 0.0,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Close a client connection that sends no complete request (or takes no byte of "
+            "a reply) for this many seconds; clients reconnect by themselves. 0: never.",
+        ),
+    ] = DEFAULT_READ_TIMEOUT_S,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Client connections served at once (a thread each); one more is refused with "
+            "a clear error.",
+        ),
+    ] = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Start a pool and serve it on a Unix socket until SIGTERM/Ctrl-C or `flowstone pool stop`."""
     from flowstone.workers.pool import PoolConfig, WorkerPool
@@ -104,6 +124,8 @@ def serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         idle_timeout_s=idle_timeout or None,
+        read_timeout_s=read_timeout or None,
+        max_connections=max_connections,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,12 +231,14 @@ def stop(socket_path: SocketOption = None) -> None:
 
 @app.command()
 def reap() -> None:
-    """Terminate workers left behind by pools whose process died (normally automatic)."""
+    """Terminate workers left behind by pools whose process died, with everything their handlers
+    started (normally automatic: each worker's guard, and each new pool, does it)."""
     from flowstone.workers.registry import reap_orphans
 
     pids = reap_orphans()
     typer.echo(
-        f"terminated {len(pids)} orphaned worker(s){': ' + ', '.join(map(str, pids)) if pids else ''}"
+        f"terminated {len(pids)} orphaned worker group(s)"
+        f"{' (worker pids ' + ', '.join(map(str, pids)) + ')' if pids else ''}"
     )
 
 

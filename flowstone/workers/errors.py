@@ -110,6 +110,21 @@ class ServerConnectionError(PoolError):
     """
 
 
+class ServerReadTimeoutError(ServerConnectionError):
+    """The server closed a connection that sent no complete request within its read timeout.
+
+    Nothing sent on that connection since its last reply was run, so a client may send it again
+    on a new connection (:class:`~flowstone.workers.server.PoolClient` does, once).
+    """
+
+
+class ServerBusyError(ServerUnavailableError):
+    """The server refused the connection: it already serves ``max_connections`` clients.
+
+    Nothing was run. Close idle clients, or start the server with a higher ``--max-connections``.
+    """
+
+
 _WIRE_TYPES: dict[str, type[PoolError]] = {
     cls.__name__: cls
     for cls in (
@@ -128,6 +143,8 @@ _WIRE_TYPES: dict[str, type[PoolError]] = {
         RemoteError,
         ServerUnavailableError,
         ServerConnectionError,
+        ServerReadTimeoutError,
+        ServerBusyError,
     )
 }
 

@@ -15,6 +15,11 @@ rest:
 
 Waiting callers queue FIFO (each with its own Event, so a release wakes exactly one) up to
 ``queue_size``; past that a call fails at once with PoolSaturatedError.
+
+A worker is checked alive (one ``waitid``) before it is handed a call: one that died while idle
+is replaced and the call goes to another. A request that provably never reached a worker (the
+pipe was closed, or the worker died with all of it unread) is sent again whatever its
+idempotency; only a request the worker may have read obeys ``idempotent`` and ``max_retries``.
 """
 
 from __future__ import annotations
@@ -466,9 +471,19 @@ class WorkerPool:
             raise ValueError(f"session_mode must be one of {SESSION_MODES}, got '{mode}'")
         retryable = spec.idempotent if idempotent is None else idempotent
         attempt = 0
+        # Workers found dead before they got the request: bounded, so a bridge whose workers
+        # die as soon as they are ready fails the call instead of cycling forever.
+        lost, max_lost = 0, 2 * self.config.size + 1
         while True:
             started = time.monotonic()
             worker = self._acquire(session_id, mode, started + self.config.queue_timeout_s)
+            if worker.exited():  # died while idle: replace it, and hand the call to another
+                exit_info = self._discard(worker, "unhealthy")
+                self._stats.incr("dead_idle")
+                lost += 1
+                if lost > max_lost:
+                    raise self._lost_workers_error(command, worker, exit_info, lost)
+                continue
             span.set_attribute("flowstone.pool.worker_pid", worker.pid)
             span.set_attribute("flowstone.pool.attempts", attempt + 1)
             request = {
@@ -505,12 +520,23 @@ class WorkerPool:
                     timeout_s=timeout,
                 ) from None
             except (StreamClosed, ProtocolError, OSError) as exc:
+                # Asked before the discard closes the pipes: did the request ever reach it?
+                undelivered = (
+                    not yielded
+                    and isinstance(exc, StreamClosed | BrokenPipeError)
+                    and worker.request_undelivered()
+                )
                 exit_info = self._discard(worker, "crash")
-                self._stats.record_call(time.monotonic() - started, ok=False)
                 if self._closed:
+                    self._stats.record_call(time.monotonic() - started, ok=False)
                     raise PoolClosedError(
                         f"the worker pool was closed during '{command}'"
                     ) from None
+                if undelivered and lost < max_lost:
+                    lost += 1  # never read: sending it again cannot run it twice
+                    self._stats.incr("redelivered")
+                    continue
+                self._stats.record_call(time.monotonic() - started, ok=False)
                 error = self._crash_error(command, worker, exit_info, exc)
                 if retryable and not yielded and attempt < self.config.max_retries:
                     attempt += 1
@@ -539,6 +565,18 @@ class WorkerPool:
             self._discard(worker, "abandoned stream")
             return
         self._release(worker, True)
+
+    def _lost_workers_error(
+        self, command: str, worker: WorkerProcess, exit_info: ExitInfo, lost: int
+    ) -> PoolError:
+        return WorkerCrashedError(
+            f"'{command}' was never run: {lost} '{self.bridge.name}' workers in a row died before "
+            f"it reached one (the last, pid {worker.pid}, {exit_info.description}); check the "
+            "workers' stderr",
+            command=command,
+            pid=worker.pid,
+            exit=exit_info.to_dict(),
+        )
 
     def _crash_error(
         self, command: str, worker: WorkerProcess, exit_info: ExitInfo, exc: BaseException

@@ -2,12 +2,15 @@
 
 Each worker gets its own process group (``start_new_session``) so that killing it also kills
 anything its handlers started, and so that a terminal's Ctrl-C reaches the parent only (the
-parent then stops the workers in order). The parent's pipe ends are non-blocking, so a call can
-never wait past its deadline, even on a worker that stopped reading.
+parent then stops the workers in order). However a worker ends (stopped, killed, crashed), the
+parent SIGKILLs its whole group before it reaps it (see :mod:`flowstone.workers.groups` for why
+that order makes the signal safe). The parent's pipe ends are non-blocking, so a call can never
+wait past its deadline, even on a worker that stopped reading.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import itertools
 import json
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flowstone.workers import worker as worker_main
+from flowstone.workers.groups import kill_group
 from flowstone.workers.protocol import Codec, FrameReader, encode_frame, write_all
 
 _ids = itertools.count(1)
@@ -30,6 +34,9 @@ _ids = itertools.count(1)
 REPLY_SPIN_S = float(os.environ.get("FLOWSTONE_POOL_SPIN_US", "100")) / 1e6
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# waitid(WNOWAIT) tells that a child exited without reaping it: its pid (and group id) stay
+# reserved until the parent has killed the rest of the group.
+_CAN_PEEK_EXIT = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 _CRASH_SIGNALS = {
     signal.SIGSEGV: "segmentation fault",
@@ -115,6 +122,9 @@ class WorkerProcess:
         self.failures = 0
         self.last_used = self.spawned_at
         self.recycle_reason: str | None = None
+        # The request being sent: its frame length, and whether writing it hit a closed pipe.
+        self._request_bytes = 0
+        self._write_broken = False
         self._statm_fd: int | None = None
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError):
@@ -162,9 +172,42 @@ class WorkerProcess:
 
     # Calls ------------------------------------------------------------------------------------
 
+    def _send(self, request: dict[str, Any], deadline: float | None) -> None:
+        frame = encode_frame(request, self.codec, self.max_frame_bytes)
+        self._request_bytes, self._write_broken = len(frame), False
+        try:
+            write_all(self.stdin_fd, frame, deadline)
+        except BrokenPipeError:
+            self._write_broken = True  # nobody reads the pipe: the worker is gone
+            raise
+
+    def request_undelivered(self) -> bool:
+        """After a call failed because the worker died: True when the worker provably never
+        read the request, so sending it to another worker cannot run it twice.
+
+        Either writing it hit a closed pipe, or (Linux) every byte of it still sits unread in
+        the worker's stdin pipe (``FIONREAD`` on our end of the pipe works after the reader is
+        gone). A worker reads a request only when idle, after it has read every earlier request
+        whole, so an unread count of at least this frame's length means none of it was read.
+        Call it before the pipes are closed (before ``kill``/``stop``).
+        """
+        if self._write_broken:
+            return True
+        if not self._request_bytes or not sys.platform.startswith("linux"):
+            return False
+        import fcntl
+        import termios
+
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.stdin_fd, termios.FIONREAD, unread)
+        except OSError:
+            return False
+        return unread[0] >= self._request_bytes
+
     def frames(self, request: dict[str, Any], deadline: float | None) -> Iterator[dict[str, Any]]:
         """Send one request and yield its response frames (chunks, then the final one)."""
-        write_all(self.stdin_fd, encode_frame(request, self.codec, self.max_frame_bytes), deadline)
+        self._send(request, deadline)
         request_id = request["id"]
         while True:
             frame = self.reader.read(deadline)
@@ -181,7 +224,7 @@ class WorkerProcess:
 
     def call(self, request: dict[str, Any], deadline: float | None) -> dict[str, Any]:
         """Send one request to a non-streaming command and return its reply (the fast path)."""
-        write_all(self.stdin_fd, encode_frame(request, self.codec, self.max_frame_bytes), deadline)
+        self._send(request, deadline)
         frame = self.reader.read(deadline)
         if type(frame) is not dict or frame.get("id") != request["id"] or "chunk" in frame:
             from flowstone.workers.errors import ProtocolError
@@ -194,23 +237,58 @@ class WorkerProcess:
 
     # Lifecycle ----------------------------------------------------------------------------
 
+    def exited(self) -> bool:
+        """True once the worker process has ended (reaped or not); reaps nothing.
+
+        One ``waitid`` system call, cheap enough to ask before every call the worker is handed:
+        a worker killed while idle must not be given a request.
+        """
+        if self.proc.returncode is not None:
+            return True
+        if not _CAN_PEEK_EXIT:
+            return self.proc.poll() is not None
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped elsewhere
+        return info is not None
+
+    def _reap(self) -> int | None:
+        """The worker has ended: SIGKILL what is left of its group, then collect its status.
+
+        In this order, the unreaped worker still holds its pid, so the group id cannot have been
+        handed to another process yet.
+        """
+        if self.proc.returncode is None:
+            self.signal_group(signal.SIGKILL)
+        try:
+            return self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:  # cannot happen for an exited child; never hang
+            return self.proc.poll()
+
     def returncode(self) -> int | None:
-        return self.proc.poll()
+        """The exit status once the worker has ended (its group killed, it reaped), else None."""
+        return self._reap() if self.exited() else None
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        """Wait up to ``timeout`` seconds for the worker to end; reap it as :meth:`returncode`."""
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while not self.exited():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+        return self._reap()
 
     def signal_group(self, sig: int) -> None:
         """Signal the worker's whole process group (it leads its own group)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+        kill_group(self.pid, sig)
 
     def kill(self) -> int | None:
         """SIGKILL the group and reap; returns the exit status (negative signal number)."""
-        if self.proc.poll() is None:
+        if self.proc.returncode is None:
             self.signal_group(signal.SIGKILL)
         code = self.wait(5.0)
         self._close_pipes()

@@ -4,7 +4,10 @@ Each live pool keeps one JSON file naming its own pid and start time and every w
 spawned (pid, start time, process group). A new pool reads the files whose owner is gone and
 terminates their workers: SIGTERM to the process group, then SIGKILL. A process is touched only
 if its pid, its start time *and* its command line still match what was recorded, so a pid the
-kernel reused for someone else's process is never signalled.
+kernel reused for someone else's process is never signalled. A worker that is itself gone may
+have left its group behind (processes its handlers started, when nothing killed the group): those
+are found by group and session id and killed too, checked as
+:func:`flowstone.workers.groups.orphaned_group_members` explains.
 
 The folder may be shared by several hosts (a DAGSTER_HOME on NFS, several containers with one
 volume). A pid means something only to the kernel that issued it, so each file also records its
@@ -29,6 +32,7 @@ from typing import Any
 
 from flowstone import atomic
 from flowstone.paths import instance_dir
+from flowstone.workers.groups import kill_group, orphaned_group_members
 
 WORKER_MARKER = "flowstone.workers.worker"
 _START_TIME_TOLERANCE_S = 0.05
@@ -135,7 +139,8 @@ def _is_our_worker(entry: dict[str, Any]) -> bool:
         return False
 
 
-def _terminate_group(pid: int, pgid: int, grace: float) -> None:
+def _terminate_group(pid: int, pgid: int, grace: float, create_time: float | None) -> None:
+    """SIGTERM the group of a live worker, wait for the worker, then SIGKILL what is left."""
     import psutil
 
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -146,16 +151,27 @@ def _terminate_group(pid: int, pgid: int, grace: float) -> None:
     while time.monotonic() < deadline:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
+                break
         except psutil.NoSuchProcess:
-            return
+            break
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    else:
+        kill_group(pgid)  # the worker ignored SIGTERM; it is still alive, so the group is ours
+        return
+    _kill_leftovers(pgid, create_time)  # what a handler started may ignore SIGTERM
+
+
+def _kill_leftovers(pgid: int, create_time: float | None) -> bool:
+    """SIGKILL the group a dead worker led, if processes are proven to remain in it."""
+    if not orphaned_group_members(pgid, create_time):
+        return False
+    kill_group(pgid)
+    return True
 
 
 def reap_orphans(directory: Path | None = None, grace: float = 2.0) -> list[int]:
-    """Terminate workers recorded by pools that are gone; returns the pids signalled."""
+    """Terminate the workers, and the groups of dead workers, recorded by pools that are gone;
+    returns the worker pids whose groups were signalled."""
     directory = Path(directory) if directory else default_registry_dir()
     if not directory.is_dir():
         return []
@@ -173,9 +189,15 @@ def reap_orphans(directory: Path | None = None, grace: float = 2.0) -> list[int]
         if relation == "other" or _owner_alive(owner):
             continue  # another host's pool (its pids mean nothing here), or alive
         for entry in payload.get("workers") or []:
+            pid = entry.get("pid")
+            if not isinstance(pid, int):
+                continue
+            pgid, created = int(entry.get("pgid") or pid), entry.get("create_time")
             if _is_our_worker(entry):
-                _terminate_group(entry["pid"], int(entry.get("pgid") or entry["pid"]), grace)
-                reaped.append(entry["pid"])
+                _terminate_group(pid, pgid, grace, created)
+                reaped.append(pid)
+            elif _kill_leftovers(pgid, created):  # the worker died; its group did not
+                reaped.append(pid)
         path.unlink(missing_ok=True)
     return reaped
 

@@ -19,6 +19,17 @@ calls and no calling client for that long, so a server started on demand
 (:mod:`flowstone.workers.autostart`) does not hold its models forever. ``pool:stats``,
 ``pool:workers`` and ``pool:shutdown`` are not activity: looking at a server does not keep it
 alive. Any other command, ``pool:ping`` included, is, and so is a connection that sent one.
+
+Each connection has its own thread, so two limits keep a client from holding the server:
+
+- ``read_timeout_s`` (default 300 s): a connection that sends no complete request for that long
+  after its last reply (an idle client, a stalled half frame), or takes no byte of a reply for
+  that long, is closed; the server first sends a :class:`ServerReadTimeoutError` frame saying so.
+  :class:`PoolClient` notices closed idle connections and reconnects by itself, and resends a
+  request that met the closing (it was never read). ``None`` or 0: no timeout.
+- ``max_connections`` (default 256): a connection past the cap gets a
+  :class:`ServerBusyError` frame and is closed at once, by the accepting thread (no thread is
+  started for it). ``None``: no cap.
 """
 
 from __future__ import annotations
@@ -39,7 +50,9 @@ from flowstone.paths import instance_dir
 from flowstone.workers.errors import (
     MalformedFrameError,
     ProtocolError,
+    ServerBusyError,
     ServerConnectionError,
+    ServerReadTimeoutError,
     ServerUnavailableError,
     error_from_wire,
     error_to_wire,
@@ -58,6 +71,9 @@ UNIX_PATH_MAX = 107
 SOCKET_NAME = "metrics.sock"
 # Admin commands that only look at the server: they do not count as activity for the idle timeout.
 _PASSIVE_COMMANDS = frozenset({"pool:stats", "pool:workers", "pool:shutdown"})
+# A client's longest silence, and the most clients served at once (see the module docstring).
+DEFAULT_READ_TIMEOUT_S = 300.0
+DEFAULT_MAX_CONNECTIONS = 256
 
 
 def default_socket_path() -> Path:
@@ -102,11 +118,20 @@ class PoolServer:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         idle_timeout_s: float | None = None,
+        read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     ):
         if idle_timeout_s is not None and idle_timeout_s <= 0:
             idle_timeout_s = None  # 0 means "never", as on the command line
+        if read_timeout_s is not None and read_timeout_s <= 0:
+            read_timeout_s = None
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1 or None, got {max_connections}")
         self.pool = pool
         self.idle_timeout_s = idle_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self._refused = 0
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_server: Any = None
@@ -218,6 +243,9 @@ class PoolServer:
             "size": self.pool.config.size,
             "uptime_s": round(time.time() - self._started_at, 1),
             "connections": connections,
+            "max_connections": self.max_connections,
+            "refused_connections": self._refused,
+            "read_timeout_s": self.read_timeout_s,
             "idle_timeout_s": self.idle_timeout_s,
             "idle_remaining_s": None if remaining is None else round(remaining, 1),
         }
@@ -263,9 +291,55 @@ class PoolServer:
                 continue
             except OSError:
                 return
+            cap = self.max_connections
             with self._lock:
-                self._connections.add(conn)
+                refused = cap is not None and len(self._connections) >= cap
+                if refused:
+                    self._refused += 1
+                else:
+                    self._connections.add(conn)
+            if refused:
+                self._refuse(conn)
+                continue
+            conn.setblocking(False)  # every read and write below has a deadline
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Tell a client past ``max_connections`` why, and close: never a silent hang.
+
+        The frame is small and the new socket's buffer empty, so one non-blocking send fits; the
+        client reads it even after the close (a Unix socket keeps what was sent before).
+        """
+        error = ServerBusyError(
+            f"the pool server at {self.socket_path} (pid {os.getpid()}) refused this connection: "
+            f"it already serves {self.max_connections} connections (max_connections). Close idle "
+            "clients, or start the server with a higher --max-connections",
+            socket=str(self.socket_path),
+            max_connections=self.max_connections,
+        )
+        try:
+            conn.setblocking(False)
+            conn.send(encode_frame({"id": None, "success": False, "error": error.to_wire()}))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _deadline(self) -> float | None:
+        timeout = self.read_timeout_s
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _timed_out(self, fd: int) -> None:
+        """Say why the connection closes (best effort: the client may not be reading)."""
+        error = ServerReadTimeoutError(
+            f"the pool server at {self.socket_path} closed this connection: no complete request "
+            f"within read_timeout_s={self.read_timeout_s:g}s; nothing sent on it since its last "
+            "reply was run. The next call reconnects",
+            socket=str(self.socket_path),
+        )
+        with contextlib.suppress(OSError, FrameTimeout):
+            frame = encode_frame({"id": None, "success": False, "error": error.to_wire()})
+            write_all(fd, frame, time.monotonic() + 1.0)
 
     def _serve_connection(self, conn: socket.socket) -> None:
         fd = conn.fileno()
@@ -273,8 +347,11 @@ class PoolServer:
         try:
             while not self._stopped.is_set():
                 try:
-                    message = reader.read()
+                    message = reader.read(self._deadline())
                 except StreamClosed:
+                    return
+                except FrameTimeout:
+                    self._timed_out(fd)
                     return
                 except MalformedFrameError as exc:
                     self._send(fd, {"id": None, "success": False, "error": error_to_wire(exc)})
@@ -312,7 +389,12 @@ class PoolServer:
             frame = encode_frame(
                 {"id": message.get("id"), "success": False, "error": error_to_wire(exc)}
             )
-        write_all(fd, frame)
+        try:
+            write_all(fd, frame, self._deadline())
+        except FrameTimeout:  # an OSError, so the connection's thread drops the client
+            raise TimeoutError(
+                f"the client took no byte of a reply for {self.read_timeout_s:g}s (read_timeout_s)"
+            ) from None
 
     def _handle(self, fd: int, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("command"), str):
@@ -363,10 +445,19 @@ class PoolServer:
         )
 
 
+def _closed_for_read_timeout(frame: Any) -> bool:
+    return (
+        isinstance(frame, dict)
+        and frame.get("id") is None
+        and (frame.get("error") or {}).get("type") == ServerReadTimeoutError.__name__
+    )
+
+
 class _Connection:
     def __init__(self, sock: socket.socket, max_frame_bytes: int):
         self.sock = sock
         self.fd = sock.fileno()
+        self.max_frame_bytes = max_frame_bytes
         self.reader = FrameReader(self.fd, max_frame_bytes=max_frame_bytes)
         self.next_id = 0
 
@@ -385,8 +476,10 @@ class PoolClient:
     """Talks to a PoolServer; same calls as WorkerPool (execute, execute_stream, map, stats).
 
     Calls borrow a connection from a small idle list (one per concurrent call), opened on first
-    use and reopened after the server restarts. A call in flight when the server goes away raises ServerConnectionError (it may or
-    may not have run); an idle connection the server closed is replaced silently.
+    use and reopened after the server restarts. A call in flight when the server goes away raises
+    ServerConnectionError (it may or may not have run); an idle connection the server closed
+    (restart, read timeout) is replaced silently. A server at its ``max_connections`` answers
+    with ServerBusyError (nothing ran).
     """
 
     def __init__(
@@ -436,7 +529,9 @@ class PoolClient:
                 self._all.add(conn)
             return conn
 
-    def _checkout(self) -> _Connection:
+    def _checkout(self) -> tuple[_Connection, bool]:
+        """A connection for one call, and whether it served calls before (it may then have met
+        the server's read timeout just as this call began)."""
         if self._closed:
             from flowstone.workers.errors import PoolClosedError
 
@@ -445,10 +540,11 @@ class PoolClient:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return self._connect()
+                return self._connect(), False
             if not conn.stale():
-                return conn
-            self._drop(conn)  # the server closed it while idle (it restarted): open a new one
+                return conn, True
+            # The server closed it while idle (it restarted, or its read timeout passed).
+            self._drop(conn)
 
     def _checkin(self, conn: _Connection) -> None:
         with self._lock:
@@ -480,50 +576,80 @@ class PoolClient:
     # Calls -------------------------------------------------------------------------------
 
     def _frames(self, message: dict[str, Any], timeout: float | None) -> Iterator[dict[str, Any]]:
-        conn = self._checkout()
-        conn.next_id += 1
-        message["id"] = conn.next_id
         grace = self.reply_grace_s
         deadline = None if timeout is None or grace is None else time.monotonic() + timeout + grace
         command = message["command"]
+        for attempt in (1, 2):
+            conn, reused = self._checkout()
+            conn.next_id += 1
+            message["id"] = conn.next_id
+            try:
+                frame = self._send_request(conn, message, deadline)
+                if attempt == 1 and reused and _closed_for_read_timeout(frame):
+                    # The server timed the idle connection out as this call began; it never read
+                    # the request, so sending it on a new connection cannot run it twice.
+                    self._drop(conn)
+                    continue
+                while True:
+                    if not isinstance(frame, dict) or frame.get("id") not in (message["id"], None):
+                        raise ProtocolError(
+                            f"pool server answered with an unexpected frame: {str(frame)[:200]}"
+                        )
+                    if "chunk" not in frame:
+                        break
+                    yield frame
+                    frame = conn.reader.read(deadline)
+            except (StreamClosed, OSError) as exc:
+                self._drop(conn)
+                raise ServerConnectionError(
+                    f"lost the connection to the pool server at {self.socket_path} during "
+                    f"'{command}' ({exc or 'connection closed'}): the server stopped or restarted, "
+                    "and the call may or may not have run. The next call reconnects",
+                    socket=str(self.socket_path),
+                    command=command,
+                ) from None
+            except FrameTimeout:
+                self._drop(conn)
+                raise ServerConnectionError(
+                    f"the pool server at {self.socket_path} sent no reply to '{command}' within "
+                    f"its timeout plus {grace:g}s grace; the connection was dropped",
+                    socket=str(self.socket_path),
+                    command=command,
+                ) from None
+            except GeneratorExit:
+                self._drop(conn)  # a half-read stream leaves the connection unusable
+                raise
+            except BaseException:
+                self._drop(conn)
+                raise
+            if frame.get("id") is None:
+                self._drop(conn)  # a server-level refusal (busy, timed out): it closed the stream
+            else:
+                self._checkin(conn)  # the reply is complete: the connection is clean for reuse
+            yield frame
+            return
+
+    @staticmethod
+    def _send_request(
+        conn: _Connection, message: dict[str, Any], deadline: float | None
+    ) -> dict[str, Any]:
+        """Write the request; return the first frame of the answer.
+
+        A server that refuses a connection (``max_connections``) or times it out sends its
+        reason and closes; a request written after that close fails with a broken pipe, yet the
+        reason still waits in this socket's buffer, and is the answer to give.
+        """
         try:
             write_all(
-                conn.fd, encode_frame(message, max_frame_bytes=self.max_frame_bytes), deadline
+                conn.fd, encode_frame(message, max_frame_bytes=conn.max_frame_bytes), deadline
             )
-            while True:
-                frame = conn.reader.read(deadline)
-                if not isinstance(frame, dict) or frame.get("id") not in (message["id"], None):
-                    raise ProtocolError(
-                        f"pool server answered with an unexpected frame: {str(frame)[:200]}"
-                    )
-                if "chunk" not in frame:
-                    break
-                yield frame
-        except (StreamClosed, OSError) as exc:
-            self._drop(conn)
-            raise ServerConnectionError(
-                f"lost the connection to the pool server at {self.socket_path} during '{command}' "
-                f"({exc or 'connection closed'}): the server stopped or restarted, and the call may or "
-                "may not have run. The next call reconnects",
-                socket=str(self.socket_path),
-                command=command,
-            ) from None
-        except FrameTimeout:
-            self._drop(conn)
-            raise ServerConnectionError(
-                f"the pool server at {self.socket_path} sent no reply to '{command}' within its "
-                f"timeout plus {grace:g}s grace; the connection was dropped",
-                socket=str(self.socket_path),
-                command=command,
-            ) from None
-        except GeneratorExit:
-            self._drop(conn)  # a half-read stream leaves the connection unusable
+        except OSError:
+            with contextlib.suppress(StreamClosed, ProtocolError, FrameTimeout, OSError):
+                reason = conn.reader.read(time.monotonic() + 1.0)
+                if isinstance(reason, dict) and reason.get("id") is None and "error" in reason:
+                    return reason
             raise
-        except BaseException:
-            self._drop(conn)
-            raise
-        self._checkin(conn)  # the reply is complete: the connection is clean for the next call
-        yield frame
+        return conn.reader.read(deadline)
 
     def _call(self, message: dict[str, Any], timeout: float | None) -> Generator[Any, None, Any]:
         """Yields the reply's stream chunks, then returns its result."""

@@ -60,6 +60,8 @@ class PoolStats:
             "started",
             "start_failures",
             "health_failures",
+            "dead_idle",
+            "redelivered",
         ):
             counters.setdefault(name, 0)
         return {**counters, "latency": latency}

@@ -4,10 +4,16 @@ It loads one bridge, reports ready, then serves one request at a time from stdin
 the original stdout. Before anything else it moves fd 1 onto stderr, so a handler's ``print`` (or
 a C library writing to fd 1) lands in the log instead of corrupting the frame stream.
 
+Frames come in on a private copy of stdin too, and fd 0 becomes /dev/null: a subprocess a handler
+starts inherits fd 0, and must neither read request bytes nor keep the request pipe open after the
+worker died (the pool tells an undelivered request by that pipe, see ``WorkerProcess``).
+
 It never outlives its parent: the parent-death signal (``prctl(PR_SET_PDEATHSIG)``) kills it when
-the parent thread that spawned it dies, and an end of file on stdin makes it exit cleanly. An
-``RLIMIT_AS`` cap makes a runaway allocation fail in this process alone; it then exits with
-:data:`EXIT_OUT_OF_MEMORY` so the parent can say "out of memory" rather than "crashed".
+the parent thread that spawned it dies, and an end of file on stdin makes it exit cleanly. Nothing
+a handler starts outlives the worker either: a guard process in the worker's group kills the
+group once the worker is gone (:mod:`flowstone.workers.groups`). An ``RLIMIT_AS`` cap makes a
+runaway allocation fail in this process alone; it then exits with :data:`EXIT_OUT_OF_MEMORY` so
+the parent can say "out of memory" rather than "crashed".
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from flowstone.workers.bridge import Bridge, RequestContext, load_bridge_class
 from flowstone.workers.errors import MalformedFrameError, ProtocolError, error_to_wire
+from flowstone.workers.groups import start_group_guard
 from flowstone.workers.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameReader,
@@ -179,16 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON: target, name, options, codec, ...")
     config = json.loads(parser.parse_args(argv).config)
 
-    # Frames go to a private copy of stdout; fd 1 and sys.stdout now point at stderr.
+    # Frames go to a private copy of stdout; fd 1 and sys.stdout now point at stderr. Requests
+    # come from a private copy of stdin; fd 0 is /dev/null for whatever a handler starts.
+    # (os.dup makes non-inheritable copies: no subprocess gets the frame pipes.)
     out_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    in_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
 
     set_parent_death_signal()
     parent_pid = config.get("parent_pid")
     if parent_pid is not None and os.getppid() != parent_pid:
         return EXIT_PARENT_GONE  # the parent died before the death signal was armed
+    # Forked now, while this process has one thread and no model loaded. The descriptor stays
+    # open until this process ends: its closing is what tells the guard to kill the group.
+    start_group_guard(parent_pid)
     apply_memory_limit(config.get("memory_limit_mb"))
 
     codec = get_codec(config.get("codec", "json"))
@@ -213,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = WorkerLoop(bridge, name, out_fd, codec.name, max_frame)
     announce({"ready": True, "pid": os.getpid(), "bridge": name})
-    return loop.serve(FrameReader(0, codec, max_frame))
+    return loop.serve(FrameReader(in_fd, codec, max_frame))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +26,12 @@ class FaultyBridge(Bridge):
     name = "faulty"
 
     def setup(self) -> None:
+        if self.options.get("kill_guard"):  # leave the group to the pool alone
+            import psutil
+
+            for guard in psutil.Process().children():
+                guard.kill()
+                guard.wait(30)
         if self.options.get("fail_setup"):
             raise RuntimeError("setup refused on purpose")
         gate = self.options.get("setup_gate")
@@ -112,3 +119,17 @@ class FaultyBridge(Bridge):
     @command
     def exit_with(self, code: int) -> None:
         os._exit(code)
+
+    @command
+    def spawn_grandchild(self, pid_file: str, then: str = "return") -> int:
+        """Start ``sleep 300`` the way handlers start tools, note its pid in pid_file, then
+        return, hang (for call timeouts) or die (for crashes)."""
+        child = subprocess.Popen(["sleep", "300"])
+        with open(pid_file + ".tmp", "w") as out:
+            out.write(str(child.pid))
+        os.replace(pid_file + ".tmp", pid_file)
+        if then == "hang":
+            time.sleep(300)
+        elif then == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return child.pid

@@ -14,6 +14,11 @@ one-dimensional and dynamic partitions. Storing a partition replaces exactly its
 transaction; several partitions in one run come as a dict keyed by partition key and are
 replaced in a single transaction. Loading one partition returns the frame without the
 partition columns; loading several returns them with the columns so rows can be told apart.
+
+Names: table and column names are compared ignoring case on every database, so assets
+``["wh", "Scores"]`` and ``["wh", "scores"]`` cannot share (DuckDB, SQLite) or split
+(PostgreSQL) a table depending on the database: the second to write or read fails with a
+NameClashError naming the asset, the partitions and both tables.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import dagster as dg
 from pydantic import Field
 
 from flowstone.paths import warehouse_path
-from flowstone.storage.database import PartitionedTableStore
+from flowstone.storage.database import NameClashError, PartitionedTableStore
 from io_managers._partitions import partition_specs, split_multi_partition_output
 
 
@@ -85,7 +90,10 @@ class DatabaseIOManager(dg.ConfigurableIOManager):
             ]
         else:
             items = [(None, obj)]
-        result = store.write_many(table, items)
+        try:
+            result = store.write_many(table, items)
+        except NameClashError as exc:
+            raise _naming_asset(context, exc) from exc
         context.add_output_metadata(
             {
                 "dagster/table_name": result.table,
@@ -100,4 +108,13 @@ class DatabaseIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         store, table = self._target(context)
         specs = partition_specs(context)
-        return store.read(table, [self._db_partition(spec) for _, spec in specs] or None)
+        try:
+            return store.read(table, [self._db_partition(spec) for _, spec in specs] or None)
+        except NameClashError as exc:
+            raise _naming_asset(context, exc) from exc
+
+
+def _naming_asset(context: dg.InputContext | dg.OutputContext, exc: NameClashError) -> Exception:
+    """The store's clash error with the asset in front: the store knows tables and partitions,
+    and the person reading the run's error needs to know which asset to rename."""
+    return NameClashError(f"asset {context.asset_key.to_user_string()}: {exc}")

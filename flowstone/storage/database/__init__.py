@@ -3,7 +3,14 @@
 Why: evaluation scores and reports land in a warehouse that dbt reads, so a partition must be
 either the old rows or the new rows, never a mix, even if the writer is killed. A write
 deletes exactly the partition's rows and inserts the new ones inside ONE transaction; the
-partition values are always bound parameters (never spliced into SQL).
+partition values are always bound parameters (never formatted into SQL by us; PostgreSQL's
+COPY, which takes no server-side parameters, gets them quoted by psycopg's literal adapter).
+
+Names: a column may be named with any text within 63 UTF-8 bytes (``%``, quotes, spaces,
+reserved words, any script), read back as written on every dialect. Table and column names
+are compared ignoring ASCII case on every dialect; a name that differs only by case from an
+existing one is a :class:`NameClashError` (DuckDB and SQLite would share one table or column,
+PostgreSQL keep two).
 
 Partition layout: one TEXT column per partition dimension (``suite``, ``system`` for a
 MultiPartitionsDefinition; a single configurable column, ``partition_key`` by default, for
@@ -28,10 +35,15 @@ never dropped or retyped; writing ints into a float column is always allowed).
 """
 
 from flowstone.storage.database.partitions import Partition
-from flowstone.storage.database.schema import quote_identifier, validate_identifier
+from flowstone.storage.database.schema import (
+    NameClashError,
+    quote_identifier,
+    validate_identifier,
+)
 from flowstone.storage.database.store import PartitionedTableStore, WriteResult
 
 __all__ = [
+    "NameClashError",
     "Partition",
     "PartitionedTableStore",
     "WriteResult",

@@ -2,8 +2,9 @@
 
 Why: DuckDB files (and ``:memory:``) are driven through duckdb's own Python connection, with
 no SQLAlchemy or duckdb_engine in between: their connection setup and catalog queries were a
-fixed cost on every call. A read is one ``SELECT * EXCLUDE (partition columns)`` with no
-catalog lookup first. A caller who hands the store a SQLAlchemy engine for DuckDB gets
+fixed cost on every call. A read is one ``SELECT * EXCLUDE (partition columns)`` after one
+catalog lookup (the table's name must not differ only by case from another's: DuckDB would read
+that table). A caller who hands the store a SQLAlchemy engine for DuckDB gets
 :class:`DuckDBEngineBackend`: the engine's connections, the same register-and-scan insert.
 """
 
@@ -17,11 +18,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowstone.storage.database.backend import TableNames
-from flowstone.storage.database.generic_backend import SqlAlchemyBackend
+from flowstone.storage.database.backend import TableNames, describe
+from flowstone.storage.database.generic_backend import SqlAlchemyBackend, same_name_tables
 from flowstone.storage.database.partitions import Partition, partition_filter
-from flowstone.storage.database.schema import COLUMNS_SQL, quote_identifier
+from flowstone.storage.database.schema import COLUMNS_SQL, fold_case, quote_identifier
 from flowstone.storage.errors import StorageError
+
+# Tables and views of the open file equal to a name but for case. duckdb_tables() and
+# duckdb_views() rather than information_schema.tables, a view over them that costs about
+# twice as much: this runs before every read.
+SAME_NAME_TABLES_SQL = (
+    "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = "
+    "current_database() AND lower(schema_name) = {schema} AND lower(table_name) = {table} "
+    "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND "
+    "database_name = current_database() AND lower(schema_name) = {schema} AND "
+    "lower(view_name) = {table}"
+)
 
 
 @functools.cache
@@ -53,6 +65,17 @@ def insert_frame(raw: Any, quoted_table: str, frame: Any, partition: Partition) 
         raw.unregister(view)
 
 
+def native_same_name_tables(con: Any, names: TableNames, table: str) -> list[str]:
+    """``same_name_tables`` on duckdb's own connection. DuckDB itself already treats such
+    names as one table; the lookup is what lets the store say so rather than use the other
+    table. No lock: DuckDB lets one process write a file at a time."""
+    rows = con.execute(
+        SAME_NAME_TABLES_SQL.format(schema="$1", table="$2"),
+        [fold_case(names.schema or "main"), fold_case(table)],
+    ).fetchall()
+    return same_name_tables(names, table, "main", rows)
+
+
 class DuckDBSession:
     """A write transaction on a native DuckDB connection."""
 
@@ -61,16 +84,17 @@ class DuckDBSession:
     def __init__(self, names: TableNames, con: Any):
         self.names, self.con, self.dialect = names, con, _duckdb_dialect()
 
+    def same_name_tables(self, table: str) -> list[str]:
+        return native_same_name_tables(self.con, self.names, table)
+
     def columns(self, table: str) -> dict[str, str] | None:
         rows = self.con.execute(
             COLUMNS_SQL.format(schema="?", table="?"), [self.names.schema or "main", table]
         ).fetchall()
         return {name: str(type_name) for name, type_name in rows} or None
 
-    def run(self, statement: str | sa.schema.ExecutableDDLElement) -> None:
-        if not isinstance(statement, str):
-            statement = str(statement.compile(dialect=self.dialect))
-        self.con.execute(statement)
+    def run(self, statement: sa.schema.ExecutableDDLElement) -> None:
+        self.con.execute(str(statement.compile(dialect=self.dialect)))
 
     def replace(self, table: str, partition: Partition | None, frame: Any) -> None:
         quoted = self.names.quoted(table)
@@ -124,7 +148,7 @@ class DuckDBBackend:
                 raise
 
     def read(self, table: str, partitions: Sequence[Partition], drop_columns: Sequence[str]) -> Any:
-        """One query, no catalog lookup first: a missing table is reported from DuckDB's error."""
+        """One catalog lookup (name clash, missing table), then one query."""
         import duckdb
 
         where, params = partition_filter(partitions, "qmark")
@@ -135,6 +159,7 @@ class DuckDBBackend:
         )
         sql = f"SELECT *{exclude} FROM {self.names.quoted(table)}{where}"
         with self._connect() as con:
+            self._check_exists(con, table, describe("reading", partitions))
             try:
                 return con.execute(sql, params).df()
             except duckdb.CatalogException as exc:
@@ -149,11 +174,17 @@ class DuckDBBackend:
     def row_count(self, table: str, partition: Partition | None) -> int:
         where, params = partition_filter([partition] if partition else [], "qmark")
         with self._connect() as con:
+            self._check_exists(con, table, describe("counting", [partition]))
             sql = f"SELECT count(*) FROM {self.names.quoted(table)}{where}"
             return int(con.execute(sql, params).fetchone()[0])
 
     def dispose(self) -> None:
         """Nothing pooled: every operation closed its connection."""
+
+    def _check_exists(self, con: Any, table: str, doing: str) -> None:
+        found = native_same_name_tables(con, self.names, table)
+        if not self.names.check_case(table, found, doing):
+            raise self.names.missing_table(table)
 
 
 class DuckDBEngineBackend(SqlAlchemyBackend):
@@ -164,6 +195,13 @@ class DuckDBEngineBackend(SqlAlchemyBackend):
 
     def _columns(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
         return self._information_schema_columns(conn, table, "main")
+
+    def _same_name_tables(
+        self, conn: sa.Connection, table: str, writing: bool = False
+    ) -> list[str]:
+        """From DuckDB's catalog functions: SQLAlchemy's reflection through duckdb_engine needs
+        pg_catalog tables DuckDB lacks. One writer per file: no lock needed."""
+        return self._information_schema_tables(conn, table, "main", SAME_NAME_TABLES_SQL)
 
     def _insert(self, conn: sa.Connection, table: str, frame: Any, partition: Partition) -> None:
         insert_frame(conn.connection.driver_connection, self.names.quoted(table), frame, partition)

@@ -3,7 +3,10 @@ typed SELECT out.
 
 Why: a database without a bulk path of its own still gets the store's guarantees; subclasses
 override only how rows go in (``_insert``), come out (``_select``) and how the catalog is read
-(``_columns``), and inherit the transaction, the partition delete and the count.
+(``_columns``, ``_same_name_tables``), and inherit the transaction, the partition delete and the
+count. Every statement is a SQLAlchemy construct, never SQL text with names spliced in: the
+dialect's identifier preparer quotes each name for its driver (doubling ``%`` for psycopg and
+psycopg2, which read ``%`` as a placeholder).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowstone.storage.database.backend import TableNames
-from flowstone.storage.database.partitions import Partition
-from flowstone.storage.database.schema import COLUMNS_SQL, SA_TYPES, family, sa_column, sql_type_for
+from flowstone.storage.database.backend import TableNames, describe
+from flowstone.storage.database.partitions import Partition, partition_clause
+from flowstone.storage.database.schema import (
+    COLUMNS_SQL,
+    SA_TYPES,
+    SAME_NAME_TABLES_SQL,
+    family,
+    fold_case,
+    sql_type_for,
+)
 
 
 class SqlAlchemySession:
@@ -26,14 +36,14 @@ class SqlAlchemySession:
         self.backend, self.conn, self.dialect = backend, conn, conn.dialect
         self.creates_schemas = backend.creates_schemas
 
+    def same_name_tables(self, table: str) -> list[str]:
+        return self.backend._same_name_tables(self.conn, table, writing=True)
+
     def columns(self, table: str) -> dict[str, str] | None:
         return self.backend._columns(self.conn, table)
 
-    def run(self, statement: str | sa.schema.ExecutableDDLElement) -> None:
-        if isinstance(statement, str):
-            self.conn.exec_driver_sql(statement)
-        else:
-            self.conn.execute(statement)
+    def run(self, statement: sa.schema.ExecutableDDLElement) -> None:
+        self.conn.execute(statement)
 
     def replace(self, table: str, partition: Partition | None, frame: Any) -> None:
         self.backend._delete(self.conn, table, partition)
@@ -74,6 +84,7 @@ class SqlAlchemyBackend:
 
     def read(self, table: str, partitions: Sequence[Partition], drop_columns: Sequence[str]) -> Any:
         with self.engine.connect() as conn:
+            self._check_exists(conn, table, describe("reading", partitions))
             types = self._columns(conn, table)
             if types is None:
                 raise self.names.missing_table(table)
@@ -81,14 +92,31 @@ class SqlAlchemyBackend:
             return self._select(conn, table, names, types, partitions)
 
     def row_count(self, table: str, partition: Partition | None) -> int:
-        t = self._sa_table(table, partition)
-        stmt = sa.select(sa.func.count()).select_from(t)
-        for c, v in (partition or {}).items():
-            stmt = stmt.where(t.c[c] == sa.bindparam(None, v))
+        stmt = sa.select(sa.func.count()).select_from(self._sa_table(table))
+        where = partition_clause([partition] if partition else [])
+        if where is not None:
+            stmt = stmt.where(where)
         with self.engine.connect() as conn:
+            self._check_exists(conn, table, describe("counting", [partition]))
             return int(conn.execute(stmt).scalar_one())
 
+    def _check_exists(self, conn: sa.Connection, table: str, doing: str) -> None:
+        """The table's name clashes with no other (``TableNames.check_case``) and it exists."""
+        if not self.names.check_case(table, self._same_name_tables(conn, table), doing):
+            raise self.names.missing_table(table)
+
     # ----------------------------------------------------------------- per-dialect hooks
+
+    def _same_name_tables(
+        self, conn: sa.Connection, table: str, writing: bool = False
+    ) -> list[str]:
+        """Qualified names of the schema's tables and views equal to ``table`` but for case,
+        from reflection (SQLite: its catalog is one small table). ``writing``: inside a write
+        transaction (PostgreSQL locks there; nothing to do here)."""
+        inspector = sa.inspect(conn)
+        schema = self.names.schema
+        names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
+        return [self.names.qualified(n) for n in names if fold_case(n) == fold_case(table)]
 
     def _columns(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
         """Column name -> SQL type name in table order (reflection), None when missing."""
@@ -129,15 +157,9 @@ class SqlAlchemyBackend:
                    for n in names]  # fmt: skip
         t = sa.Table(table, sa.MetaData(), *columns, schema=self.names.schema, quote=True)
         stmt = sa.select(*t.c)
-        if partitions:
-            stmt = stmt.where(
-                sa.or_(
-                    *(
-                        sa.and_(*(sa_column(c) == sa.bindparam(None, v) for c, v in p.items()))
-                        for p in partitions
-                    )
-                )
-            )
+        where = partition_clause(partitions)
+        if where is not None:
+            stmt = stmt.where(where)
         rows = conn.execute(stmt).all()
         frame = pd.DataFrame.from_records(rows, columns=names)
         for n in names:  # typed reads give datetimes/bools back as Python objects
@@ -152,18 +174,34 @@ class SqlAlchemyBackend:
     # ----------------------------------------------------------------- shared helpers
 
     def _delete(self, conn: sa.Connection, table: str, partition: Partition | None) -> None:
-        t = self._sa_table(table, partition)
-        stmt = sa.delete(t)
-        for col, value in (partition or {}).items():
-            stmt = stmt.where(t.c[col] == sa.bindparam(None, value, type_=sa.Text()))
+        stmt = sa.delete(self._sa_table(table))
+        where = partition_clause([partition] if partition else [])
+        if where is not None:
+            stmt = stmt.where(where)
         conn.execute(stmt)
 
-    def _sa_table(self, table: str, partition: Partition | None) -> sa.TableClause:
-        return sa.table(
-            sa.sql.quoted_name(table, quote=True),
-            *(sa_column(c) for c in (partition or {})),
-            schema=self.names.schema,
-        )
+    def _sa_table(self, table: str) -> sa.TableClause:
+        schema = sa.sql.quoted_name(self.names.schema, quote=True) if self.names.schema else None
+        return sa.table(sa.sql.quoted_name(table, quote=True), schema=schema)
+
+    def _information_schema_tables(
+        self,
+        conn: sa.Connection,
+        table: str,
+        default_schema: str,
+        template: str = SAME_NAME_TABLES_SQL,
+    ) -> list[str]:
+        """``_same_name_tables`` from a catalog query ``template`` (information_schema unless
+        given) with ``{schema}`` and ``{table}`` marks, compared with lowered names.
+
+        Without a configured schema only the default schema counts, matched exactly (that is
+        where the tables go); a configured schema is matched ignoring case too."""
+        schema = self.names.schema or default_schema
+        rows = conn.execute(
+            sa.text(template.format(schema=":schema", table=":table")),
+            {"schema": fold_case(schema), "table": fold_case(table)},
+        ).all()
+        return same_name_tables(self.names, table, default_schema, rows)
 
     def _information_schema_columns(
         self, conn: sa.Connection, table: str, default_schema: str
@@ -174,3 +212,22 @@ class SqlAlchemyBackend:
             {"schema": self.names.schema or default_schema, "table": table},
         ).all()
         return {str(name): str(type_name) for name, type_name in rows} or None
+
+
+def same_name_tables(
+    names: TableNames, table: str, default_schema: str, rows: Sequence[Sequence[Any]]
+) -> list[str]:
+    """The qualified names among catalog ``rows`` of (schema, table) that equal ours but for
+    ASCII case: the rows came from SQL ``lower()``, which may fold non-ASCII letters too."""
+    wanted_schema = fold_case(names.schema) if names.schema else None
+    found: list[str] = []
+    for schema, name in rows:
+        schema, name = str(schema), str(name)
+        if fold_case(name) != fold_case(table):
+            continue
+        if wanted_schema is None:
+            if schema == default_schema:
+                found.append(name)
+        elif fold_case(schema) == wanted_schema:
+            found.append(f"{schema}.{name}")
+    return found

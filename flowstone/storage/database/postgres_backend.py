@@ -4,6 +4,14 @@ both as CSV handled by Arrow.
 Why: COPY is PostgreSQL's bulk path, an order of magnitude faster than executemany or
 ``pandas.to_sql``; Arrow writes and parses the CSV in C. COPY needs psycopg (3); other drivers
 get the generic SQLAlchemy path. The catalog comes from information_schema.
+
+Both COPY statements are composed with :mod:`psycopg.sql` (names as ``Identifier``, partition
+values as ``Literal``) and sent WITHOUT parameters. COPY cannot take server-side parameters:
+psycopg merges them into the text client-side, and only when there are some does it read every
+``%`` in the text as a placeholder, those inside quoted column names included. The partition
+filter used to be bound that way, so a column named ``50% off`` was written but failed every
+read of a partition. ``Literal`` renders a value with the connection's own adapter, the same
+quoting that client-side binding applies.
 """
 
 from __future__ import annotations
@@ -16,8 +24,8 @@ import sqlalchemy as sa
 
 from flowstone.storage.database.backend import TableNames
 from flowstone.storage.database.generic_backend import SqlAlchemyBackend
-from flowstone.storage.database.partitions import Partition, partition_filter
-from flowstone.storage.database.schema import family, quote_identifier
+from flowstone.storage.database.partitions import Partition
+from flowstone.storage.database.schema import family, fold_case
 
 _COPY_BATCH_ROWS = 200_000
 
@@ -34,11 +42,36 @@ class PostgresBackend(SqlAlchemyBackend):
     def _columns(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
         return self._information_schema_columns(conn, table, "public")
 
+    def _same_name_tables(
+        self, conn: sa.Connection, table: str, writing: bool = False
+    ) -> list[str]:
+        """information_schema's tables equal to ``table`` but for case. PostgreSQL lets
+        ``"Scores"`` and ``"scores"`` both exist, so a writer about to create a table first
+        takes a transaction lock on the case-folded name and looks again: two processes creating
+        case variants at once would otherwise both find nothing and make two tables (and two
+        creating the same name would collide in CREATE TABLE). Writers to an existing table
+        never wait for it."""
+        found = self._information_schema_tables(conn, table, "public")
+        if writing and self.names.qualified(table) not in found:
+            key = "flowstone.table:" + fold_case(f"{self.names.schema or 'public'}.{table}")
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+            )
+            found = self._information_schema_tables(conn, table, "public")
+        return found
+
     def _insert(self, conn: sa.Connection, table: str, frame: Any, partition: Partition) -> None:
         if self._copy:
-            copy_in(conn, self.names.quoted(table), frame, partition)
+            copy_in(conn, self._identifier(table), frame, partition)
         else:
             super()._insert(conn, table, frame, partition)
+
+    def _identifier(self, table: str) -> Any:
+        """``"schema"."table"`` as a psycopg ``Identifier``."""
+        from psycopg import sql
+
+        parts = (self.names.schema, table) if self.names.schema else (table,)
+        return sql.Identifier(*parts)
 
     def _select(
         self,
@@ -50,25 +83,25 @@ class PostgresBackend(SqlAlchemyBackend):
     ) -> Any:
         if not self._copy:
             return super()._select(conn, table, names, types, partitions)
-        return copy_out(conn, self.names.quoted(table), names, types, partitions)
+        return copy_out(conn, self._identifier(table), names, types, partitions)
 
 
-def copy_in(conn: sa.Connection, quoted_table: str, frame: Any, partition: Partition) -> None:
-    """The frame (plus the partition's columns) into the table, by COPY FROM STDIN."""
+def copy_in(conn: sa.Connection, table: Any, frame: Any, partition: Partition) -> None:
+    """The frame (plus the partition's columns) into ``table`` (a psycopg ``Identifier``), by
+    COPY FROM STDIN."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    from psycopg import sql
 
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     for p in sorted(partition):
         arrow = arrow.append_column(p, pa.repeat(pa.scalar(partition[p]), len(arrow)))
     # tz-aware timestamps are written as UTC instants; PostgreSQL reads the offset
-    target = ", ".join(quote_identifier(c) for c in arrow.column_names)
+    target = sql.SQL(", ").join(sql.Identifier(c) for c in arrow.column_names)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, target)
     raw: Any = conn.connection.driver_connection  # psycopg's connection
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-    with (
-        raw.cursor() as cur,
-        cur.copy(f"COPY {quoted_table} ({target}) FROM STDIN (FORMAT csv)") as copy,
-    ):
+    with raw.cursor() as cur, cur.copy(statement) as copy:
         for batch in arrow.to_batches(max_chunksize=_COPY_BATCH_ROWS):
             buf = io.BytesIO()
             pacsv.write_csv(batch, buf, options)
@@ -77,21 +110,24 @@ def copy_in(conn: sa.Connection, quoted_table: str, frame: Any, partition: Parti
 
 def copy_out(
     conn: sa.Connection,
-    quoted_table: str,
+    table: Any,
     names: list[str],
     types: dict[str, str],
     partitions: Sequence[Partition],
 ) -> Any:
-    """Columns ``names`` of the partitions' rows, by COPY TO STDOUT, typed from the catalog."""
+    """Columns ``names`` of the partitions' rows in ``table`` (a psycopg ``Identifier``), by
+    COPY TO STDOUT, typed from the catalog."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    from psycopg import sql
 
-    select, arrow_types, utc_cols = [], {}, []
+    select: list[sql.Composable] = []
+    arrow_types, utc_cols = {}, []
     for n in names:
-        t, q = types[n], quote_identifier(n)
+        t, q = types[n], sql.Identifier(n)
         fam = family(t)
         if fam == "timestamp" and "WITH TIME ZONE" in t.upper():
-            select.append(f"({q} AT TIME ZONE 'UTC') AS {q}")
+            select.append(sql.SQL("({} AT TIME ZONE 'UTC') AS {}").format(q, q))
             utc_cols.append(n)
             arrow_types[n] = pa.timestamp("us")
         else:
@@ -104,10 +140,8 @@ def copy_out(
                 "date": pa.date32(),
                 "text": pa.string(),
             }.get(fam, pa.string())
-    where, params = partition_filter(partitions, "format")
-    sql = (
-        f"COPY (SELECT {', '.join(select)} FROM {quoted_table}{where}) "
-        "TO STDOUT (FORMAT csv, HEADER true)"
+    statement = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv, HEADER true)").format(
+        sql.SQL(", ").join(select), table, _where(partitions)
     )
     raw: Any = conn.connection.driver_connection  # psycopg's connection
     buf = io.BytesIO()
@@ -115,7 +149,7 @@ def copy_out(
         # A parallel scan returns rows in worker order; a serial one keeps insertion order,
         # so a partition reads back the way it was written.
         cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-    with raw.cursor() as cur, cur.copy(sql, params or None) as copy:
+    with raw.cursor() as cur, cur.copy(statement) as copy:  # no parameters: see the module
         for chunk in copy:
             buf.write(chunk)
     buf.seek(0)
@@ -136,3 +170,22 @@ def copy_out(
     for n in utc_cols:
         frame[n] = frame[n].dt.tz_localize("UTC")
     return frame
+
+
+def _where(partitions: Sequence[Partition]) -> Any:
+    """`` WHERE ("a" = 'x' AND "b" = 'y') OR ...``, composed by psycopg (empty for no
+    partitions). The values are ``Literal``: the statement carries no parameters (see the
+    module docstring), and psycopg quotes them as client-side binding would."""
+    from psycopg import sql
+
+    if not partitions:
+        return sql.SQL("")
+    clauses = [
+        sql.SQL("({})").format(
+            sql.SQL(" AND ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(p[c])) for c in sorted(p)
+            )
+        )
+        for p in partitions
+    ]
+    return sql.SQL(" WHERE ") + sql.SQL(" OR ").join(clauses)

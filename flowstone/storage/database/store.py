@@ -4,6 +4,12 @@ Why: what makes a write safe does not depend on the database: names and partitio
 checked, a frame must fit the table (or evolve it, when allowed), and every partition of one
 write is replaced inside one transaction, so a failure anywhere rolls all of them back. Only
 moving the rows is dialect-specific; that is the backend's job (see :mod:`.backend`).
+
+Names are compared ignoring ASCII case (:func:`.schema.fold_case`) on every dialect: DuckDB and
+SQLite do so themselves, even for quoted names, and PostgreSQL does not. A table whose name
+differs only by case from an existing one, or a frame column that differs only by case from
+another column of the frame or of the table, is a :class:`.schema.NameClashError` everywhere,
+rather than one shared table on DuckDB and SQLite and two on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowstone.storage.database.backend import TableBackend, TableNames, WriteSession
+from flowstone.storage.database.backend import TableBackend, TableNames, WriteSession, describe
 from flowstone.storage.database.duckdb_backend import DuckDBBackend, DuckDBEngineBackend
 from flowstone.storage.database.generic_backend import SqlAlchemyBackend
 from flowstone.storage.database.partitions import Partition, partition_columns
 from flowstone.storage.database.postgres_backend import PostgresBackend
 from flowstone.storage.database.schema import (
+    AddColumn,
+    NameClashError,
+    case_clashes,
     compatible,
     family,
-    quote_identifier,
+    fold_case,
     sql_type_for,
     validate_column,
     validate_identifier,
@@ -88,12 +97,14 @@ class PartitionedTableStore:
         if not items:
             raise StorageError(f"nothing to write to {self.qualified(table)}")
         columns = partition_columns([p for p, _ in items])
-        prepared = [(p, self._check_frame(table, f, p)) for p, f in items]
+        doing = describe("writing", [p for p, _ in items])
+        prepared = [(p, self._check_frame(table, f, p, columns, doing)) for p, f in items]
         data_columns: list[str] = []
         with self._backend.transaction() as session:
+            self._names.check_case(table, session.same_name_tables(table), doing)
             for partition, frame in prepared:
                 # every frame is checked: a later frame with another schema rolls back all
-                data_columns = self._ensure_table(session, table, frame, columns)
+                data_columns = self._ensure_table(session, table, frame, columns, doing)
                 session.replace(table, partition, frame)
         return WriteResult(
             table=self.qualified(table),
@@ -102,8 +113,16 @@ class PartitionedTableStore:
             columns=tuple(data_columns),
         )
 
-    def _check_frame(self, table: str, frame: Any, partition: Partition | None) -> Any:
-        """The frame to store: a DataFrame without the partition columns it may carry."""
+    def _check_frame(
+        self,
+        table: str,
+        frame: Any,
+        partition: Partition | None,
+        partition_columns: Sequence[str],
+        doing: str,
+    ) -> Any:
+        """The frame to store: a DataFrame without the partition columns it may carry, whose
+        column names (with the partition columns) are distinct ignoring case."""
         if type(frame).__name__ != "DataFrame":
             raise StorageError(
                 f"table {self.qualified(table)} needs a pandas DataFrame, got {type(frame).__name__}"
@@ -119,10 +138,26 @@ class PartitionedTableStore:
                 frame = frame.drop(columns=[col])
         if frame.columns.has_duplicates:
             raise StorageError(f"frame for {self.qualified(table)} has duplicate column names")
+        names = [*partition_columns, *(validate_column(c) for c in frame.columns)]
+        clashes = case_clashes(names)
+        if clashes:
+            first, second = clashes[0]
+            kind = "the partition column" if first in partition_columns else "its column"
+            raise NameClashError(
+                f"frame for table {self.qualified(table)} ({doing}) has a column {second!r} "
+                f"that differs only by case from {kind} {first!r}. Column names are compared "
+                "ignoring case on every database (DuckDB and SQLite would refuse the second, "
+                "PostgreSQL keep both); rename one."
+            )
         return frame
 
     def _ensure_table(
-        self, session: WriteSession, table: str, frame: Any, partition_columns: Sequence[str]
+        self,
+        session: WriteSession,
+        table: str,
+        frame: Any,
+        partition_columns: Sequence[str],
+        doing: str,
     ) -> list[str]:
         """Create or check the table; return the data columns in table order."""
         wanted: dict[str, sa.types.TypeEngine] = {}
@@ -144,6 +179,7 @@ class PartitionedTableStore:
             t = sa.Table(table, sa.MetaData(), *columns, schema=self.schema, quote_schema=True)
             session.run(sa.schema.CreateTable(t))
             return list(wanted)
+        self._check_column_case(table, existing, [*partition_columns, *wanted], doing)
         frame_types = {c: str(t.compile(dialect=dialect)) for c, t in wanted.items()}
         problems = []
         missing_partition = [p for p in partition_columns if p not in existing]
@@ -171,12 +207,30 @@ class PartitionedTableStore:
                 "columns, or migrate/drop the table."
             )
         for col in new_cols:
-            type_sql = wanted[col].compile(dialect=dialect)
-            session.run(
-                f"ALTER TABLE {self._names.quoted(table)} ADD COLUMN "
-                f"{quote_identifier(col)} {type_sql}"
-            )
+            column = sa.Column(col, wanted[col], quote=True)
+            t = sa.Table(table, sa.MetaData(), column, schema=self.schema, quote=True,
+                         quote_schema=True)  # fmt: skip
+            session.run(AddColumn(t, column))
         return list(wanted)
+
+    def _check_column_case(
+        self, table: str, existing: dict[str, str], columns: Sequence[str], doing: str
+    ) -> None:
+        """NameClashError when one of ``columns`` is not in the table but one of its columns
+        differs from it only by case: DuckDB and SQLite would treat them as one column (an
+        added column would fail as a duplicate), PostgreSQL as two (schema evolution would add
+        a near-twin). Refused on every database, evolution or not."""
+        by_fold = {fold_case(c): c for c in existing}
+        for col in columns:
+            twin = by_fold.get(fold_case(col))
+            if col not in existing and twin is not None:
+                raise NameClashError(
+                    f"column {col!r} of the frame differs only by case from column {twin!r} of "
+                    f"table {self.qualified(table)} in {self._names.location} ({doing}). "
+                    "Column names are compared ignoring case on every database (DuckDB and "
+                    "SQLite treat them as one column, PostgreSQL as two); rename the frame's "
+                    f"column to {twin!r} or migrate the table."
+                )
 
     # ----------------------------------------------------------------- read
 

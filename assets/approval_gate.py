@@ -27,7 +27,7 @@ def approved_request(
         raise dg.Failure(
             f"{name} [{partition}] is gated on human approval and this run has no "
             f"'{APPROVAL_REQUEST_TAG}' tag. Approve its request (`flowstone approvals list`, "
-            "then `flowstone approvals approve ID --by NAME`); the approval sensor launches it."
+            "then `flowstone approvals approve ID --token TOKEN`, or `--dev` on a machine without a signing secret); the approval sensor launches it."
         )
     request = approvals.store().get(request_id)
     if request.state != State.APPROVED:

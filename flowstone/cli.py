@@ -252,7 +252,7 @@ def where_to_look(home: Path) -> list[str]:
     return [
         f"Open the UI: [bold]{make_ui}[/] (or `DAGSTER_HOME={escape(str(home))} "
         f".venv/bin/dagster dev -w workspace.yaml`), then {UI_URL}",
-        f"Open the viewer: [bold]{env}.venv/bin/flowstone serve[/], then {VIEWER_URL}",
+        f"Open the viewer: [bold]{env}.venv/bin/flowstone serve --dev[/], then {VIEWER_URL}",
     ]
 
 
@@ -340,7 +340,7 @@ def demo(
     console.print(bake_summary(instance, models))
     console.print(
         "Deployment waits for a human: turn on the [bold]baking__deployed_model_approval_requests[/] and "
-        "[bold]..._decisions[/] sensors in the UI, then `flowstone approvals approve ID --by NAME`."
+        "[bold]..._decisions[/] sensors in the UI, then `flowstone approvals approve ID --dev`."
     )
     build_analytics(instance, [k for k in keys if outcomes[k].success], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
@@ -361,17 +361,48 @@ _VIEWER_URL_HELP = (
 )
 
 
+_DEV_HELP = (
+    "Local development without $FLOWSTONE_APPROVAL_SECRET: approval links use the public "
+    "development secret, and the server binds 127.0.0.1 only."
+)
+
+
 def serve_viewer(
-    host: str | None, port: int | None, public_url: str | None, approvals_db: str | None = None
+    host: str | None,
+    port: int | None,
+    public_url: str | None,
+    approvals_db: str | None = None,
+    dev: bool = False,
 ) -> None:
-    """Start the web app (viewer and approvals pages) in the foreground until Ctrl-C."""
+    """Start the web app (viewer and approvals pages) in the foreground until Ctrl-C.
+
+    Without a signing secret it refuses to start unless ``dev``: the approvals pages would
+    otherwise accept links signed with the public development secret, which anyone can
+    forge. ``dev`` binds 127.0.0.1 only, so such a server is never reachable from outside."""
     from urllib.parse import urlsplit
 
+    from flowstone.approvals.settings import SECRET_ENV, configured_secret, enable_dev_mode
     from flowstone.web import links
     from flowstone.web.app import AppSettings, create_app
     from flowstone.web.server import serve as serve_app
     from flowstone.web.sources import ViewerSources
 
+    if dev:
+        if host not in (None, links.DEFAULT_HOST):
+            console.print(
+                f"[red]error:[/] --dev binds {links.DEFAULT_HOST} only; drop --host {host} or "
+                f"set {SECRET_ENV} and serve without --dev."
+            )
+            raise typer.Exit(code=2)
+        host = links.DEFAULT_HOST
+        enable_dev_mode()
+    elif configured_secret() is None:
+        console.print(
+            f"[red]error:[/] no approval signing secret: set {SECRET_ENV} (e.g. to the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or pass --dev for "
+            "a local server on 127.0.0.1 that accepts development links."
+        )
+        raise typer.Exit(code=2)
     host = host or links.viewer_host()
     try:
         port = links.viewer_port() if port is None else port
@@ -404,10 +435,11 @@ def serve(
     host: str | None = typer.Option(None, help=_VIEWER_HOST_HELP),
     port: int | None = typer.Option(None, help=_VIEWER_PORT_HELP),
     public_url: str | None = typer.Option(None, "--public-url", help=_VIEWER_URL_HELP),
+    dev: bool = typer.Option(False, "--dev", help=_DEV_HELP),
 ) -> None:
     """Serve the viewer (systems side by side per suite and case, bake histories) and the
     approvals pages, one web app, bound to 127.0.0.1 unless told otherwise."""
-    serve_viewer(host, port, public_url)
+    serve_viewer(host, port, public_url, dev=dev)
 
 
 @approvals_cli.app.command("serve")
@@ -416,10 +448,11 @@ def approvals_serve(
     port: int | None = typer.Option(None, help=_VIEWER_PORT_HELP),
     public_url: str | None = typer.Option(None, "--public-url", help=_VIEWER_URL_HELP),
     db: str | None = typer.Option(None, help=approvals_cli._DB_HELP),
+    dev: bool = typer.Option(False, "--dev", help=_DEV_HELP),
 ) -> None:
     """Serve the approvals pages (reached through signed links): the same app as `flowstone
     serve`, with the pages under /approvals."""
-    serve_viewer(host, port, public_url, approvals_db=db)
+    serve_viewer(host, port, public_url, approvals_db=db, dev=dev)
 
 
 def _instance_and_defs():

@@ -24,7 +24,11 @@ from flowstone.approvals.store import ApprovalRequest
 from sensors.run_events import run_check_evaluations
 
 _DATA_VERSION_TAG = "dagster/data_version"
-_REQUESTER_TAGS = ("flowstone/requested_by", "dagster/user", "user")
+#: Who launched the upstream run: the tag Dagster+ sets to the signed-in user. Free-form tags
+#: (``flowstone/requested_by``, ``user``) are whatever the launcher typed, so they never name
+#: the requester; without this tag the requester is unknown, and a policy without
+#: self-approval then refuses every decision rather than let one through.
+REQUESTER_TAG = "dagster/user"
 
 
 def asset_key_string(key: dg.AssetKey) -> str:
@@ -93,7 +97,7 @@ def build_approval_sensors(
 
     - ``<name>_approval_requests`` opens one request per upstream data version (the store's
       unique key plus this sensor's cursor make it idempotent), supersedes older pending
-      requests of the same partition and notifies approvers with a signed link.
+      requests of the same partition and notifies approvers with links signed for each.
     - ``<name>_approval_decisions`` expires or escalates overdue requests, announces
       decisions, records rejections as an ``AssetObservation`` on the gated partition, and
       turns each approval into exactly one RunRequest (run key ``approval-<request id>``,
@@ -126,8 +130,8 @@ def build_approval_sensors(
         store, policy, notifier = approvals.store(), approvals.policy(), notifications.notifier()
         if approvals.uses_dev_secret():
             context.log.warning(
-                "INSECURE: approval links are signed with the development secret; set "
-                "FLOWSTONE_APPROVAL_SECRET before anyone outside this machine gets a link."
+                "INSECURE (development mode): approval links are signed with the public "
+                "development secret; set FLOWSTONE_APPROVAL_SECRET before real use."
             )
         after = int(context.cursor) if context.cursor else None
         records = context.instance.fetch_materializations(
@@ -160,9 +164,7 @@ def build_approval_sensors(
                 f"storage-{record.storage_id}"
             )
             run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
-            requester = next(
-                (run.tags[t] for t in _REQUESTER_TAGS if run is not None and t in run.tags), None
-            )
+            requester = (run.tags.get(REQUESTER_TAG) or None) if run is not None else None
             result = open_for_version(
                 store,
                 policy,
@@ -178,7 +180,7 @@ def build_approval_sensors(
                     f"approval request {old.id} for {gated_name} [{old.partition}] superseded "
                     f"by data version {version}"
                 )
-        announced = announce_requests(store, gated_name, notifier.notify, approvals.request_link)
+        announced = announce_requests(store, gated_name, notifier.notify, approvals.request_links)
         report = notifier.flush(time_budget_seconds=5)
         cursor = str(records[-1].storage_id) if records else context.cursor
         message = (
@@ -216,7 +218,7 @@ def build_approval_sensors(
             store,
             gated_name,
             notifier.notify,
-            approvals.request_link,
+            approvals.request_links,
             has_run,
             relaunch_after=relaunch_after,
         )

@@ -23,7 +23,9 @@ APPROVAL_REQUEST_TAG = "flowstone/approval_request"
 APPROVED_BY_TAG = "flowstone/approved_by"
 
 Notify = Callable[[Notification], Any]
-LinkFor = Callable[[str], str]
+#: The signed ``(label, url)`` links a notification about a request carries: one per approver
+#: allowed to decide it now (each names its approver), see ``ApprovalsResource.request_links``.
+LinkFor = Callable[[ApprovalRequest], list[tuple[str, str]]]
 
 
 def run_key(request_id: str) -> str:
@@ -60,7 +62,7 @@ def announce_requests(
                 request.partition,
                 request.data_version,
                 request.summary,
-                link_for(request.id),
+                link_for(request),
                 request.allowed_approvers(),
                 f"{request.timeout_at:%Y-%m-%d %H:%M} UTC",
             )
@@ -125,7 +127,7 @@ def process_decisions(
                     request.asset,
                     request.partition,
                     request.state.value,
-                    link_for(request.id) if request.state == State.ESCALATED else None,
+                    link_for(request) if request.state == State.ESCALATED else [],
                     request.escalation_approvers,
                 )
             )

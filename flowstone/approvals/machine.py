@@ -7,6 +7,7 @@ its compare-and-set update, so an illegal transition cannot be written by any pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,6 +15,8 @@ from enum import StrEnum
 from flowstone.errors import FlowStoneError
 
 GROUP_PREFIX = "group:"
+#: Slack member IDs: U... for users, W... for Enterprise Grid users.
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 class State(StrEnum):
@@ -89,6 +92,11 @@ class ApprovalPolicy:
     names and ``group:<name>`` entries; ``groups`` maps group names to members. With no entry
     for an asset and no ``"*"``, anyone with a name may decide: convenient for the offline demo,
     and flagged on the request (``approvers`` is ``None``) so a page and the log say so.
+
+    ``slack_users`` maps Slack user IDs (``U012AB3CD``) to approver names: a click on the
+    Approve or Reject button of a Slack message is a decision by the mapped name, proven by
+    Slack's request signature (``flowstone.approvals.slack_actions``). A Slack user who is not
+    in it cannot decide from Slack; being in it grants nothing the approver lists do not.
     """
 
     approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -97,6 +105,10 @@ class ApprovalPolicy:
     timeout_hours: float = 72.0
     on_timeout: str = "expire"  # "expire" or "escalate"
     escalation_approvers: Sequence[str] = ()
+    slack_users: Mapping[str, str] = field(default_factory=dict)
+    #: OS login name -> approver name: ``flowstone approvals approve`` run by that OS user (as
+    #: the kernel reports it, not $USER) decides as that approver, without a token.
+    os_users: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.on_timeout not in ("expire", "escalate"):
@@ -107,6 +119,17 @@ class ApprovalPolicy:
             raise ApprovalError(
                 f"approval policy: timeout_hours must be positive, got {self.timeout_hours}"
             )
+        for user_id, name in self.slack_users.items():
+            if not _SLACK_USER_ID.fullmatch(str(user_id)):
+                raise ApprovalError(
+                    f"approval policy: slack_users key {user_id!r} is not a Slack user ID (like "
+                    "U012AB3CD: the member ID under 'Copy member ID' in the user's Slack profile)."
+                )
+            if not isinstance(name, str) or not name.strip() or name.startswith(GROUP_PREFIX):
+                raise ApprovalError(
+                    f"approval policy: slack_users[{user_id!r}] must be one approver's name, "
+                    f"got {name!r}."
+                )
 
     def _expand(self, entries: Iterable[str]) -> list[str]:
         names: set[str] = set()
@@ -143,7 +166,8 @@ def check_approver(
     """Raise :class:`UnauthorisedApprover` unless ``approver`` may decide this request."""
     if not approver or not approver.strip():
         raise UnauthorisedApprover(
-            f"approval request {request_id}: a decision needs the approver's name (--by NAME)."
+            f"approval request {request_id}: a decision needs a proven approver (a link signed "
+            "for them, a personal token, a trusted proxy login or a mapped Slack or OS user)."
         )
     if allowed is not None and approver not in allowed:
         raise UnauthorisedApprover(
@@ -151,7 +175,16 @@ def check_approver(
             f"allowed: {', '.join(allowed) or 'nobody (the approver list is empty)'}. "
             f"Ask one of them, or change the approvers for {asset} in the approvals resource."
         )
-    if not allow_self_approval and requested_by and approver == requested_by:
+    if not allow_self_approval and not requested_by:
+        # Unknown is not "someone else": letting it through would make self-approval a matter
+        # of launching the run without a requester.
+        raise UnauthorisedApprover(
+            f"approval request {request_id} for {asset}: self-approval is disabled and the "
+            "request does not record who requested it, so nobody can be shown to be someone "
+            "else. Rematerialize the upstream from a launcher that records the requester "
+            "(the dagster/user run tag), or allow self-approval for this asset."
+        )
+    if not allow_self_approval and approver == requested_by:
         raise UnauthorisedApprover(
             f"approval request {request_id} for {asset}: {approver!r} requested it and "
             f"self-approval is disabled; another approver must decide."

@@ -4,14 +4,22 @@ Dagster has no approval step, so the state that a human decision needs (what was
 which data version, who decided) lives here, in SQLite under the instance folder or in
 PostgreSQL. Every state change is a compare-and-set UPDATE plus an audit row in one
 transaction, so the CLI, the web page and sensor ticks in other processes cannot both win.
+
+:meth:`ApprovalStore.decide` is the one door every front end (CLI, page, Slack) decides
+through, so the rules that must hold whoever asks live there: the approver list, no
+self-approval (an unknown requester counts as a refusal, not a pass) and no decision after
+``timeout_at``. The front ends only prove *who* is asking. Personal approval tokens live here
+too (hashed), so every process that can decide can also check one.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flowstone.approvals.machine import (
     OPEN_STATES,
+    ApprovalError,
     ApprovalPolicy,
     IllegalTransition,
     RequestNotFound,
@@ -34,6 +43,15 @@ from flowstone.approvals.settings import default_database_url
 from flowstone.storage.sql import aware, create_schema, engine_for, utcnow
 
 log = logging.getLogger("flowstone.approvals")
+
+
+class RequestTimedOut(IllegalTransition):
+    """A decision arrived after the request's ``timeout_at``."""
+
+
+class InvalidToken(ApprovalError):
+    """A personal approval token that is unknown, malformed or revoked."""
+
 
 SCHEMA_LOCK_KEY = 7261540001  # the PostgreSQL advisory lock held while creating the tables
 
@@ -51,6 +69,7 @@ requests_table = sa.Table(
     sa.Column("approvers", sa.Text),  # JSON list of names, NULL means "anyone"
     sa.Column("escalation_approvers", sa.Text, nullable=False, default="[]"),
     sa.Column("allow_self_approval", sa.Boolean, nullable=False, default=True),
+    sa.Column("os_users", sa.Text),  # JSON {os login: approver}: who the CLI decides as
     sa.Column("on_timeout", sa.String(16), nullable=False, default="expire"),
     sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("timeout_at", sa.DateTime(timezone=True), nullable=False),
@@ -80,6 +99,24 @@ audit_table = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
+tokens_table = sa.Table(
+    "flowstone_approval_tokens",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),  # public: what list and revoke show
+    sa.Column("approver", sa.String(256), nullable=False),
+    # sha256 of the token: tokens are 32 random bytes, so a fast hash is enough (nothing to
+    # brute-force) and the lookup stays one indexed equality. The token itself is never stored.
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+)
+
+#: Columns added after the first release: (table, column, DDL type). create_all does not add
+#: columns to an existing table, so an older database gets them by ALTER TABLE on first use.
+_ADDED_COLUMNS = [("flowstone_approval_requests", "os_users", "TEXT")]
+TOKEN_PREFIX = "fsa_"
+
 _SQLITE_APPEND_ONLY = [
     """CREATE TRIGGER IF NOT EXISTS flowstone_approval_audit_no_update
        BEFORE UPDATE ON flowstone_approval_audit
@@ -107,7 +144,12 @@ def _engine_with_schema(url: str) -> sa.Engine:
 
 
 def _append_only_triggers(conn: sa.Connection) -> None:
-    """The audit log refuses UPDATE and DELETE, whoever connects."""
+    """The audit log refuses UPDATE and DELETE, whoever connects; older tables get the
+    columns added since."""
+    inspector = sa.inspect(conn)
+    for table, column, ddl in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
     if conn.dialect.name == "postgresql":
         exists = conn.execute(
             sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name"),
@@ -133,6 +175,7 @@ class ApprovalRequest:
     approvers: list[str] | None
     escalation_approvers: list[str]
     allow_self_approval: bool
+    os_users: dict[str, str]
     on_timeout: str
     requested_at: datetime
     timeout_at: datetime
@@ -168,6 +211,7 @@ class ApprovalRequest:
             approvers=None if row["approvers"] is None else json.loads(row["approvers"]),
             escalation_approvers=json.loads(row["escalation_approvers"] or "[]"),
             allow_self_approval=bool(row["allow_self_approval"]),
+            os_users=json.loads(row["os_users"] or "{}"),
             on_timeout=row["on_timeout"],
             requested_at=aware(row["requested_at"]),
             timeout_at=aware(row["timeout_at"]),
@@ -192,6 +236,22 @@ class AuditEntry:
     comment: str | None
     detail: dict[str, Any]
     at: datetime
+
+
+@dataclass(frozen=True)
+class ApprovalToken:
+    """A personal token as listed: never the token itself, which only its creator saw once."""
+
+    id: str
+    approver: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+def token_digest(token: str) -> str:
+    """The stored form of a token: its sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -340,6 +400,7 @@ class ApprovalStore:
                         approvers=None if approvers is None else json.dumps(approvers),
                         escalation_approvers=json.dumps(policy.escalation_names()),
                         allow_self_approval=policy.allow_self_approval,
+                        os_users=json.dumps(dict(policy.os_users), sort_keys=True),
                         on_timeout=policy.on_timeout,
                         requested_at=now,
                         timeout_at=now + timedelta(hours=policy.timeout_hours),
@@ -378,9 +439,24 @@ class ApprovalStore:
         now: datetime | None = None,
         via: str = "cli",
     ) -> ApprovalRequest:
-        """Approve or reject; refuses unlisted approvers and requests no longer open."""
+        """Approve or reject as ``by``, an identity the caller has proven (``via`` says how).
+
+        Refuses, whatever the front end: requests no longer open; a pending request past its
+        ``timeout_at`` (it expires, or escalates and is then decided under the escalated
+        approver list); approvers not on the list; self-approval when it is off, including
+        when the request does not know its requester.
+        """
+        now = now or utcnow()
         request = self.get(request_id)
         target = State.APPROVED if approve else State.REJECTED
+        if request.state == State.PENDING and now >= request.timeout_at:
+            request = self._time_out(request, now)
+            if request.state == State.EXPIRED:
+                raise RequestTimedOut(
+                    f"approval request {request_id} for {request.asset} timed out at "
+                    f"{request.timeout_at:%Y-%m-%d %H:%M:%S} UTC and is expired; a decision "
+                    "after the deadline is refused. Rematerialize the upstream for a new request."
+                )
         check_transition(request_id, request.state, target)
         check_approver(
             request_id,
@@ -432,6 +508,109 @@ class ApprovalStore:
                 "try again."
             )
         return self.get(request_id)
+
+    def _time_out(self, request: ApprovalRequest, now: datetime) -> ApprovalRequest:
+        """Apply an overdue pending request's timeout now (the sweep may not have run yet);
+        returns the request as it stands afterwards, whoever moved it."""
+        target = State.ESCALATED if request.on_timeout == "escalate" else State.EXPIRED
+        with self.engine.begin() as conn:
+            self._cas(
+                conn,
+                request.id,
+                State.PENDING,
+                target,
+                "flowstone",
+                f"no decision by {request.timeout_at.isoformat()}",
+                now,
+                {"decided_at": now} if target == State.EXPIRED else {},
+                {"timeout_at": request.timeout_at.isoformat()},
+            )
+        return self.get(request.id)
+
+    # ----------------------------------------------------------------- tokens
+
+    def create_token(self, approver: str, now: datetime | None = None) -> tuple[str, str]:
+        """A new personal token for ``approver``: ``(id, token)``. The token is returned once
+        and only its sha256 is stored, so a copy of the database decides nothing."""
+        approver = approver.strip()
+        if not approver:
+            raise ApprovalError("approval token: the approver name is empty")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = secrets.token_hex(6)
+        with self.engine.begin() as conn:
+            conn.execute(
+                tokens_table.insert().values(
+                    id=token_id,
+                    approver=approver,
+                    token_sha256=token_digest(token),
+                    created_at=now or utcnow(),
+                )
+            )
+        return token_id, token
+
+    def tokens(self, approver: str | None = None) -> builtins.list[ApprovalToken]:
+        query = sa.select(tokens_table).order_by(tokens_table.c.created_at)
+        if approver is not None:
+            query = query.where(tokens_table.c.approver == approver)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            ApprovalToken(
+                id=r["id"],
+                approver=r["approver"],
+                created_at=aware(r["created_at"]),
+                revoked_at=aware(r["revoked_at"]),
+                last_used_at=aware(r["last_used_at"]),
+            )
+            for r in rows
+        ]
+
+    def revoke_token(self, token_id: str, now: datetime | None = None) -> ApprovalToken:
+        """Revoke one token by its id; revoking twice is harmless."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                tokens_table.update()
+                .where(tokens_table.c.id == token_id, tokens_table.c.revoked_at.is_(None))
+                .values(revoked_at=now or utcnow())
+            )
+        for token in self.tokens():
+            if token.id == token_id:
+                return token
+        raise ApprovalError(
+            f"no approval token {token_id!r}; `flowstone approvals token list` shows the ids."
+        )
+
+    def approver_for_token(self, token: str, now: datetime | None = None) -> str:
+        """The approver a presented token proves; :class:`InvalidToken` if it is unknown or
+        revoked."""
+        if not token or not token.startswith(TOKEN_PREFIX):
+            raise InvalidToken("approval token is malformed (expected fsa_...)")
+        with self.engine.begin() as conn:
+            row = (
+                conn.execute(
+                    sa.select(tokens_table).where(
+                        tokens_table.c.token_sha256 == token_digest(token)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise InvalidToken(
+                    "approval token is not known; create one with "
+                    "`flowstone approvals token create NAME`."
+                )
+            if row["revoked_at"] is not None:
+                raise InvalidToken(
+                    f"approval token {row['id']} of {row['approver']} was revoked at "
+                    f"{aware(row['revoked_at']):%Y-%m-%d %H:%M} UTC."
+                )
+            conn.execute(
+                tokens_table.update()
+                .where(tokens_table.c.id == row["id"])
+                .values(last_used_at=now or utcnow())
+            )
+        return str(row["approver"])
 
     def due_for_timeout(self, now: datetime | None = None, asset: str | None = None):
         """Pending requests whose ``timeout_at`` has passed."""

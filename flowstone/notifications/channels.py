@@ -15,11 +15,18 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Protocol
 
-from flowstone.notifications.events import Notification
+from flowstone.notifications.events import Kind, Notification
 
 log = logging.getLogger("flowstone.notifications")
 
 _SEVERITY_EMOJI = {"info": ":white_check_mark:", "warning": ":warning:", "error": ":x:"}
+
+#: The Approve / Reject buttons of an approval message. Slack posts a click on them to the
+#: viewer's ``/slack/actions`` (``flowstone.approvals.slack_actions``) with the request id as
+#: the button's value; the block id lets that endpoint find and replace them in the message.
+APPROVE_ACTION_ID = "flowstone_approve"
+REJECT_ACTION_ID = "flowstone_reject"
+DECISION_BLOCK_ID = "flowstone_decision"
 
 
 class DeliveryError(Exception):
@@ -52,6 +59,9 @@ def slack_blocks(n: Notification) -> tuple[str, list[dict[str, Any]]]:
                 "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:2000]} for k, v in items],
             }
         )
+    request_id = _decidable_request(n)
+    if request_id:
+        blocks.append(decision_buttons(request_id))
     if n.links:
         blocks.append(
             {
@@ -69,12 +79,57 @@ def slack_blocks(n: Notification) -> tuple[str, list[dict[str, Any]]]:
     return f"{n.title}: {n.text}"[:3000], blocks
 
 
+def _decidable_request(n: Notification) -> str | None:
+    """The request a person can still decide from this message: a new request, or one that
+    timed out into ``escalated`` (which stays open). Other kinds get no buttons."""
+    request_id = n.fields.get("request")
+    if not request_id:
+        return None
+    if n.kind == Kind.APPROVAL_REQUIRED:
+        return request_id
+    if n.kind == Kind.APPROVAL_TIMED_OUT and n.fields.get("state") == "escalated":
+        return request_id
+    return None
+
+
+def decision_buttons(request_id: str) -> dict[str, Any]:
+    """An actions block with Approve and Reject, each carrying the request id.
+
+    A block of its own (before the link buttons) so that the action endpoint can swap exactly
+    this block for the outcome and leave the rest of the message as it was.
+    """
+    return {
+        "type": "actions",
+        "block_id": DECISION_BLOCK_ID,
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION_ID,
+                "text": {"type": "plain_text", "text": "Approve"},
+                "style": "primary",
+                "value": request_id,
+            },
+            {
+                "type": "button",
+                "action_id": REJECT_ACTION_ID,
+                "text": {"type": "plain_text", "text": "Reject"},
+                "style": "danger",
+                "value": request_id,
+            },
+        ],
+    }
+
+
 class SlackChannel:
     """Posts Block Kit messages with ``chat.postMessage`` through a ``slack_sdk.WebClient``.
 
     Pass the client of a dagster-slack ``SlackResource`` (``resource.get_client()``) or one
     built with a custom ``base_url``. slack_sdk's own retry handlers are removed so that a
     failure surfaces at once and the outbox owns the (durable) retry.
+
+    The receipt is ``<channel id>:<ts>``, the address ``chat.update`` needs: the configured
+    channel may be a name (``#approvals``), and only the ID Slack answers with, plus the
+    message's ts, names the message for good (see :meth:`parse_receipt`).
     """
 
     name = "slack"
@@ -109,7 +164,21 @@ class SlackChannel:
             ) from exc
         except OSError as exc:  # connection refused, timeouts, DNS: urllib raises OSError kinds
             raise DeliveryError(f"Slack unreachable ({self.client.base_url}): {exc}") from exc
-        return str(response.get("ts", ""))
+        return self.receipt(
+            str(response.get("channel") or self.channel), str(response.get("ts", ""))
+        )
+
+    @staticmethod
+    def receipt(channel_id: str, ts: str) -> str:
+        """The outbox receipt of a posted message: ``<channel id>:<ts>``."""
+        return f"{channel_id}:{ts}"
+
+    @staticmethod
+    def parse_receipt(receipt: str) -> tuple[str | None, str]:
+        """``(channel id, ts)`` of a receipt; rows written before the channel was recorded
+        hold the ts alone, and give ``(None, ts)``."""
+        channel, sep, ts = receipt.rpartition(":")
+        return (channel, ts) if sep else (None, receipt)
 
 
 class EmailChannel:

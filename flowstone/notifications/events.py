@@ -64,19 +64,28 @@ def approval_required(
     partition: str | None,
     data_version: str,
     summary: Mapping[str, Any],
-    link: str,
+    links: str | Sequence[tuple[str, str]],
     approvers: Sequence[str] | None,
     timeout_at: str,
 ) -> Notification:
+    """``links``: ``(label, url)`` pairs, one signed for each approver ("Decide as alice"),
+    or one that names nobody (the page then asks for a login); none when links cannot be
+    signed (no secret), and the text says how to decide instead. A plain URL (the older
+    single-link form) is labelled "Review and decide"."""
+    if isinstance(links, str):
+        links = [("Review and decide", links)]
+    text = (
+        f"Data version {data_version} of {_where(asset, partition)} waits for a decision "
+        f"by {timeout_at}. Approvers: {', '.join(approvers) if approvers else 'anyone'}."
+    )
+    if not links:
+        text += f" Decide with `flowstone approvals approve|reject {request_id} --token ...`."
     return Notification(
         kind=Kind.APPROVAL_REQUIRED,
         title=f"Approval required: {_where(asset, partition)}",
-        text=(
-            f"Data version {data_version} of {_where(asset, partition)} waits for a decision "
-            f"by {timeout_at}. Approvers: {', '.join(approvers) if approvers else 'anyone'}."
-        ),
+        text=text,
         fields={"request": request_id, **_flat(summary)},
-        links=[("Review and decide", link)],
+        links=list(links),
         dedup_key=f"approval_required:{request_id}",
     )
 
@@ -106,7 +115,7 @@ def approval_timed_out(
     asset: str,
     partition: str | None,
     outcome: str,
-    link: str | None,
+    links: Sequence[tuple[str, str]] = (),
     escalate_to: Sequence[str] = (),
 ) -> Notification:
     text = f"Nobody decided request {request_id} in time; it is now {outcome}."
@@ -117,7 +126,7 @@ def approval_timed_out(
         title=f"Approval {outcome}: {_where(asset, partition)}",
         text=text,
         fields={"request": request_id, "state": outcome},
-        links=[("Review and decide", link)] if link else [],
+        links=list(links),
         severity="warning",
         dedup_key=f"approval_timed_out:{request_id}",
     )

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from flowstone.approvals.links import LinkSigner
 from flowstone.approvals.settings import resolve_signing_secret
+from flowstone.approvals.slack_actions import ACTIONS_PATH, SlackActions
 from flowstone.approvals.store import ApprovalStore
 from flowstone.storage.errors import StorageError
 from flowstone.web.approvals import ApprovalsBackend, ApprovalsPages, healthz
@@ -105,6 +106,14 @@ def create_app(settings: AppSettings | None = None) -> Starlette:
         Route("/models/{model:path}/chart.png", viewer.model_chart, name="model_chart"),
         Route("/models/{model:path}", viewer.model, name="model"),
         *approvals.routes(),
+        # Slack's Interactivity request URL: the Approve/Reject buttons of approval messages,
+        # verified by Slack's request signature (flowstone.approvals.slack_actions).
+        Route(
+            ACTIONS_PATH,
+            SlackActions(lambda: approvals.backend.store).endpoint,
+            methods=["POST"],
+            name="slack_actions",
+        ),
         Mount("/static", app=StaticFiles(packages=[("flowstone.web", "static")]), name="static"),
     ]
     return Starlette(

@@ -1,6 +1,7 @@
 """Fixtures for the approval and notification tests: real servers on 127.0.0.1 only.
 
-- a Slack Web API subset (``chat.postMessage``) over HTTP, with fault injection;
+- a Slack Web API subset (``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``) over
+  HTTP, with fault injection;
 - a real SMTP server (aiosmtpd);
 - PostgreSQL: the one on 127.0.0.1:$FLOWSTONE_TEST_PG_PORT (default 5432) if it answers, else a
   throwaway cluster (tests/support/postgres.py, shared with the storage and scale-out tests);
@@ -37,6 +38,9 @@ def _isolated_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "FLOWSTONE_NOTIFICATIONS_DB_URL",
         "FLOWSTONE_APPROVAL_SECRET",
         "FLOWSTONE_APPROVALS_URL",
+        "FLOWSTONE_SLACK_SIGNING_SECRET",
+        "FLOWSTONE_SLACK_USERS",
+        "FLOWSTONE_SLACK_API_URL",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -55,10 +59,14 @@ def outbox_url(tmp_path: Path) -> str:
 
 
 class FakeSlack:
-    """``chat.postMessage`` as Slack serves it, plus switches to break it.
+    """``chat.postMessage``, ``chat.update`` and ``chat.postEphemeral`` as Slack serves them,
+    plus switches to break it.
 
     ``mode``: ``ok``; ``error500`` (HTTP 500); ``ratelimited`` (HTTP 429 + Retry-After).
     ``down()`` closes the listening socket (connection refused); ``up()`` reopens the port.
+    Like Slack, a message posted to a channel name is answered with the channel's ID
+    (``channel_id()``), and ``chat.update`` finds a message by that ID and its ts only.
+    ``updates`` and ``ephemerals`` record the calls of those two methods.
     """
 
     token = "xoxb-flowstone-test"
@@ -68,6 +76,9 @@ class FakeSlack:
         self.mode = "ok"
         self.retry_after = 7
         self.messages: list[dict] = []
+        self.updates: list[dict] = []
+        self.ephemerals: list[dict] = []
+        self.channels: dict[str, str] = {}  # name -> ID
         self.requests = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -76,6 +87,13 @@ class FakeSlack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
+
+    def channel_id(self, channel: str) -> str:
+        """The ID of a channel (names get one on first use; an ID stands for itself)."""
+        if channel.startswith("C") and not channel.startswith("#"):
+            return channel
+        with self._lock:
+            return self.channels.setdefault(channel, f"C{len(self.channels) + 1:08d}")
 
     def _handler(self):
         fake = self
@@ -97,7 +115,8 @@ class FakeSlack:
             def do_POST(self) -> None:
                 with fake._lock:
                     fake.requests += 1
-                if self.path != "/api/chat.postMessage":
+                method = self.path.removeprefix("/api/")
+                if method not in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
                     self._reply(404, {"ok": False, "error": "unknown_method"})
                     return
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
@@ -122,12 +141,36 @@ class FakeSlack:
                 if not body.get("channel") or not (body.get("text") or body.get("blocks")):
                     self._reply(200, {"ok": False, "error": "no_text"})
                     return
+                if method == "chat.update":
+                    self._reply(200, fake._update(body))
+                    return
+                channel = fake.channel_id(body["channel"])
+                if method == "chat.postEphemeral":
+                    if not body.get("user"):
+                        self._reply(200, {"ok": False, "error": "user_not_in_channel"})
+                        return
+                    with fake._lock:
+                        fake.ephemerals.append({**body, "channel_id": channel})
+                    self._reply(200, {"ok": True, "message_ts": f"{time.time():.6f}"})
+                    return
                 ts = f"{time.time():.6f}"
                 with fake._lock:
-                    fake.messages.append({**body, "ts": ts})
-                self._reply(200, {"ok": True, "channel": body["channel"], "ts": ts})
+                    fake.messages.append({**body, "ts": ts, "channel_id": channel})
+                self._reply(200, {"ok": True, "channel": channel, "ts": ts})
 
         return Handler
+
+    def _update(self, body: dict) -> dict:
+        """``chat.update``: the message must exist under that channel ID and ts."""
+        with self._lock:
+            for message in self.messages:
+                if message["channel_id"] == body["channel"] and message["ts"] == body.get("ts"):
+                    self.updates.append(body)
+                    message.update(
+                        {k: v for k, v in body.items() if k in ("text", "blocks")}, edited=True
+                    )
+                    return {"ok": True, "channel": body["channel"], "ts": body["ts"]}
+        return {"ok": False, "error": "message_not_found"}
 
     def up(self) -> None:
         if self._server is not None:

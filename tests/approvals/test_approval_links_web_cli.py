@@ -55,7 +55,7 @@ def test_page_refuses_missing_tampered_and_expired_links(page) -> None:
     base, store, signer = page
     request = store.open_request("promoted_system", "qa|base", "v1", {"f1": 0.91}, POLICY).request
     with httpx.Client(base_url=base) as http:
-        assert http.get("/").status_code == 403
+        assert http.get("/").status_code == 401  # no link, no login: the login form
         good = signer.sign(ALL_REQUESTS)
         tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
         refused = http.get("/", params={"t": tampered})
@@ -82,30 +82,30 @@ def test_page_refuses_missing_tampered_and_expired_links(page) -> None:
 def test_page_lists_and_decides_through_the_state_machine(page) -> None:
     base, store, signer = page
     request = store.open_request("promoted_system", "qa|base", "v1", {"f1": 0.91}, POLICY).request
-    token = signer.sign(ALL_REQUESTS)
+    token = signer.sign(ALL_REQUESTS)  # names nobody: shows, and asks for a login to decide
     with httpx.Client(base_url=base) as http:
         listing = http.get(f"/?t={quote(token)}")
         assert listing.status_code == 200
         assert request.id in listing.text and "0.91" in listing.text
-        assert "<script>" not in listing.text
+        assert "<script>" not in listing.text and 'id="login"' in listing.text
+        mallory = signer.sign(ALL_REQUESTS, approver="mallory")
         refused = http.post(
-            f"/requests/{request.id}/decide",
-            data={"t": token, "action": "approve", "by": "mallory"},
+            f"/requests/{request.id}/decide", data={"t": mallory, "action": "approve"}
         )
         assert refused.status_code == 409 and "not an approver" in refused.text
+        alice = signer.sign(ALL_REQUESTS, approver="alice")
         done = http.post(
             f"/requests/{request.id}/decide",
-            data={"t": token, "action": "approve", "by": "alice", "comment": "ship it"},
+            data={"t": alice, "action": "approve", "comment": "ship it"},
         )
         assert done.status_code == 303
         assert store.get(request.id).state == State.APPROVED
-        again = http.post(
-            f"/requests/{request.id}/decide",
-            data={"t": token, "action": "reject", "by": "bob"},
-        )
+        bob = signer.sign(ALL_REQUESTS, approver="bob")
+        again = http.post(f"/requests/{request.id}/decide", data={"t": bob, "action": "reject"})
         assert again.status_code == 409 and "already approved" in again.text
     audit = store.audit(request.id)
-    assert audit[-1].actor == "alice" and audit[-1].detail == {"via": "web"}
+    assert audit[-1].actor == "alice"
+    assert audit[-1].detail == {"via": "web (link signed for the approver)"}
 
 
 def test_link_bound_to_an_approver_decides_as_that_approver(page) -> None:
@@ -115,6 +115,7 @@ def test_link_bound_to_an_approver_decides_as_that_approver(page) -> None:
     with httpx.Client(base_url=base) as http:
         shown = http.get(f"/requests/{request.id}", params={"t": token})
         assert shown.status_code == 200 and "Deciding as <b>bob</b>" in shown.text
+        assert "You are <b>bob</b>" in shown.text
         done = http.post(
             f"/requests/{request.id}/decide",
             data={"t": token, "action": "reject", "by": "alice", "comment": "no"},
@@ -130,23 +131,27 @@ def test_cli_list_show_approve_reject(store_url: str) -> None:
     first = store.open_request("promoted_system", "qa|base", "v1", {"f1": 0.7}, policy).request
     second = store.open_request("promoted_system", "qa|tuned", "v1", {}, policy).request
     runner = CliRunner()
+    _, alice = store.create_token("alice")
+    _, mallory = store.create_token("mallory")
 
     listed = runner.invoke(app, ["list", "--db", store_url])
     assert listed.exit_code == 0, listed.output
     assert first.id in listed.output and second.id in listed.output
 
-    refused = runner.invoke(app, ["approve", first.id, "--by", "mallory", "--db", store_url])
+    refused = runner.invoke(app, ["approve", first.id, "--token", mallory, "--db", store_url])
     assert refused.exit_code == 1 and "not an approver" in refused.output
 
     ok = runner.invoke(
-        app, ["approve", first.id, "--by", "alice", "--comment", "good", "--db", store_url]
+        app, ["approve", first.id, "--token", alice, "--comment", "good", "--db", store_url]
     )
     assert ok.exit_code == 0 and "approved" in ok.output
-    twice = runner.invoke(app, ["reject", first.id, "--by", "alice", "--db", store_url])
+    twice = runner.invoke(app, ["reject", first.id, "--token", alice, "--db", store_url])
     assert twice.exit_code == 1 and "already approved" in twice.output
 
     rejected = runner.invoke(
-        app, ["reject", second.id, "--by", "alice", "--comment", "regressed", "--db", store_url]
+        app,
+        ["reject", second.id, "--comment", "regressed", "--db", store_url],
+        env={"FLOWSTONE_APPROVAL_TOKEN": alice},
     )
     assert rejected.exit_code == 0
     assert store.get(second.id).comment == "regressed"

@@ -45,7 +45,9 @@ def test_open_is_idempotent_per_version_and_supersedes_older(store_url: str) -> 
 
 def test_decisions_follow_the_state_machine(store_url: str) -> None:
     store = ApprovalStore(store_url)
-    request = store.open_request("promoted_system", "p", "v1", {}, POLICY).request
+    # POLICY forbids self-approval, so the request must know its requester to be decidable.
+    opened = store.open_request("promoted_system", "p", "v1", {}, POLICY, requested_by="carol")
+    request = opened.request
     decided = store.decide(request.id, approve=True, by="bob", comment="looks good")
     assert decided.state == State.APPROVED and decided.decided_by == "bob"
     assert decided.comment == "looks good" and decided.decided_at is not None
@@ -55,7 +57,7 @@ def test_decisions_follow_the_state_machine(store_url: str) -> None:
         store.transition(request.id, State.EXPIRED, actor="flowstone")
     events = [(e.event, e.from_state, e.to_state, e.actor) for e in store.audit(request.id)]
     assert events == [
-        ("opened", None, "pending", "flowstone"),
+        ("opened", None, "pending", "carol"),
         ("approved", "pending", "approved", "bob"),
     ]
 
@@ -133,7 +135,9 @@ def test_audit_log_refuses_update_and_delete_sqlite(store_url: str) -> None:
 def test_store_on_postgresql(postgres_url: str) -> None:
     store = ApprovalStore(postgres_url)
     assert store.engine.dialect.name == "postgresql"
-    first = store.open_request("promoted_system", "qa|base", "v1", {"f1": 0.5}, POLICY)
+    first = store.open_request(
+        "promoted_system", "qa|base", "v1", {"f1": 0.5}, POLICY, requested_by="carol"
+    )
     assert (
         not ApprovalStore(postgres_url)
         .open_request("promoted_system", "qa|base", "v1", {}, POLICY)
@@ -144,6 +148,6 @@ def test_store_on_postgresql(postgres_url: str) -> None:
     store.decide(first.request.id, approve=False, by="bob", comment="f1 too low")
     got = store.get(first.request.id)
     assert got.state == State.REJECTED and got.comment == "f1 too low"
-    assert got.decided_at.tzinfo is not None
+    assert got.decided_at is not None and got.decided_at.tzinfo is not None
     _audit_is_append_only(store)
     assert [e.event for e in store.audit(got.id)] == ["opened", "rejected"]

@@ -31,12 +31,13 @@ def test_click_approve_in_chromium(browser, store_url: str, tmp_path: Path) -> N
     other = store.open_request("promoted_system", "qa|base", "v2", {}, policy).request
     signer = LinkSigner("browser-test-secret", ttl_seconds=600)
     with serve_approvals_page(store, signer) as base:
-        browser.get(signer.url(base, ALL_REQUESTS))
+        # The link a notification carries for alice: it names her, the page says so.
+        browser.get(signer.url(base, ALL_REQUESTS, "alice"))
+        assert "You are alice" in browser.find_element(By.ID, "whoami").text
         card = browser.find_element(By.ID, f"request-{request.id}")
         assert "0.93" in card.text and "qa|tuned" in card.text
         assert browser.find_element(By.ID, f"request-{other.id}")
 
-        browser.find_element(By.ID, f"by-{request.id}").send_keys("alice")
         browser.find_element(By.ID, f"comment-{request.id}").send_keys("clean win")
         browser.find_element(By.ID, f"approve-{request.id}").click()
         message = WebDriverWait(browser, 15).until(

@@ -320,8 +320,8 @@ def test_approve_a_pending_request_on_the_approvals_page(page, approvals_page) -
     request = store.open_request("promoted_system", PARTITION, "dv-ui-1", summary, policy).request
     other = store.open_request("promoted_system", "paraphrase|echo", "dv-ui-2", {}, policy).request
 
-    # The link a notification carries opens that one request.
-    page.driver.get(signer.url(base, request.id))
+    # The link a notification carries for alice opens that one request, as her.
+    page.driver.get(signer.url(base, request.id, "alice"))
     card = page.element(f"request {request.id}'s card", f"//*[@id='request-{request.id}']")
     for expected in ("promoted_system", PARTITION, "pending", "0.61", "alice"):
         assert expected in card.text, f"'{expected}' missing from the request card: {card.text!r}"
@@ -330,7 +330,7 @@ def test_approve_a_pending_request_on_the_approvals_page(page, approvals_page) -
     )
     page.capture("approvals-pending")
 
-    page.element("the approver name field", f"//input[@id='by-{request.id}']").send_keys("alice")
+    assert "alice" in page.element("who the page says you are", "//*[@id='whoami']").text
     page.element("the comment field", f"//input[@id='comment-{request.id}']").send_keys("ship it")
     page.click("the Approve button", f"//button[@id='approve-{request.id}']")
     message = page.element("the confirmation message", "//*[@id='message']")

@@ -7,15 +7,24 @@
 2. A 50-case suite completed in parallel (8 in flight) against sequentially: the ratio.
 3. A rerun of the same suite through the response cache: provider calls (target 0) and
    the wall-time ratio against the first run.
+4. Four processes sharing one 120/min limit through FLOWSTONE_LLM_STATE (Redis), against the
+   same stub enforcing 120/min server-side: aggregate rate as a share of the limit (target
+   >= 95%) and 429s reaching a caller (target 0). Peer, in the same run: per-process limiters
+   (each process believes it has the whole 120/min, as without FLOWSTONE_LLM_STATE). The two
+   are interleaved and repeated. Redis: $FLOWSTONE_LLM_STATE when set, else the machine's on
+   127.0.0.1:6379, else a redis-server started for the run; keys under a fresh prefix.
 
-Run: .venv/bin/python bench/bench_llm.py   (about two minutes)
+Run: .venv/bin/python bench/bench_llm.py                (about four minutes)
+     .venv/bin/python bench/bench_llm.py --shared-only  (section 4 only, about two minutes)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,18 +32,25 @@ from pathlib import Path
 # way tests/conftest.py does, so it imports as ``support.llm_stub_server``.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from support.llm_processes import Load, run_processes  # noqa: E402
 from support.llm_stub_server import StubLLMServer  # noqa: E402
+from support.redis_server import redis_server  # noqa: E402
 
 from flowstone.llm.client import LLMClient  # noqa: E402
 from flowstone.llm.config import ClientConfig, ProviderConfig  # noqa: E402
 from flowstone.llm.ratelimit import RateLimits, reset_limiters  # noqa: E402
 from flowstone.llm.retry import RetryPolicy  # noqa: E402
+from flowstone.llm.state import ENV as STATE_ENV  # noqa: E402
+from flowstone.llm.state import RedisState, parse_state_url  # noqa: E402
 
 LIMIT_PER_MIN = 120
 THROUGHPUT_REQUESTS = 150
 PEER_REQUESTS = 30
 SUITE_SIZE = 50
 LATENCY_S = 0.2
+SHARED_PROCESSES = 4
+SHARED_REQUESTS_PER_PROCESS = 15  # 60 requests: ~30 s at 120/min
+SHARED_ROUNDS = 2
 
 
 def client_for(
@@ -74,7 +90,89 @@ def run_load(client: LLMClient, n: int, tag: str) -> tuple[float, int]:
     return time.perf_counter() - start, errors
 
 
+def machine() -> str:
+    """The CPU and the load average, printed beside figures that depend on them."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} x {model}; load average {one:.2f} (1 min) {five:.2f} (5 min)"
+
+
+def shared_round(stub: StubLLMServer, state_url: str | None) -> tuple[float, int, int, int]:
+    """One run of four processes: (rate as a share of the limit, 429s sent by the server,
+    429s reaching a caller, other errors reaching a caller)."""
+    stub.reset()
+    stub.state.requests_per_minute = LIMIT_PER_MIN
+    loads = [
+        Load(
+            stub.openai_url,
+            requests=SHARED_REQUESTS_PER_PROCESS,
+            state_url=state_url,
+            requests_per_minute=LIMIT_PER_MIN,
+            threads=4,
+            max_attempts=10,
+            tag=f"bench {i} {uuid.uuid4().hex[:6]}",
+        )
+        for i in range(SHARED_PROCESSES)
+    ]
+    outcome = run_processes(loads, timeout_s=300)
+    caller_429 = sum(1 for e in outcome.errors if e == "status:429")
+    return (
+        outcome.per_minute / LIMIT_PER_MIN,
+        stub.state.counts[429],
+        caller_429,
+        len(outcome.errors) - caller_429,
+    )
+
+
+def shared_section(stub: StubLLMServer) -> None:
+    """Section 4: shared limit across processes vs per-process limiters, interleaved."""
+    configured = os.environ.get(STATE_ENV)
+    with redis_server() as local_url:
+        base = configured or local_url
+        url = f"{base.split('?')[0]}?prefix=flowstone-bench:{uuid.uuid4().hex[:8]}"
+        store = RedisState(parse_state_url(url))
+        print(f"[shared] machine: {machine()}")
+        print(f"[shared] store: {store.config.display} (Redis {store.server_version()})")
+        rows: dict[str, list[tuple[float, int, int, int]]] = {"shared": [], "per-process": []}
+        try:
+            for round_no in range(SHARED_ROUNDS):
+                for label, state_url in (("shared", url), ("per-process", None)):
+                    store.clear()
+                    row = shared_round(stub, state_url)
+                    rows[label].append(row)
+                    print(
+                        f"[shared] round {round_no + 1} {label:>11}: {SHARED_PROCESSES} processes "
+                        f"x {SHARED_REQUESTS_PER_PROCESS} requests at {row[0]:.1%} of the "
+                        f"{LIMIT_PER_MIN}/min limit; 429s sent by the server {row[1]}, reaching "
+                        f"a caller {row[2]}, other errors reaching a caller {row[3]}"
+                    )
+        finally:
+            store.clear()
+            store.close()
+        for label, runs in rows.items():
+            rates = ", ".join(f"{r[0]:.1%}" for r in runs)
+            print(
+                f"[shared] {label:>11}: rate {rates} of the limit (target >= 95% shared); server "
+                f"429s {sum(r[1] for r in runs)}, 429s reaching a caller {sum(r[2] for r in runs)} "
+                f"(target 0 shared), other errors {sum(r[3] for r in runs)}"
+            )
+        print(f"[shared] machine after: {machine()}")
+
+
 def main() -> None:
+    if "--shared-only" in sys.argv[1:]:
+        with StubLLMServer(
+            latency_s=LATENCY_S, requests_per_minute=LIMIT_PER_MIN, rate_burst=2
+        ) as stub:
+            shared_section(stub)
+        return
     with StubLLMServer(
         latency_s=LATENCY_S, requests_per_minute=LIMIT_PER_MIN, rate_burst=2
     ) as stub:
@@ -126,6 +224,11 @@ def main() -> None:
                 f"wall {rerun:.3f}s vs first run {parallel:.2f}s: {parallel / rerun:.0f}x faster "
                 f"(ratio {rerun / parallel:.4f})"
             )
+
+        # 4. one limit shared by four processes, against per-process limiters
+        stub.state.latency_s = LATENCY_S
+        stub.state.rate_burst = 2
+        shared_section(stub)
 
 
 if __name__ == "__main__":

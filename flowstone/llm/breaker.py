@@ -7,8 +7,11 @@ half-open up to ``half_open_max_calls`` trial calls go through; ``success_thresh
 
 A "failed call" is one whose retries were exhausted on a transient error: a 400 or 401 says
 nothing about the provider's health and does not count. Breakers are process-wide per
-provider name, like the rate limits, so every client in a step sees the same state. State
-changes are logged and kept in ``transitions`` for asset metadata.
+endpoint, like the rate limits, so every client in a step sees the same state; with
+``FLOWSTONE_LLM_STATE`` set the state lives in Redis (:mod:`flowstone.llm.state`) and every
+process on every host sees it: a provider one step found dead is not called by the others. State
+changes are logged (by the process that made them) and kept in ``transitions`` for asset
+metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from flowstone.llm import state as shared_state
 from flowstone.llm.redaction import get_logger
 from flowstone.llm.shared import ProcessShared
 from flowstone.telemetry import metrics
@@ -147,14 +151,108 @@ class CircuitBreaker:
                 self._trials -= 1
 
 
-_breakers: ProcessShared[BreakerConfig, CircuitBreaker] = ProcessShared(CircuitBreaker)
+class SharedCircuitBreaker(CircuitBreaker):
+    """A breaker whose state lives in the shared store: each decision is one atomic script on
+    the server (see ``flowstone.llm.state``), so an open breaker refuses calls in every
+    process, and half-open trials are counted across all of them.
+
+    The in-process state it inherits mirrors the last answer and is the fallback: while the
+    store does not answer, this process goes on from what it last saw, alone.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        config: BreakerConfig,
+        store: shared_state.RedisState,
+        clock=time.monotonic,
+    ):
+        super().__init__(provider, config, clock)
+        self.store = store
+        self._key = store.key("breaker", self.endpoint)
+
+    def _ask(self, op: str) -> shared_state.BreakerReply | None:
+        try:
+            reply = self.store.breaker(
+                self._key,
+                op,
+                failure_threshold=self.config.failure_threshold,
+                recovery_timeout_s=self.config.recovery_timeout_s,
+                half_open_max_calls=self.config.half_open_max_calls,
+                success_threshold=self.config.success_threshold,
+            )
+        except shared_state.StateUnavailable:
+            return None
+        with self._lock:
+            new = BreakerState(reply.state)
+            if reply.moved_from and reply.moved_from != reply.state:
+                log.warning(
+                    "circuit breaker for provider '%s' (%s, shared): %s -> %s (%s)",
+                    self.provider,
+                    self.endpoint,
+                    reply.moved_from,
+                    new,
+                    reply.why,
+                )
+                self.transitions.append((reply.moved_from, str(new)))
+                metrics.llm_breaker_transition(self.provider, str(new))
+            if new is not self._state:
+                self._failures = self._successes = self._trials = 0
+            self._state = new
+            if new is BreakerState.OPEN:
+                self._opened_at = self._clock() - self.config.recovery_timeout_s + reply.retry_in_s
+        return reply
+
+    @property
+    def state(self) -> BreakerState:
+        reply = self._ask("peek")
+        return BreakerState(reply.state) if reply is not None else super().state
+
+    def retry_in_s(self) -> float:
+        reply = self._ask("peek")
+        return reply.retry_in_s if reply is not None else super().retry_in_s()
+
+    def available(self) -> bool:
+        reply = self._ask("peek")
+        return reply.allowed if reply is not None else super().available()
+
+    def try_acquire(self) -> bool:
+        reply = self._ask("acquire")
+        return reply.allowed if reply is not None else super().try_acquire()
+
+    def record_success(self) -> None:
+        if self._ask("success") is None:
+            super().record_success()
+
+    def record_failure(self) -> None:
+        if self._ask("failure") is None:
+            super().record_failure()
+
+    def release(self) -> None:
+        if self._ask("release") is None:
+            super().release()
+
+
+def _build(endpoint: str, config: tuple[BreakerConfig, shared_state.StateConfig]) -> CircuitBreaker:
+    breaker_config, where = config
+    store = shared_state.shared_state() if where.shared else None
+    if store is None:
+        return CircuitBreaker(endpoint, breaker_config)
+    return SharedCircuitBreaker(endpoint, breaker_config, store)
+
+
+_breakers: ProcessShared[tuple[BreakerConfig, shared_state.StateConfig], CircuitBreaker] = (
+    ProcessShared(_build)
+)
 
 
 def breaker_for(endpoint: str, config: BreakerConfig, name: str | None = None) -> CircuitBreaker:
     """The process-wide breaker of an endpoint (``ProviderConfig.endpoint``); a changed config
     replaces it. ``name``, the provider's configured name, labels its metrics (the first
-    client to ask names it: two names on one endpoint share one breaker)."""
-    breaker = _breakers.get(endpoint, config)
+    client to ask names it: two names on one endpoint share one breaker). With
+    ``FLOWSTONE_LLM_STATE`` set its state is shared by every process (raises ``ConfigError``
+    when the variable is malformed: at client construction, before any call)."""
+    breaker = _breakers.get(endpoint, (config, shared_state.current_config()))
     if name and breaker.provider == breaker.endpoint:
         breaker.provider = name
     return breaker

@@ -51,7 +51,7 @@ def test_healthy_setup_is_all_ok(healthy, short_tmp, monkeypatch):
     rows = by_name(output)
     assert list(rows) == [
         "dagster instance", "warehouse", "object store", "provider credentials",
-        "pool bridges", "pool server", "dbt manifest",
+        "llm state", "pool bridges", "pool server", "dbt manifest",
     ]  # fmt: skip
     assert {name: row["status"] for name, row in rows.items() if row["status"] != "ok"} == {}
     assert "SqliteRunStorage" in rows["dagster instance"]["detail"]
@@ -62,7 +62,7 @@ def test_healthy_setup_is_all_ok(healthy, short_tmp, monkeypatch):
     assert "dbt 1.11.0, 1 nodes" in rows["dbt manifest"]["detail"]
     assert healthy.secret not in output
     assert not (healthy.objects / "_flowstone_doctor").exists()  # the probe cleaned up
-    assert table_code == 0 and "7 ok, 0 warn, 0 fail" in table and healthy.secret not in table
+    assert table_code == 0 and "8 ok, 0 warn, 0 fail" in table and healthy.secret not in table
 
 
 def test_broken_setup_fails_with_fixes(healthy, short_tmp, monkeypatch):

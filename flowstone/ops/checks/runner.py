@@ -16,6 +16,7 @@ from dataclasses import replace
 from flowstone.ops.checks.bridges import check_bridges
 from flowstone.ops.checks.credentials import check_credentials
 from flowstone.ops.checks.dbt import check_dbt_manifest
+from flowstone.ops.checks.llm_state import check_llm_state
 from flowstone.ops.checks.object_store import check_object_store
 from flowstone.ops.checks.pool import check_pool_server
 from flowstone.ops.checks.result import FAIL, CheckResult, first_line
@@ -27,6 +28,7 @@ CHECKS: dict[str, Check] = {
     "warehouse": check_warehouse,
     "object_store": check_object_store,
     "credentials": check_credentials,
+    "llm_state": check_llm_state,
     "bridges": check_bridges,
     "pool_server": check_pool_server,
     "dbt": check_dbt_manifest,

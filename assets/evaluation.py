@@ -7,6 +7,7 @@ that need a re-run. Each body runs `flowstone.evaluation.pipeline` per partition
 metadata still lands on each partition).
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from flowstone.evaluation.check_names import NO_REGRESSION, threshold_check_name
 from flowstone.storage.versions import VERSIONS_KEPT
+from flowstone.systems.batch_mode import PendingBatch
 from flowstone.web.links import ViewerLinks, public_base_url
 from resources.worker_pool import PythonWorkerPoolResource
 
@@ -152,6 +154,33 @@ def previous_report(context: dg.AssetExecutionContext, partition_key: str) -> Pr
             if k.startswith(MEAN_PREFIX)
         }
     )
+
+
+def _announce_batches(
+    context: dg.AssetExecutionContext, results: dict, waiting: list[str]
+) -> Iterator[dg.AssetObservation]:
+    """A partition that waits on a provider batch: observed (the asset's partition page shows
+    the batch, its size and when it went out), not materialized, so scores and report are
+    skipped and the run ends as a success. A run of several partitions materializes none of
+    them while one waits (Dagster stores a partition range's output as one): the others'
+    answers are in the response cache, and their run costs nothing once the batches end."""
+    for key in waiting:
+        metadata = results[key].metadata
+        context.log.info(
+            f"{key}: {metadata['llm_batch']} provider batch {metadata['llm_batch_ids']} "
+            f"({metadata['llm_batch_requests']} requests); llm_batch_sensor launches the run "
+            "that materializes this partition once it ended"
+        )
+        yield dg.AssetObservation(
+            asset_key=context.asset_key, partition=key, metadata=to_metadata(metadata)
+        )
+    others = [k for k in results if k not in waiting]
+    if others:
+        context.log.warning(
+            f"not materialized while {len(waiting)} partition(s) wait on provider batches: "
+            f"{', '.join(others)}; materialize them in a run of their own (their LLM answers "
+            "are cached)"
+        )
 
 
 def build_check_specs(
@@ -382,14 +411,25 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
         pool=steps.llm_pool,
         deps=[dg.AssetDep(system_spec, partition_mapping=by_system)],
         description="The system's output for every case of the suite.",
+        # a system in `mode: batch` submits a provider batch and materializes nothing until
+        # llm_batch_sensor launches the run that reads the answers
+        output_required=False,
     )
     def predictions(context: dg.AssetExecutionContext, suite):
-        return PartitionBatch(context).run(
-            lambda suite_name, system_name, suite: _pipeline().predict(
-                catalog, suite_name, system_name, suite
-            ),
-            suite=suite,
-        )
+        batch = PartitionBatch(context)
+        results = {}
+        for key in batch.keys:
+            suite_name, system_name = batch.dims(key)
+            results[key] = _pipeline().predict(
+                catalog, suite_name, system_name, batch.input(suite, key)
+            )
+        waiting = [k for k, r in results.items() if isinstance(r.value, PendingBatch)]
+        if waiting:
+            yield from _announce_batches(context, results, waiting)
+            return
+        for key, result in results.items():
+            batch.record(key, result.metadata)
+        yield dg.Output(batch.output({k: r.value for k, r in results.items()}))
 
     @dg.asset(
         **common,

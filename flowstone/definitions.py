@@ -42,6 +42,7 @@ from assets.warehouse import (
     warehouse_job,
 )
 from flowstone.evaluation.catalog import Catalog, load_catalog
+from flowstone.llm import state as llm_state
 from io_managers.database import DatabaseIOManager
 from io_managers.object_store import object_store_io_manager_from_env
 from resources.approvals import approvals_resource_from_env
@@ -51,6 +52,7 @@ from resources.notifications import notifications_resource_from_env
 from resources.worker_pool import worker_pool_resource_from_env
 from sensors.approvals import build_approval_sensors
 from sensors.baking import model_drop_sensor
+from sensors.llm_batches import build_llm_batch_sensor
 from sensors.notifications import build_notification_sensors
 from sensors.schedules import (
     build_dbt_schedule,
@@ -75,6 +77,7 @@ def build_definitions(
     settings) and ``resources`` (replacing the defaults by key) let a test or a notebook run
     the same location on its own suites and stores."""
     mode = mode or executor_mode()
+    llm_state.current_config()  # a malformed FLOWSTONE_LLM_STATE fails the load, naming it
     catalog = catalog or load_catalog()
     partitions = evaluation_partitions(catalog)
     project = load_dbt_project()
@@ -103,6 +106,7 @@ def build_definitions(
             *build_approval_sensors(DEPLOYED_KEY, BAKE_PACKAGE_KEY),
             *build_notification_sensors(),
             model_drop_sensor,
+            build_llm_batch_sensor(catalog, EVALUATION_JOB),
             build_warehouse_automation_sensor(
                 dg.AssetSelection.groups(WAREHOUSE_GROUP)
                 | dg.AssetSelection.assets(*dbt_assets, COMPARISON_KEY)

@@ -18,6 +18,7 @@ from flowstone.evaluation import suites as suite_io
 from flowstone.evaluation.catalog import Catalog
 from flowstone.evaluation.config import RegressionSettings, SuiteSettings
 from flowstone.evaluation.regression import Regression, assess
+from flowstone.systems import batch_mode
 
 # Means as a person reads them in the UI's metadata; the stored values keep full precision.
 DISPLAY_DECIMALS = 3
@@ -57,13 +58,28 @@ def load_suite(catalog: Catalog, suite_name: str) -> StepResult:
 
 
 def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataFrame) -> StepResult:
+    """The system's predictions for the suite. For a system in ``mode: batch`` the value may be
+    a ``PendingBatch`` instead: the suite went to the provider's batch API and nothing is to
+    be stored yet (the predictions asset then materializes nothing; a sensor launches the run
+    that does once the batch ended)."""
     system = catalog.systems.get(system_name)
     cases = suite_io.suite_from_frame(suite_name, suite).cases
-    preds = system.predict(
-        cases,
-        progress=progress.reporter(f"{suite_name} × {system_name}", len(cases) * system.repeats),
-        suite=suite_name,
-    )
+    reporter = progress.reporter(f"{suite_name} × {system_name}", len(cases) * system.repeats)
+    batch_metadata: dict = {}
+    if batch_mode.is_batch_system(system):
+        outcome = batch_mode.predict_or_submit(
+            system,
+            cases,
+            {"suite": suite_name, "system": system_name},
+            suite=suite_name,
+            progress=reporter,
+        )
+        if isinstance(outcome, batch_mode.PendingBatch):
+            return StepResult(outcome, outcome.metadata())
+        preds = outcome.predictions
+        batch_metadata = outcome.metadata()
+    else:
+        preds = system.predict(cases, progress=reporter, suite=suite_name)
     table = pd.DataFrame([p.to_dict() for p in preds])
     return StepResult(
         table,
@@ -77,6 +93,7 @@ def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataF
             "cost_usd": float(table["cost_usd"].sum()),
             "cache_hits": int(table["cached"].sum()),
             **system.run_metadata(),
+            **batch_metadata,
             "preview": table[["case_id", "output"]].head(5),
         },
     )

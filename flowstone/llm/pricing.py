@@ -24,6 +24,10 @@ class Price:
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
+    def scaled(self, factor: float) -> Price:
+        """This price times ``factor`` (a batch discount), for input and output alike."""
+        return Price(self.input_per_mtok * factor, self.output_per_mtok * factor)
+
 
 DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-1": Price(15.0, 75.0),
@@ -38,6 +42,22 @@ DEFAULT_PRICES: dict[str, Price] = {
     "gemini-2.5-flash": Price(0.3, 2.5),
     "local-baseline": Price(0.0, 0.0),
 }
+
+
+#: What a request sent through a provider's batch API costs, as a share of the list price: both
+#: Anthropic's Message Batches and OpenAI's Batch API bill half. A kind absent here has no
+#: batch API (systems.yaml refuses ``mode: batch`` on it).
+BATCH_PRICE_FACTORS: dict[str, float] = {"anthropic": 0.5, "openai": 0.5}
+
+
+def batch_price(kind: str, price: Price) -> Price:
+    """``price`` as billed through ``kind``'s batch API."""
+    if kind not in BATCH_PRICE_FACTORS:
+        raise ValueError(
+            f"provider kind '{kind}' has no batch API; batch prices exist for "
+            f"{sorted(BATCH_PRICE_FACTORS)}"
+        )
+    return price.scaled(BATCH_PRICE_FACTORS[kind])
 
 
 class PriceTable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowstone.errors import ConfigError
+from flowstone.llm.batch_api import BATCH_KINDS
 from flowstone.llm.breaker import BreakerConfig
 from flowstone.llm.config import ClientConfig, ProviderConfig
 from flowstone.llm.ratelimit import RateLimits
@@ -50,7 +51,10 @@ _SYSTEM_KEYS = {
     "strategy",
     "cache",
     "repeats",
+    "mode",
 }
+#: How a system's requests reach its provider: one call per case, or the provider's batch API.
+MODES = ("online", "batch")
 
 
 def _provider(source: Path, where: str, raw: dict, system: str) -> ProviderConfig:
@@ -174,6 +178,7 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
                 f"{where}.repeats",
                 f"must be a whole number of answers per case, at least 1; got {repeats!r}",
             )
+        mode = _mode(source, where, raw, spec, defaults)
         systems.append(
             PromptTemplateSystem(
                 spec,
@@ -183,6 +188,39 @@ def load_llm_systems(path: str | Path | None = None) -> list[PromptTemplateSyste
                     raw.get("strategy"),
                 ),
                 repeats=repeats,
+                mode=mode,
             )
         )
     return systems
+
+
+def _mode(source: Path, where: str, raw: dict, spec: LLMSystemSpec, defaults: dict) -> str:
+    """``online`` (the default) or ``batch``. A batch goes to the system's first provider, so
+    that one must have a batch API; the answers reach the run through the response cache, so
+    batch mode needs the cache on."""
+    mode = raw.get("mode", "online")
+    if mode not in MODES:
+        raise ConfigError(
+            source,
+            f"{where}.mode",
+            f"system '{spec.name}': unknown mode {mode!r}; use one of {', '.join(MODES)}",
+        )
+    if mode == "online":
+        return mode
+    first = spec.providers[0]
+    if first.kind not in BATCH_KINDS:
+        raise ConfigError(
+            source,
+            f"{where}.mode",
+            f"system '{spec.name}': mode batch sends its batch to its first provider, "
+            f"{first.kind}/{first.model}, which has no batch API; batch mode is available on "
+            f"{' and '.join(BATCH_KINDS)} (or set mode: online)",
+        )
+    if not raw.get("cache", defaults.get("cache", True)):
+        raise ConfigError(
+            source,
+            f"{where}.cache",
+            f"system '{spec.name}': mode batch delivers its answers through the response "
+            "cache; turn the cache on for it (or set mode: online)",
+        )
+    return mode

@@ -48,9 +48,16 @@ class PromptTemplateSystem(System):
         client_config: ClientConfig | None = None,
         client=None,
         repeats: int = 1,
+        mode: str = "online",
     ):
         if repeats < 1:
             raise ValueError(f"system '{spec.name}': repeats must be at least 1, got {repeats}")
+        if mode not in ("online", "batch"):
+            raise ValueError(f"system '{spec.name}': mode must be online or batch, got {mode!r}")
+        # "batch": the predictions step submits the suite to the first provider's batch API
+        # and a sensor launches the run once it ended (flowstone.systems.batch_mode). Not part
+        # of params(): the same prompts to the same model are the same system either way.
+        self.mode = mode
         self.spec = spec
         self.repeats = repeats
         self.name = spec.name

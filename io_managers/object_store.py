@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from flowstone.paths import outputs_dir
 from flowstone.storage import codec
-from flowstone.storage.errors import StorageError
+from flowstone.storage.errors import CodecError, StorageError
 from flowstone.storage.keys import object_key_for
 from flowstone.storage.local_store import LocalObjectStore
 from flowstone.storage.location import DEFAULT_PREFIX, object_store_location
@@ -153,10 +153,17 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
         )
         keep = versions_kept(context)
         compression = None if self.compression == "none" else self.compression
-        written = []
+        # every value is encoded before any is written: a value the codec refuses must not
+        # leave the run's other partitions overwritten by a run that then fails
+        encoded_items = []
         for partition_key, spec, value in items:
-            key = self._key(context, spec)
-            encoded = codec.encode(value, trusted=self.trusted_pickle, compression=compression)
+            try:
+                encoded = codec.encode(value, trusted=self.trusted_pickle, compression=compression)
+            except CodecError as exc:  # the codec names the value's path; we add where it was
+                raise exc.naming(context.asset_key.to_user_string(), partition_key) from exc
+            encoded_items.append((partition_key, self._key(context, spec), encoded))
+        written = []
+        for partition_key, key, encoded in encoded_items:
             written.append((partition_key, save_encoded(store, key, encoded)))
             if keep:
                 save_version(store, key, encoded, run_id=context.run_id, keep=keep)

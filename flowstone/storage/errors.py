@@ -6,6 +6,8 @@ because these messages surface in the Dagster UI where a person has to act on th
 
 from __future__ import annotations
 
+from typing import Self
+
 from flowstone.errors import FlowStoneError
 
 
@@ -29,11 +31,37 @@ class ObjectNotFoundError(StorageError, KeyError):
 
 
 class ChecksumError(StorageError):
-    """Stored bytes do not match the sha256 recorded when they were written."""
+    """Stored bytes (header or payload) do not match the checksums recorded when they were
+    written, or do not form a FlowStone object at all."""
 
 
 class CodecError(StorageError):
     """An object that cannot be encoded or decoded with the allowed formats."""
+
+    def naming(self, asset: str, partition: str | None) -> Self:
+        """The same error, its message led by the asset and partition it happened on.
+
+        Why a copy and not a wrapper: the codec knows the value, not the asset; the I/O
+        manager knows the asset. Callers that catch the specific class (and read its
+        attributes) still can.
+        """
+        where = f"asset {asset}" + (
+            f", partition {partition}" if partition is not None else " (unpartitioned)"
+        )
+        named = type(self).__new__(type(self))
+        named.__dict__.update(self.__dict__)
+        named.args = (f"{where}: {self}",)
+        return named
+
+
+class UnsupportedValueError(CodecError):
+    """A value, or a part of it at ``path`` (``value["a"][3]``), that no stored format carries
+    exactly, refused at write so that it never loads back as something else."""
+
+    def __init__(self, message: str, *, path: str = "value", type_name: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.type_name = type_name
 
 
 class NoDataForPartitionError(StorageError):

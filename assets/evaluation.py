@@ -437,18 +437,33 @@ def build_evaluation_assets(catalog: Catalog, steps: StepSettings | None = None)
         description="Per-case scores, one column a metric, recomputed from stored predictions.",
         # the viewer's per-case diff reads the partition's earlier materializations
         metadata={VERSIONS_KEPT: SCORE_VERSIONS_KEPT},
+        # a judge in `mode: batch` submits a provider batch and materializes nothing until
+        # llm_batch_sensor launches the run that scores from its answers
+        output_required=False,
     )
     def scores(
         context: dg.AssetExecutionContext, worker_pool: PythonWorkerPoolResource, suite, predictions
     ):
         context.log.info(f"scoring with the worker pool in '{worker_pool.mode}' mode")
-        return PartitionBatch(context).run(
-            lambda suite_name, system_name, suite, predictions: _pipeline().score(
-                catalog, suite_name, suite, predictions, worker_pool.compute_metric, system_name
-            ),
-            suite=suite,
-            predictions=predictions,
-        )
+        batch = PartitionBatch(context)
+        results = {}
+        for key in batch.keys:
+            suite_name, system_name = batch.dims(key)
+            results[key] = _pipeline().score(
+                catalog,
+                suite_name,
+                batch.input(suite, key),
+                batch.input(predictions, key),
+                worker_pool.compute_metric,
+                system_name,
+            )
+        waiting = [k for k, r in results.items() if isinstance(r.value, PendingBatch)]
+        if waiting:
+            yield from _announce_batches(context, results, waiting)
+            return
+        for key, result in results.items():
+            batch.record(key, result.metadata)
+        yield dg.Output(batch.output({k: r.value for k, r in results.items()}))
 
     # A multi-asset only for can_subset: it makes each check's output optional, so a partition
     # whose suite sets no threshold for a metric gets no result rather than a false "passed".

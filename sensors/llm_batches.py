@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from flowstone.evaluation.catalog import Catalog
-from flowstone.llm.batch_flow import TickReport, advance_batches
-from flowstone.llm.batch_store import BatchStore, batches_exist
+from flowstone.evaluation.judge_metric import is_judge_batch, judge_batch_targets
+from flowstone.llm.batch_flow import TargetFor, TickReport, advance_batches
+from flowstone.llm.batch_store import BatchJob, BatchStore, batches_exist
 from flowstone.systems.batch_mode import batch_targets
 
 if TYPE_CHECKING:  # define_asset_job's return type, which Dagster does not re-export
@@ -30,16 +31,30 @@ if TYPE_CHECKING:  # define_asset_job's return type, which Dagster does not re-e
     )
 
 PREDICTIONS_KEY = dg.AssetKey(["evaluation", "predictions"])
+SCORES_KEY = dg.AssetKey(["evaluation", "scores"])
 BATCH_TAG = "flowstone/llm_batches"
+PARTITION_DIMENSIONS = ("suite", "system")
+
+
+def _partition(scope: dict[str, str]) -> dg.MultiPartitionKey:
+    """The evaluation partition a batch answers; a judge batch's scope also names its metric
+    (``JUDGE_SCOPE_KEY``), which is not a partition dimension."""
+    return dg.MultiPartitionKey({k: scope[k] for k in PARTITION_DIMENSIONS})
 
 
 def batch_run_requests(report: TickReport) -> list[dg.RunRequest]:
-    """One run per ready partition. The run key names the partition's ended batches, so a
-    daemon that ticks again before the run consumed them requests nothing twice."""
-    requests = []
+    """One run per ready partition (a system's batch and its judges' batches that end on the
+    same tick share it: the run reads them all). The run key names the partition's ended
+    batches, so a daemon that ticks again before the run consumed them requests nothing
+    twice."""
+    merged: dict[str, tuple[dict[str, str], list[BatchJob]]] = {}
     for scope, jobs in report.ready:
-        ids = ",".join(j.batch_id for j in jobs)
-        partition = dg.MultiPartitionKey(scope)
+        key = str(_partition(scope))
+        merged.setdefault(key, (scope, []))[1].extend(jobs)
+    requests = []
+    for scope, ended in merged.values():
+        ids = ",".join(j.batch_id for j in ended)
+        partition = _partition(scope)
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
         requests.append(
             dg.RunRequest(
@@ -56,8 +71,8 @@ def failure_observations(report: TickReport) -> list[dg.AssetObservation]:
     its step made when it submitted the batch."""
     return [
         dg.AssetObservation(
-            asset_key=PREDICTIONS_KEY,
-            partition=dg.MultiPartitionKey(job.scope),
+            asset_key=SCORES_KEY if is_judge_batch(job) else PREDICTIONS_KEY,
+            partition=_partition(job.scope),
             metadata={"llm_batch": "failed", "llm_batch_ids": job.batch_id, "detail": job.detail},
         )
         for job in report.failed
@@ -78,6 +93,14 @@ def tick_summary(report: TickReport) -> str:
     return "; ".join(parts) or "no provider batch in progress"
 
 
+def batch_targets_of(catalog: Catalog) -> TargetFor:
+    """Where a recorded batch's answers go: a judge batch's from its metric's settings, a
+    system batch's from its system."""
+    systems = batch_targets(catalog.systems)
+    judges = judge_batch_targets(catalog.settings)
+    return lambda job: judges(job) if is_judge_batch(job) else systems(job)
+
+
 def build_llm_batch_sensor(
     catalog: Catalog, job: UnresolvedAssetJobDefinition | dg.JobDefinition
 ) -> dg.SensorDefinition:
@@ -89,13 +112,13 @@ def build_llm_batch_sensor(
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Polls the provider batches of systems in `mode: batch` and launches the "
-        "evaluation run of each partition whose batch ended.",
+        description="Polls the provider batches of systems and judges in `mode: batch` and "
+        "launches the evaluation run of each partition whose batch ended.",
     )
     def llm_batch_sensor(context: dg.SensorEvaluationContext):
         if not batches_exist():
             return dg.SkipReason("no provider batch was ever submitted")
-        report = advance_batches(BatchStore(), batch_targets(catalog.systems))
+        report = advance_batches(BatchStore(), batch_targets_of(catalog))
         summary = tick_summary(report)
         for failed in report.failed:
             context.log.error(failed.detail or f"{failed.describe()} failed")

@@ -101,6 +101,23 @@ class LLMJudge:
         self.concurrency = concurrency
         self.use_cache = use_cache
 
+    def first_messages(
+        self, prediction: str, reference: str, context: str | None = None
+    ) -> list[Message]:
+        """The conversation of a case's first attempt, exactly as :meth:`judge_one` sends it.
+
+        Why public: a judge in ``mode: batch`` sends these ahead through a provider batch API,
+        under the cache key the first attempt looks up, so that attempt is a cache hit."""
+        prompt = self.template.render(
+            prediction=prediction, reference=reference, context=context or ""
+        )
+        return [Message("user", prompt)]
+
+    def needs_call(self, context: str | None) -> bool:
+        """Whether judging a case calls the model at all (faithfulness without a context is
+        recorded invalid without one)."""
+        return not (self.metric == "faithfulness" and not context)
+
     def judge_one(
         self,
         case_id: str,
@@ -114,7 +131,7 @@ class LLMJudge:
         the cache keeps each repeat's answers apart from the others'."""
         if repeat < 0:
             raise ValueError(f"repeat must be >= 0, got {repeat}")
-        if self.metric == "faithfulness" and not context:
+        if not self.needs_call(context):
             return Judgement(
                 case_id,
                 self.metric,
@@ -125,10 +142,7 @@ class LLMJudge:
                 "the case has no context to judge faithfulness against",
                 repeat=repeat,
             )
-        prompt = self.template.render(
-            prediction=prediction, reference=reference, context=context or ""
-        )
-        messages = [Message("user", prompt)]
+        messages = self.first_messages(prediction, reference, context)
         reply, cost, error = "", 0.0, None
         for attempt in range(1, self.max_attempts + 1):
             completion = self.client.complete(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flowstone.evaluation import embedding
+from flowstone.llm.pricing import BATCH_PRICE_FACTORS  # the kinds with a batch API
 from flowstone.text import Normalization, tokenize
 
 if TYPE_CHECKING:
@@ -404,6 +405,10 @@ def embedding_similarity(
 
 # --- LLM judges --------------------------------------------------------------------------------
 
+#: ``online`` calls the judge as each case is scored; ``batch`` sends the partition's first
+#: attempts through the provider's batch API first (half price, within 24 h).
+JUDGE_MODES = ("online", "batch")
+
 
 def _check_judge(options: Mapping[str, Any]) -> None:
     """The judge's numbers, checked when the settings load (``check_option_types`` has checked
@@ -437,6 +442,21 @@ def _check_judge(options: Mapping[str, Any]) -> None:
             raise OptionError(
                 option, f"must be a positive integer (leave it out for no limit), got {value!r}"
             )
+    _check_judge_mode(options.get("mode", "online"), options.get("provider", "anthropic"))
+
+
+def _check_judge_mode(mode: object, provider: object) -> None:
+    """``mode: batch`` sends the judge's first attempts through its provider's batch API, so
+    the provider must have one; refused when the settings load, not when a step submits."""
+    if mode not in JUDGE_MODES:
+        raise OptionError("mode", f"unknown mode {mode!r}; choose one of {', '.join(JUDGE_MODES)}")
+    if mode == "batch" and provider not in BATCH_PRICE_FACTORS:
+        raise OptionError(
+            "mode",
+            f"mode batch sends the judge's requests through its provider's batch API; provider "
+            f"'{provider}' has none (batch mode is available on "
+            f"{', '.join(sorted(BATCH_PRICE_FACTORS))}); set mode: online",
+        )
 
 
 def _judge(kind: str) -> MetricFn:
@@ -456,7 +476,10 @@ def _judge(kind: str) -> MetricFn:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         repeats: int = 1,
+        mode: str = "online",
     ) -> JudgedScores:
+        # ``mode`` matters before scoring (pipeline.score submits a batch judge's requests
+        # first); once its batch ended the judge runs here as an online one, from the cache
         from flowstone.evaluation.judge_metric import judge_scores  # loaded only to judge
 
         _check_lengths(predictions, references)
@@ -469,6 +492,8 @@ def _judge(kind: str) -> MetricFn:
                 "repeats": repeats,
                 "requests_per_minute": requests_per_minute,
                 "tokens_per_minute": tokens_per_minute,
+                "mode": mode,
+                "provider": provider,
             }
         )
         return judge_scores(

@@ -137,9 +137,30 @@ def require_system(catalog: Catalog, system: str) -> None:
     raise EvalInputError(f"no system {system!r}; systems: {', '.join(catalog.systems.names)}")
 
 
+def require_online(catalog: Catalog, suite: str, system: str) -> None:
+    """A system or judge in ``mode: batch`` waits for a provider's batch and the Dagster sensor
+    that collects it; a CI run has neither, so it is refused before anything is submitted."""
+    batched = []
+    if getattr(catalog.systems.get(system), "mode", "online") == "batch":
+        batched.append(f"system {system!r}")
+    settings = catalog.settings.for_suite(suite)
+    batched += [
+        f"judge metric {name!r} of suite {suite!r}"
+        for name, metric in settings.metrics.items()
+        if metric.options.get("mode") == "batch"
+    ]
+    if batched:
+        raise EvalInputError(
+            f"{' and '.join(batched)} in mode: batch: flowstone eval runs online only (a batch "
+            "needs the Dagster sensor that collects it); set mode: online in the config it "
+            "reads, or materialize through Dagster"
+        )
+
+
 def evaluate(catalog: Catalog, suite: str, system: str, reports_dir: Path) -> SuiteOutcome:
     """Run one suite through the assets' steps in this process; no previous run is compared."""
     require_system(catalog, system)
+    require_online(catalog, suite, system)
     frame = pipeline.load_suite(catalog, suite).value
     predictions = pipeline.predict(catalog, suite, system, frame).value
     scores = pipeline.score(catalog, suite, frame, predictions, system_name=system).value

@@ -107,14 +107,31 @@ def score(
     compute_metric=scoring.compute,
     system_name: str | None = None,
 ) -> StepResult:
+    """Per-case scores of the partition. With a judge in ``mode: batch`` the value may be a
+    ``PendingBatch`` instead: the judge's uncached first attempts went to the provider's batch
+    API and nothing is to be stored yet (the scores asset then materializes nothing; the batch
+    sensor launches the run that does once the batch ended, and then every first attempt is a
+    cache hit, paid at the batch price shown here)."""
     settings = catalog.settings.for_suite(suite_name)
+    loaded = suite_io.suite_from_frame(suite_name, suite)
+    batches = scoring.plan_judge_batches(loaded, predictions, settings, system_name)
+    if batches.waiting:
+        pending = batch_mode.PendingBatch(
+            tuple(job for plan in batches.waiting for job in plan.jobs),
+            next((plan.submitted for plan in batches.waiting if plan.submitted), None),
+            tuple(job for plan in batches.waiting for job in plan.cancelled),
+        )
+        return StepResult(pending, pending.metadata())
     table = scoring.score_suite(
-        suite_io.suite_from_frame(suite_name, suite),
+        loaded,
         predictions,
         settings,
         compute_metric=compute_metric,
         system=system_name,
     )
+    table.attrs["judge_cost_usd"] = table.attrs.get("judge_cost_usd", 0.0) + batches.cost_usd
+    batch_metadata = batch_mode.BatchAnswers([], batches.ready).metadata() if batches.ready else {}
+    batches.consume()  # shown on this materialization; the sensor launches no run again
     metrics = list(settings.metrics)
     return StepResult(
         table,
@@ -126,6 +143,7 @@ def score(
                 f"invalid/{m}": int(table[m].isna().sum()) for m in metrics if table[m].isna().any()
             },
             "judge_cost_usd": float(table.attrs.get("judge_cost_usd", 0.0)),
+            **{f"judge_{k}": v for k, v in batch_metadata.items()},
             "preview": table[["case_id", *metrics]].head(10),
         },
     )

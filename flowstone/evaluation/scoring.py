@@ -7,6 +7,8 @@ already said without calling the system again.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,10 @@ from flowstone.evaluation.repeats import (
     verdicts_agree,
 )
 from flowstone.evaluation.suites import Suite, metadata_json
+
+if TYPE_CHECKING:
+    from flowstone.llm.batch_flow import Waiting
+    from flowstone.llm.batch_store import BatchJob, BatchStore
 
 
 class ScoringError(FlowStoneError):
@@ -194,3 +200,94 @@ def _judge_columns(
         table[agreement_column(name)] = _mean_over_repeats(_per_case(agreement, repeats, count))
         table[judge_spread_column(name)] = _mean_over_repeats(_per_case(spread, repeats, count))
     return float(scores.cost_usd)
+
+
+# --- judges in mode: batch ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgeBatches:
+    """The judge batches of one partition before it is scored: those it still waits on
+    (``waiting``, one per batch judge whose answers are not all final) and the ended ones
+    whose answers the scoring reads from the cache now (``ready``)."""
+
+    waiting: tuple[Waiting, ...] = ()
+    ready: tuple[BatchJob, ...] = ()
+
+    @property
+    def cost_usd(self) -> float:
+        """What the ended batches cost at the batch price: the scoring reads their answers as
+        free cache hits, and this materialization is the one that paid for them."""
+        return sum(job.cost_usd for job in self.ready)
+
+    def consume(self, store: BatchStore | None = None) -> None:
+        """Record the ended batches as shown on a materialization (after the scores were
+        computed, so a failed scoring leaves them for the next run to show)."""
+        if not self.ready:
+            return
+        from flowstone.llm.batch_store import BatchStore
+
+        store = store or BatchStore()
+        for job in self.ready:
+            store.set_state(job, "consumed")
+
+
+def batch_judges(settings: SuiteSettings) -> list[str]:
+    """The judge metrics of ``settings`` in ``mode: batch``."""
+    return [
+        name
+        for name, setting in settings.metrics.items()
+        if get_metric(name).judge and setting.options.get("mode") == "batch"
+    ]
+
+
+def plan_judge_batches(
+    suite: Suite,
+    predictions: pd.DataFrame,
+    settings: SuiteSettings,
+    system: str | None,
+    store: BatchStore | None = None,
+) -> JudgeBatches:
+    """Submit, per batch judge of the suite, the first attempts the response cache lacks as
+    one batch for the partition (suite, ``system``); say which batches it waits on or which
+    ended ones the scoring will read. Judges in ``mode: online`` are left to
+    :func:`score_suite`. The requests are those :func:`score_suite` makes: every answer of
+    every system repeat against the case's first reference, judge repeats apart."""
+    names = batch_judges(settings)
+    if not names:
+        return JudgeBatches()
+    from flowstone.evaluation.judge_metric import JudgeProviderError, plan_judge_batch
+    from flowstone.llm.batch_flow import Waiting
+
+    if not system:
+        raise ScoringError(
+            f"judge metrics {', '.join(names)} of suite '{suite.name}' are in mode batch, "
+            "which needs the partition's system to record its batch"
+        )
+    runs = align_outputs(suite, predictions)
+    outputs = [text for run in runs for text in run]
+    references = [case.references[0] for case in suite.cases] * len(runs)
+    contexts = [case.context for case in suite.cases] * len(runs)
+    waiting: list[Waiting] = []
+    ready: list[BatchJob] = []
+    for name in names:
+        try:
+            plan = plan_judge_batch(
+                name.removeprefix("llm_"),
+                outputs,
+                references,
+                contexts,
+                {"suite": suite.name, "system": system},
+                settings.metrics[name].options,
+                store,
+            )
+        except JudgeProviderError as exc:
+            raise ScoringError(
+                f"{exc} (suite '{suite.name}', system '{system}'); its batch was not "
+                "submitted: materialize the scores again once the provider answers"
+            ) from exc
+        if isinstance(plan, Waiting):
+            waiting.append(plan)
+        else:
+            ready.extend(plan.jobs)
+    return JudgeBatches(tuple(waiting), tuple(ready))

@@ -188,3 +188,17 @@ def test_a_suite_metric_threshold_gates_the_exit_code(tmp_path) -> None:
     assert check["name"] == "spearman_above_threshold" and not check["passed"]
     assert "spearman is undefined over this suite" in check["reason"]
     assert "blocked: sts × echo: spearman_above_threshold" in err.replace("\n", " ")
+
+
+def test_a_judge_in_batch_mode_exits_2_before_anything_is_submitted(files, tmp_path) -> None:
+    config = tmp_path / "batch.yaml"
+    judge = {"provider": "anthropic", "model": "claude-haiku-4-5", "mode": "batch",
+             "base_url": "http://127.0.0.1:9/", "api_key": "env:NOT_NEEDED_HERE"}  # fmt: skip
+    config.write_text(
+        yaml.safe_dump({"defaults": {"metrics": {"exact_match": {}, "llm_faithfulness": judge}}})
+    )
+    code, _, err = _eval(str(files["qa"]), "--system", "echo", "--config", str(config))
+    assert code == 2
+    message = " ".join(err.split())
+    assert "judge metric 'llm_faithfulness' of suite 'qa' in mode: batch" in message
+    assert "flowstone eval runs online only" in message

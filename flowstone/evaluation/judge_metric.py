@@ -170,20 +170,11 @@ def judge_scores(
     references: Sequence[str],
     contexts: Sequence[str | None] | None,
     *,
-    provider: str,
-    model: str,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    max_attempts: int = 3,
-    concurrency: int = 4,
-    timeout_s: float = 60.0,
-    retries: int = 4,
-    requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None,
     repeats: int = 1,
+    **client: Any,
 ) -> JudgedScores:
-    """Scores per case from a judge built on ``provider``/``model``, each case judged
-    ``repeats`` times (see :class:`JudgedScores`).
+    """Scores per case from the judge :func:`build_judge` makes of ``client`` (its keyword
+    options), each case judged ``repeats`` times (see :class:`JudgedScores`).
 
     ``retries`` are the client's retries of a transient provider failure after the first try;
     ``max_attempts`` is the judge's asking again after an unparseable reply. A provider that
@@ -191,24 +182,13 @@ def judge_scores(
     batch`` comes here too, once its batch ended: every first attempt is then a cache hit.
     """
     metric = f"llm_{kind}"
-    judge = build_judge(
-        kind,
-        provider=provider,
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        max_attempts=max_attempts,
-        concurrency=concurrency,
-        timeout_s=timeout_s,
-        retries=retries,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    ).judge
+    setup = build_judge(kind, **client)
+    judge, config = setup.judge, setup.config
     ids = [f"case {i + 1}" for i in range(len(predictions))]
     try:
         rows = judge.judge_repeated(ids, predictions, references, contexts, repeats=repeats)
     except LLMError as exc:
-        raise JudgeProviderError(metric, provider, model, exc) from exc
+        raise JudgeProviderError(metric, config.kind, config.model, exc) from exc
     repeat_scores = [[_score(j) for j in row] for row in rows]
     return JudgedScores(
         [_mean_of_valid(row) for row in repeat_scores],

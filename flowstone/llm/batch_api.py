@@ -95,6 +95,16 @@ class BatchAPI(abc.ABC):
                 f"batch mode is available on {', '.join(BATCH_KINDS)}"
             )
         self.config = config
+        self.provider: Any = None  # the online adapter of the kind: its SDK client and errors
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """An SDK call, its errors as the online adapter reports them (with the status)."""
+        try:
+            return fn(*args, **kwargs)
+        except ProviderCallError:
+            raise
+        except Exception as exc:
+            raise self.provider._error(exc) from None
 
     @abc.abstractmethod
     def submit(self, requests: Sequence[BatchRequest]) -> str:
@@ -122,14 +132,6 @@ class AnthropicBatchAPI(BatchAPI):
 
     def _batches(self) -> Any:
         return self.provider.sdk_client().messages.batches
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ProviderCallError:
-            raise
-        except Exception as exc:
-            raise self.provider._error(exc) from None
 
     def submit(self, requests: Sequence[BatchRequest]) -> str:
         body = [
@@ -188,14 +190,6 @@ class OpenAIBatchAPI(BatchAPI):
 
     def _client(self) -> Any:
         return self.provider.sdk_client()
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ProviderCallError:
-            raise
-        except Exception as exc:
-            raise self.provider._error(exc) from None
 
     def submit(self, requests: Sequence[BatchRequest]) -> str:
         lines = [

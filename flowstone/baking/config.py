@@ -18,9 +18,15 @@ from flowstone.errors import ConfigError
 
 TASKS = ("embedding", "classifier")
 QUALITY_METRICS = {
-    "embedding": ("spearman_rho", "cosine_mean", "cosine_min"),
+    "embedding": ("spearman_rho", "cosine_mean", "cosine_min", "spearman_gold_drop"),
     "classifier": ("accuracy_retention", "max_abs_logit_diff"),
 }
+#: Quality metrics where a lower value is better (a difference or a drop); higher for the rest.
+LOWER_IS_BETTER = frozenset({"max_abs_logit_diff", "spearman_gold_drop"})
+#: How an embedding model's passes are chosen when the config lists none: ``auto`` searches the
+#: candidate recipes on this host (``flowstone.baking.recipe_search``), ``recommended`` takes
+#: the shipped recipe (``flowstone.baking.onnx.recipe``) as is.
+RECIPES = ("auto", "recommended")
 DEFAULT_MAX_SIZE_MB = 2048.0
 
 # Defaults that hold the issue's targets on the demo models; bench/README.md has the curve.
@@ -61,6 +67,43 @@ class PassSpec:
 
 
 @dataclass(frozen=True)
+class TaskGate:
+    """Non-inferiority on task suites: the baked model's per-case score on each suite may fall
+    below the original's by at most ``margin`` (mean of paired differences), at ``confidence``
+    (the lower bound of the one-sided interval must stay above ``-margin``)."""
+
+    suites: tuple[str, ...] = ()
+    metric: str = "embedding_similarity"
+    margin: float = 0.005
+    confidence: float = 0.95
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"suites": list(self.suites), "metric": self.metric, "margin": self.margin,
+                "confidence": self.confidence}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SpeedGate:
+    """The profile's rounds and the speed floor. Original and baked run interleaved, a fresh
+    process each, round after round, until the confidence interval of the throughput ratio is
+    within ``rel_ci`` of the ratio or ``max_rounds`` is reached (then the profile is "noisy").
+    A bake fails when the interval's upper bound is below ``floor``."""
+
+    floor: float = 1.0
+    rel_ci: float = 0.10
+    min_rounds: int = 3
+    max_rounds: int = 10
+    confidence: float = 0.95
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"floor": self.floor, "rel_ci": self.rel_ci, "min_rounds": self.min_rounds,
+                "max_rounds": self.max_rounds, "confidence": self.confidence}  # fmt: skip
+
+
+DEFAULT_SEARCH_BUDGET_S = 150.0
+
+
+@dataclass(frozen=True)
 class BakeConfig:
     """What to do with one model; see ``docs`` in the README for the file format."""
 
@@ -77,12 +120,35 @@ class BakeConfig:
     memory_estimate_mb: float | None = None
     threads: int | None = None
     source: str = "defaults"
+    recipe: str | None = None  # RECIPES for embedding models without explicit passes
+    search_budget_s: float = DEFAULT_SEARCH_BUDGET_S
+    task_gate: TaskGate = field(default_factory=TaskGate)
+    speed: SpeedGate = field(default_factory=SpeedGate)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.quality_metric in LOWER_IS_BETTER
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings in bake.yaml's own shape: ``parse_config`` reads them back unchanged."""
+        gate = self.task_gate
+        quality: dict[str, Any] = {
+            "metric": self.quality_metric,
+            "threshold": self.quality_threshold,
+        }
+        if gate.suites:
+            quality["task_suites"] = list(gate.suites)
+            quality["non_inferiority"] = {"metric": gate.metric, "margin": gate.margin,
+                                          "confidence": gate.confidence}  # fmt: skip
+        chosen = (
+            {"recipe": self.recipe}
+            if self.recipe
+            else {"passes": [p.as_dict() for p in self.passes]}
+        )
         return {
             "task": self.task,
-            "passes": [p.as_dict() for p in self.passes],
-            "quality": {"metric": self.quality_metric, "threshold": self.quality_threshold},
+            **chosen,
+            "quality": quality,
             "validation": self.validation,
             "architecture": self.architecture,
             "architecture_kwargs": self.architecture_kwargs,
@@ -92,6 +158,8 @@ class BakeConfig:
             "memory_estimate_mb": self.memory_estimate_mb,
             "threads": self.threads,
             "source": self.source,
+            "search_budget_s": self.search_budget_s,
+            "speed": self.speed.as_dict(),
         }
 
 
@@ -133,12 +201,101 @@ def _passes(source: str, value: Any) -> tuple[PassSpec, ...]:
     return tuple(specs)
 
 
+def _number(source: str, key: str, value: Any, *, low: float, high: float | None = None,
+            low_open: bool = False, integer: bool = False) -> Any:  # fmt: skip
+    """A number within [low, high] (``low_open``: above low), else a ConfigError naming the key."""
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(source, key, f"must be {'an integer' if integer else 'a number'}, "
+                          f"got {value!r}")  # fmt: skip
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        bound = f"above {low}" if low_open else f"at least {low}"
+        upper = f" and at most {high}" if high is not None else ""
+        raise ConfigError(source, key, f"must be {bound}{upper}, got {value!r}")
+    return value
+
+
+def known_suites() -> dict[str, Path]:
+    """The evaluation suites a task gate can name: ``suites/*.jsonl`` (FLOWSTONE_SUITES_DIR)."""
+    from flowstone.paths import suites_dir
+
+    return {p.stem: p for p in sorted(suites_dir().glob("*.jsonl"))}
+
+
+def _task_gate(source: str, task: str, quality: dict[str, Any]) -> TaskGate:
+    suites = quality.get("task_suites", [])
+    if isinstance(suites, str):
+        suites = [suites]
+    if not isinstance(suites, list) or not all(isinstance(s, str) for s in suites):
+        raise ConfigError(source, "quality.task_suites", f"must be a list of suite names, got "
+                          f"{suites!r}")  # fmt: skip
+    if suites and task != "embedding":
+        raise ConfigError(source, "quality.task_suites", "task suites gate embedding models; "
+                          "a classifier is gated on its labelled validation data")  # fmt: skip
+    available = known_suites() if suites else {}
+    for index, name in enumerate(suites):
+        if name not in available:
+            raise ConfigError(
+                source, f"quality.task_suites[{index}]",
+                f"no suite {name!r}; suites: {', '.join(available) or 'none'}",
+            )  # fmt: skip
+    raw = quality.get("non_inferiority") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "quality.non_inferiority", "must be a mapping")
+    unknown = sorted(set(raw) - {"metric", "margin", "confidence"})
+    if unknown:
+        raise ConfigError(source, f"quality.non_inferiority.{unknown[0]}",
+                          "unknown key; known keys: confidence, margin, metric")  # fmt: skip
+    defaults = TaskGate()
+    metric = raw.get("metric", defaults.metric)
+    if metric != "embedding_similarity":
+        raise ConfigError(source, "quality.non_inferiority.metric", "only embedding_similarity "
+                          f"(the metric an embedding model drives) is supported, got {metric!r}")  # fmt: skip
+    key = "quality.non_inferiority"
+    return TaskGate(
+        suites=tuple(suites),
+        metric=metric,
+        margin=float(_number(source, f"{key}.margin", raw.get("margin", defaults.margin),
+                             low=0.0, high=1.0)),
+        confidence=float(_number(source, f"{key}.confidence",
+                                 raw.get("confidence", defaults.confidence), low=0.5, high=0.999)),
+    )  # fmt: skip
+
+
+def _speed(source: str, raw: Any) -> SpeedGate:
+    if raw is None:
+        return SpeedGate()
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "speed", "must be a mapping (floor, rel_ci, min_rounds, "
+                          "max_rounds, confidence)")  # fmt: skip
+    known = {"floor", "rel_ci", "min_rounds", "max_rounds", "confidence"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(source, f"speed.{unknown[0]}", f"unknown key; known keys: "
+                          f"{', '.join(sorted(known))}")  # fmt: skip
+    d = SpeedGate()
+    min_rounds = _number(source, "speed.min_rounds", raw.get("min_rounds", d.min_rounds),
+                         low=2, integer=True)  # fmt: skip
+    max_rounds = _number(source, "speed.max_rounds", raw.get("max_rounds", d.max_rounds),
+                         low=min_rounds, integer=True)  # fmt: skip
+    return SpeedGate(
+        floor=float(_number(source, "speed.floor", raw.get("floor", d.floor), low=0.0)),
+        rel_ci=float(_number(source, "speed.rel_ci", raw.get("rel_ci", d.rel_ci), low=0.0,
+                             high=1.0, low_open=True)),
+        min_rounds=min_rounds,
+        max_rounds=max_rounds,
+        confidence=float(_number(source, "speed.confidence", raw.get("confidence", d.confidence),
+                                 low=0.5, high=0.999)),
+    )  # fmt: skip
+
+
 def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaults") -> BakeConfig:
     """Validate ``raw`` (a parsed bake.yaml) over the defaults for ``task``."""
     raw = dict(raw or {})
     known = {
         "task", "passes", "quality", "validation", "architecture", "architecture_kwargs",
         "input_shape", "batch_sizes", "max_size_mb", "memory_estimate_mb", "threads",
+        "recipe", "search_budget_s", "speed",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -151,7 +308,26 @@ def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaul
     passes = (
         _passes(source, raw["passes"]) if "passes" in raw else _passes(source, default_passes(task))
     )
-    quality = {**DEFAULT_QUALITY[task], **(raw.get("quality") or {})}
+    recipe = raw.get("recipe")
+    if recipe is not None and recipe not in RECIPES:
+        raise ConfigError(source, "recipe", f"must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe is not None and (task != "embedding" or "passes" in raw):
+        raise ConfigError(source, "recipe", "a recipe chooses an embedding model's passes; "
+                          "drop it, or drop 'passes'")  # fmt: skip
+    if task == "embedding" and "passes" not in raw:
+        recipe = recipe or "auto"
+    budget = _number(source, "search_budget_s", raw.get("search_budget_s",
+                     DEFAULT_SEARCH_BUDGET_S), low=0.0, low_open=True)  # fmt: skip
+    raw_quality = raw.get("quality") or {}
+    if not isinstance(raw_quality, dict):
+        raise ConfigError(source, "quality", "must be a mapping (metric, threshold, task_suites, "
+                          "non_inferiority)")  # fmt: skip
+    unknown_quality = sorted(set(raw_quality) - {"metric", "threshold", "task_suites",
+                                                 "non_inferiority"})  # fmt: skip
+    if unknown_quality:
+        raise ConfigError(source, f"quality.{unknown_quality[0]}", "unknown key; known keys: "
+                          "metric, non_inferiority, task_suites, threshold")  # fmt: skip
+    quality = {**DEFAULT_QUALITY[task], **raw_quality}
     if quality["metric"] not in QUALITY_METRICS[task]:
         raise ConfigError(
             source,
@@ -187,6 +363,10 @@ def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaul
         memory_estimate_mb=raw.get("memory_estimate_mb"),
         threads=raw.get("threads"),
         source=source,
+        recipe=recipe,
+        search_budget_s=float(budget),
+        task_gate=_task_gate(source, task, quality),
+        speed=_speed(source, raw.get("speed")),
     )
 
 

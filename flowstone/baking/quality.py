@@ -173,7 +173,7 @@ def measure_quality(record: SourceRecord, baked: BakeRecord, config: BakeConfig)
     figures = measure(record, record.original, baked.artifact, path)
     value = getattr(figures, config.quality_metric)
     # Lower is better for a difference; higher for the rest.
-    lower_better = config.quality_metric.startswith("max_abs")
+    lower_better = config.lower_is_better
     passed = (
         value <= config.quality_threshold if lower_better else value >= config.quality_threshold
     )

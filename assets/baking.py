@@ -37,6 +37,8 @@ PACKAGE_KEY = dg.AssetKey([PREFIX, "bake_package"])
 DEPLOYED_KEY = dg.AssetKey([PREFIX, "deployed_model"])
 BAKE_WAREHOUSE_IO_MANAGER_KEY = "bake_warehouse_io_manager"
 QUALITY_CHECK = "quality_threshold"
+TASK_CHECK = "task_non_inferiority"
+SPEED_CHECK = "speed_floor"
 
 _common: dict[str, Any] = dict(
     key_prefix=[PREFIX], partitions_def=MODELS, group_name=GROUP, owners=OWNERS,
@@ -119,7 +121,16 @@ def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Out
             MODELS,
             blocking=True,
             description="The configured quality metric meets its threshold.",
-        )
+        ),
+        partitioned_check_spec(
+            TASK_CHECK,
+            QUALITY_KEY,
+            MODELS,
+            blocking=True,
+            description="On each task suite of the bake config (quality.task_suites), the "
+            "baked model's per-case scores are non-inferior to the original's: the one-sided "
+            "lower bound of the paired mean difference stays above -margin.",
+        ),
     ],  # fmt: skip
     can_subset=True,
 )
@@ -127,17 +138,30 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.quality import measure_quality
 
-    def one(name: str, source_model: dict, baked_model: dict) -> QualityRecord:
+    def one(name: str, source_model: dict, baked_model: dict) -> tuple[QualityRecord, Any]:
         source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
         config = source.bake_config()
         with reserve_for_bake(context.resources.models.budget(), source, config):
-            return measure_quality(source, baked, config)
+            quality = measure_quality(source, baked, config)
+            gate = None
+            if config.task_gate.suites:
+                from flowstone.evaluation.model_gate import task_gate
+
+                original, candidate = under_test(source, baked)
+                gate = task_gate(original, candidate, config.task_gate, log=context.log.info)
+        return quality, gate
 
     batch = ModelBatch(context)
-    qualities = batch.each(one, source_model=source_model, baked_model=baked_model)
-    outputs = {n: dg.Output(q.to_dict(), metadata=to_metadata(q.metadata())) for n, q in qualities.items()}  # fmt: skip
+    results = batch.each(one, source_model=source_model, baked_model=baked_model)
+    outputs = {
+        name: dg.Output(
+            {**quality.to_dict(), "task_gate": gate.to_dict() if gate else None},
+            metadata=to_metadata({**quality.metadata(), **(gate.metadata() if gate else {})}),
+        )
+        for name, (quality, gate) in results.items()
+    }
     yield batch.output(outputs, output_name="bake_quality")
-    for name, quality in qualities.items():  # each model's own result, after its materialization
+    for name, (quality, gate) in results.items():  # each model's own, after its materialization
         result = dg.AssetCheckResult(
             check_name=QUALITY_CHECK,
             passed=quality.passed,
@@ -146,6 +170,28 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
             description=quality.check_description(),
         )
         yield batch.check(result, name, QUALITY_KEY, blocking=True)
+        task = dg.AssetCheckResult(
+            check_name=TASK_CHECK,
+            passed=gate.passed if gate else True,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=to_metadata(gate.metadata() if gate else {"task_suites": 0}),
+            description=gate.description()
+            if gate
+            else "no task suites in the bake config (quality.task_suites): fidelity only",
+        )
+        yield batch.check(task, name, QUALITY_KEY, blocking=True)
+
+
+def under_test(source: SourceRecord, baked: BakeRecord) -> tuple[Any, Any]:
+    """The original and the baked variant as resolved models, for the task gate: the bake
+    under test is not yet what ``baked:NAME`` points to (that happens once it is packaged)."""
+    from flowstone.baking.registry import ModelRef, ResolvedModel
+
+    ref = ModelRef("baked", source.model)
+    return (
+        ResolvedModel(ref, f"{source.version}-original", None, source.original),
+        ResolvedModel(ref, source.version, baked.sha256, baked.artifact),
+    )
 
 
 @dg.asset(
@@ -191,6 +237,7 @@ def bake_profile(
 def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict,
                  bake_quality: dict, bake_profile: dict) -> dg.Output:  # fmt: skip
     from flowstone.baking.package import build_manifest, build_package
+    from flowstone.baking.registry import record_passed
     from flowstone.notifications.events import bake_ready
 
     notifications = context.resources.notifications
@@ -202,6 +249,9 @@ def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_mo
                                   QualityRecord.from_dict(bake_quality),
                                   ProfileRecord.from_dict(bake_profile))  # fmt: skip
         package = build_package(manifest, baked)
+        # Gates passed (the blocking quality and speed checks ran before this step): from now
+        # on baked:NAME means this bake, and evaluations that use it go stale.
+        record_passed(bake_workspace(), name, manifest.version, baked.sha256, baked.artifact)
         notifications.notify(bake_ready(manifest.model, manifest.summary_figures(),
                                         notifications.run_url(context.run_id), version=manifest.version))  # fmt: skip
         return dg.Output(

@@ -192,7 +192,8 @@ def stage_demo_models() -> list[str]:
         path = demo_models.write_demo_classifier(staging)
         intake.add_model(path, "demo_classifier", paths.models_dir())  # with its validation data
     if "minilm" not in present:
-        intake.add_model(demo_models.minilm_folder(), "minilm", paths.models_dir())
+        config = demo_models.write_minilm_config(paths.outputs_dir() / "demo_models")
+        intake.add_model(demo_models.minilm_folder(), "minilm", paths.models_dir(), config=config)
     return ["demo_classifier", "minilm"]
 
 

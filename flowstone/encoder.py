@@ -50,7 +50,7 @@ def load_encoder(path: str | None = None) -> SentenceTransformer:
     return SentenceTransformer(str(path or model_path()), device="cpu")
 
 
-class _VectorCache:
+class VectorCache:
     """Unit vectors by text for one loaded encoder, least recently used dropped first.
 
     Why: the partitions of a suite share their references and several systems answer alike
@@ -103,7 +103,7 @@ class _VectorCache:
             self._vectors.clear()
 
 
-_cache = _VectorCache(CACHE_SIZE)
+_cache = VectorCache(CACHE_SIZE)
 
 
 def clear_cache() -> None:

@@ -83,7 +83,7 @@ def load_torch_module(artifact: Artifact, *, architecture_loader: Any = None) ->
         with torch_warnings.loading():
             return torch.load(str(artifact.path), map_location="cpu", weights_only=False).eval()
     if artifact.format == "sentence_transformers":
-        from flowstone.evaluation.embedding import load_encoder
+        from flowstone.encoder import load_encoder
 
         return load_encoder(str(artifact.path))
     if artifact.format == "state_dict" and architecture_loader is not None:

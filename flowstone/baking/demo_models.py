@@ -107,8 +107,30 @@ def write_demo_classifier(folder: Path, name: str = "demo_classifier") -> Path:
     return path
 
 
+MINILM_CONFIG = """\
+# Bake settings for the demo's all-MiniLM-L6-v2 (see README: Model baking).
+task: embedding
+recipe: auto            # measure the candidate recipes on this host, keep the fastest that passes
+quality:
+  metric: spearman_rho  # fidelity to the original on the held-out pairs
+  threshold: 0.99
+  task_suites: [paraphrase]   # and no worse than the original on the paraphrase suite
+  non_inferiority: {margin: 0.005, confidence: 0.95}
+speed: {floor: 1.0}     # and faster than the original (upper CI bound of the throughput ratio)
+batch_sizes: [1, 32]
+"""
+
+
+def write_minilm_config(folder: Path) -> Path:
+    """The demo MiniLM's bake.yaml, written into ``folder`` for ``flowstone models add``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "minilm.bake.yaml"
+    path.write_text(MINILM_CONFIG)
+    return path
+
+
 def minilm_folder() -> Path:
-    from flowstone.evaluation.embedding import model_path
+    from flowstone.encoder import model_path
 
     return model_path()
 

@@ -168,7 +168,7 @@ def load_state_dict(path: Path, name: str) -> dict[str, Any]:
 def load_model(source: SourceModel, config: BakeConfig) -> Any:
     """The model as a torch module (or SentenceTransformer), in eval mode."""
     if source.kind == "sentence_transformers":
-        from flowstone.evaluation.embedding import load_encoder
+        from flowstone.encoder import load_encoder
 
         try:
             return load_encoder(str(source.path))

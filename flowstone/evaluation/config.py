@@ -135,8 +135,23 @@ class SuiteSettings:
             payload["suite_metrics"] = {
                 n: [m.options, m.metric] for n, m in sorted(self.suite_metrics.items())
             }
+        models = self.model_versions()
+        if models:  # absent when every metric uses the packaged default
+            payload["models"] = models
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model_versions(self) -> dict[str, str]:
+        """metric -> what its model reference points to now (non-default references only):
+        part of the fingerprint, so a new bake behind ``baked:NAME`` makes exactly the
+        partitions whose metrics use it stale."""
+        from flowstone.embedders import current
+
+        return {
+            name: current(setting.options["model"]).fingerprint
+            for name, setting in sorted(self.metrics.items())
+            if setting.options.get("model", "default") != "default"
+        }
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from flowstone import embedders
 from flowstone.encoder import (
     CACHE_SIZE,
     CACHE_SIZE_ENV,
@@ -34,9 +35,13 @@ __all__ = [
 
 
 def cosine_similarities(
-    predictions: Sequence[str], references: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
+    predictions: Sequence[str],
+    references: Sequence[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    model: str = "default",
 ) -> list[float]:
-    """Cosine similarity of each prediction with its reference.
+    """Cosine similarity of each prediction with its reference, embedded by ``model`` (a model
+    reference: ``flowstone.embedders``).
 
     Each distinct text is encoded once, in batches, so repeated references (or an echo system
     whose outputs equal its inputs) cost nothing extra.
@@ -49,7 +54,7 @@ def cosine_similarities(
         return []
     unique = list(dict.fromkeys([*predictions, *references]))
     index = {text: row for row, text in enumerate(unique)}
-    vectors = encode(unique, batch_size=batch_size)
+    vectors = embedders.encode(unique, batch_size=batch_size, model=model)
     left = vectors[[index[text] for text in predictions]]
     right = vectors[[index[text] for text in references]]
     sims = np.einsum("ij,ij->i", left, right)

@@ -389,18 +389,33 @@ def embedding_similarity(
     *,
     batch_size: int = 64,
     clip_negative: bool = False,
+    model: str = "default",
 ) -> list[float]:
-    """Cosine similarity of all-MiniLM-L6-v2 embeddings in [-1, 1], the best reference's.
+    """Cosine similarity of sentence embeddings in [-1, 1], the best reference's.
 
-    Not clipped by default: flattening every negative cosine to 0 changes rank correlations
-    with gold scores; ``clip_negative`` restores the old [0, 1] values.
+    ``model`` is a model reference (``flowstone.baking.registry``): the packaged fp32
+    all-MiniLM-L6-v2 by default, ``baked:NAME`` for the latest bake that passed its gates,
+    ``deployed:NAME[@VERSION]`` for a deployment. Not clipped by default: flattening every
+    negative cosine to 0 changes rank correlations with gold scores; ``clip_negative``
+    restores the old [0, 1] values.
     """
 
     def pairs(preds: list[str], refs: list[str]) -> list[float]:
-        return embedding.cosine_similarities(preds, refs, batch_size=batch_size)
+        return embedding.cosine_similarities(preds, refs, batch_size=batch_size, model=model)
 
     sims = _best_of(predictions, references, pairs)
     return [max(0.0, s) for s in sims] if clip_negative else sims
+
+
+def _check_embedding(options: Mapping[str, Any]) -> None:
+    """The model reference must point to something now: a typo or a never-baked model is a
+    load error naming the key, not a failed run later."""
+    from flowstone.baking.registry import ModelRefError, resolve
+
+    try:
+        resolve(options.get("model", "default"))
+    except ModelRefError as exc:
+        raise OptionError("model", str(exc)) from None
 
 
 # --- LLM judges --------------------------------------------------------------------------------
@@ -598,7 +613,13 @@ METRICS: dict[str, Metric] = {
         Metric("fuzzy_match", fuzzy_match, "rapidfuzz similarity", check=_check_fuzzy),
         Metric("bleu", bleu, "Sentence BLEU with smoothing", check=_check_bleu),
         *_rouge_metrics(),
-        Metric("embedding_similarity", embedding_similarity, "MiniLM cosine", heavy=True),
+        Metric(
+            "embedding_similarity",
+            embedding_similarity,
+            "MiniLM cosine",
+            heavy=True,
+            check=_check_embedding,
+        ),
         Metric(
             "llm_semantic_similarity",
             _judge("semantic_similarity"),

@@ -144,9 +144,22 @@ def score(
             },
             "judge_cost_usd": float(table.attrs.get("judge_cost_usd", 0.0)),
             **{f"judge_{k}": v for k, v in batch_metadata.items()},
+            **models_used(settings),
             "preview": table[["case_id", *metrics]].head(10),
         },
     )
+
+
+def models_used(settings) -> dict[str, str]:
+    """``model/<metric>``: what each metric's non-default model reference pointed to when this
+    partition was scored (``baked:minilm -> minilm@<version>``)."""
+    from flowstone.embedders import current
+
+    return {
+        f"model/{name}": current(setting.options["model"]).label
+        for name, setting in settings.metrics.items()
+        if setting.options.get("model", "default") != "default"
+    }
 
 
 def case_scores(scores: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, float | None]]:

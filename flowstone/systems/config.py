@@ -224,3 +224,41 @@ def _mode(source: Path, where: str, raw: dict, spec: LLMSystemSpec, defaults: di
             "cache; turn the cache on for it (or set mode: online)",
         )
     return mode
+
+
+_RETRIEVAL_KEYS = {"name", "model", "description"}
+
+
+def load_retrieval_systems(path: str | Path | None = None) -> list:
+    """The ``retrieval:`` section: dense nearest-sentence systems on another embedding model,
+    e.g. ``{name: minilm-baked-nearest, model: "baked:minilm"}``. The model reference is
+    resolved here, so an unknown or never-baked model is a load error naming the key."""
+    import yaml
+
+    from flowstone.baking.registry import ModelRefError, resolve
+    from flowstone.systems.retrieval import DenseNearestSentence
+
+    source = Path(path) if path else systems_config_path()
+    if not source.exists():
+        return []
+    document = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    entries = document.get("retrieval") or [] if isinstance(document, dict) else []
+    if not isinstance(entries, list):
+        raise ConfigError(source, "retrieval", "must be a list of {name, model, description}")
+    systems = []
+    for index, raw in enumerate(entries):
+        where = f"retrieval[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise ConfigError(source, where, "needs a name and a model reference")
+        unknown = set(raw) - _RETRIEVAL_KEYS
+        if unknown:
+            raise ConfigError(source, f"{where}.{sorted(unknown)[0]}",
+                              f"unknown key; allowed: {sorted(_RETRIEVAL_KEYS)}")  # fmt: skip
+        model = raw.get("model", "default")
+        try:
+            resolve(model)
+        except ModelRefError as exc:
+            raise ConfigError(source, f"{where}.model", str(exc)) from None
+        description = raw.get("description") or f"Context sentence nearest the question by {model}"
+        systems.append(DenseNearestSentence(raw["name"], model, description))
+    return systems

@@ -107,42 +107,58 @@ class BM25Answerer(System):
         return answer_each(cases, answer, progress)
 
 
-def dense_scores(query: str, documents: Sequence[str]) -> np.ndarray:
-    """Cosine of each document's MiniLM embedding with the query's.
+def dense_scores(query: str, documents: Sequence[str], model: str = "default") -> np.ndarray:
+    """Cosine of each document's embedding with the query's, by ``model`` (a model reference).
 
-    Goes through :func:`flowstone.encoder.encode`, the loader and per-process vector cache the
-    ``embedding_similarity`` metric uses: a process that predicts and then scores encodes each
-    sentence once.
+    Goes through :func:`flowstone.embedders.encode`: for the packaged default that is the loader
+    and per-process vector cache the ``embedding_similarity`` metric uses, so a process that
+    predicts and then scores encodes each sentence once.
     """
-    from flowstone import encoder
+    from flowstone import embedders
 
-    vectors = encoder.encode([query, *documents])
+    vectors = embedders.encode([query, *documents], model=model)
     return vectors[1:] @ vectors[0]
 
 
 class DenseNearestSentence(System):
-    """Answers with the context sentence whose all-MiniLM-L6-v2 embedding is nearest the
-    question's. Ties go to the earlier sentence."""
+    """Answers with the context sentence whose embedding is nearest the question's. Ties go to
+    the earlier sentence. ``model`` is a model reference: the packaged all-MiniLM-L6-v2 by
+    default, or a bake (``baked:NAME``) or deployment (``deployed:NAME[@VERSION]``) of it, which
+    systems.yaml's ``retrieval:`` section declares as a system of its own."""
 
     name = "minilm-nearest"
     description = "Context sentence nearest the question by all-MiniLM-L6-v2 cosine"
 
+    def __init__(self, name: str | None = None, model: str = "default",
+                 description: str | None = None) -> None:  # fmt: skip
+        if name:
+            self.name = name
+        if description:
+            self.description = description
+        self.model = model
+
     def params(self) -> dict:
         # The weights come from the package: a new release of it may change the answers.
-        return {"version": 1, "model": MINILM, "weights": version(MINILM_PACKAGE)}
+        if self.model == "default":
+            return {"version": 1, "model": MINILM, "weights": version(MINILM_PACKAGE)}
+        from flowstone.embedders import current
+
+        # What the reference points to now: a new bake changes this system's fingerprint.
+        return {"version": 1, "model": current(self.model).fingerprint}
 
     def predict(
         self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
     ) -> list[Prediction]:
         if any(len(candidate_sentences(case)) > 1 for case in cases):
-            from flowstone import encoder
+            from flowstone import embedders
 
-            encoder.load_encoder()  # before the first case is timed; not at all for one-liners
+            embedders.warm(self.model)  # before the first case is timed; not for one-liners
 
         def answer(case: Case) -> str:
             candidates = candidate_sentences(case)
             if len(candidates) == 1:
                 return candidates[0]
-            return candidates[int(dense_scores(case.input, candidates).argmax())]
+            scores = dense_scores(case.input, candidates, self.model)
+            return candidates[int(scores.argmax())]
 
         return answer_each(cases, answer, progress)

@@ -91,7 +91,10 @@ class SourceRecord:
             "sha256": self.sha256,
             "forward_ms": self.forward_ms,
             "load_seconds": self.load_seconds,
-            "passes": ", ".join(p["name"] for p in self.config["passes"]),
+            # ``recipe: auto`` chooses the passes in baked_model, on this host
+            "passes": ", ".join(p["name"] for p in self.config["passes"])
+            if "passes" in self.config
+            else f"recipe: {self.config.get('recipe')}",
             "bake_config": self.config["source"],
             "path": Path(self.source_path),
         }

@@ -96,6 +96,7 @@ def test_metric_options_come_from_signatures():
     assert metrics.METRICS["embedding_similarity"].options == {
         "batch_size": 64,
         "clip_negative": False,
+        "model": "default",
     }
     assert metrics.METRICS["exact_match"].options == {
         "regexes_to_ignore": None,

@@ -8,7 +8,9 @@ similarity scores over sentence pairs, which is what a search or dedup user depe
 computed in float64 whatever the embeddings' dtype, and rho has ``scipy.stats.spearmanr``'s
 semantics (average ranks for ties).
 
-Also here: the shipped held-out pairs, built from the suites and never used to tune a recipe.
+Also here: the shipped held-out pairs, built from the suites and never used to tune a recipe,
+and :func:`gold_spearman`, how well one model's pair similarities rank like human gold scores
+(the gold set is ``data/sts_gold_pairs.jsonl``, read by ``flowstone.baking.quality``).
 """
 
 from __future__ import annotations
@@ -125,3 +127,24 @@ def fidelity_report(
         texts=len(ref),
         spearman_rho_by_kind=by_kind,
     )
+
+
+def gold_spearman(
+    embeddings: Any, pairs: Sequence[Sequence[int]], scores: Sequence[float] | np.ndarray
+) -> float:
+    """Spearman's rho of one model's pair cosines with gold similarity scores.
+
+    ``embeddings``: one row per text, unit-normalised or not (rows are normalised here, in
+    float64); ``pairs``: (row, row) index pairs; ``scores``: one gold score per pair (any scale,
+    e.g. STS 0-5: only the ranks count). Ties rank at their average (``scipy.stats.spearmanr``).
+    """
+    import numpy as np
+
+    if len(pairs) != len(scores):
+        raise ValueError(f"{len(pairs)} pairs but {len(scores)} gold scores")
+    if len(pairs) < 2:
+        raise ValueError("gold_spearman needs at least two pairs")
+    unit = _unit_rows(embeddings)
+    left = np.array([pair[0] for pair in pairs])
+    right = np.array([pair[1] for pair in pairs])
+    return spearman_rho((unit[left] * unit[right]).sum(axis=1), np.asarray(scores, dtype=float))

@@ -4,24 +4,44 @@ Classifiers: accuracy of both on labelled data, retention (baked / original), la
 and the largest logit difference. Embedding models: cosine fidelity between each sentence's
 original and baked embedding (mean and min), and Spearman's rho between the two models'
 similarity scores over sentence pairs, which is what a search or dedup user depends on; that
-math is ``flowstone.baking.fidelity``'s, the same the MiniLM bench prints.
+math is ``flowstone.baking.fidelity``'s, the same the MiniLM bench prints. Embedding models are
+also measured against human judgement: Spearman's rho of each model's pair cosines with gold
+STS scores (0-5), on the validation file when its pairs carry a ``score``, else on the shipped
+gold set ``data/sts_gold_pairs.jsonl`` (``data/STS_GOLD.md``), and the drop from the original
+to the baked model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowstone.baking.artifacts import Artifact, open_runner
 from flowstone.baking.config import BakeConfig
 from flowstone.baking.errors import BakeError
-from flowstone.baking.fidelity import fidelity_report, load_fidelity_pairs
+from flowstone.baking.fidelity import DATA_DIR, fidelity_report, gold_spearman, load_fidelity_pairs
 from flowstone.baking.records.bake import BakeRecord
 from flowstone.baking.records.quality import ClassifierFigures, EmbeddingFigures, QualityRecord
 from flowstone.baking.records.source import SourceRecord
 
 STAGE = "bake_quality"
+GOLD_PAIRS = DATA_DIR / "sts_gold_pairs.jsonl"
+BUILTIN_GOLD = f"builtin: {GOLD_PAIRS.name}"
+MAX_SCORE = 5.0  # the STS scale: 0 (different topics) to 5 (same meaning)
+MIN_PAIRS = 10  # fewer pairs than this make a rank correlation noise
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A sentence pair, with its gold similarity score (STS 0-5) when the file gives one."""
+
+    a: str
+    b: str
+    score: float | None = None
 
 
 def resolve_validation(record: SourceRecord, value: str | None) -> Path | None:
@@ -41,9 +61,24 @@ def resolve_validation(record: SourceRecord, value: str | None) -> Path | None:
     return path
 
 
-def load_pairs(path: Path, model: str) -> list[tuple[str, str]]:
-    """Sentence pairs, one JSON object ``{"a": ..., "b": ...}`` a line."""
-    pairs = []
+def _score(item: dict[str, Any], path: Path, number: int, model: str) -> float | None:
+    if "score" not in item:
+        return None
+    score = item["score"]
+    if isinstance(score, bool) or not isinstance(score, int | float) or math.isnan(score):
+        raise BakeError(model, STAGE, f"{path}, line {number}: 'score' must be a number from 0 "
+                        f"to {MAX_SCORE:g}, got {score!r}")  # fmt: skip
+    if not 0 <= score <= MAX_SCORE:
+        raise BakeError(model, STAGE, f"{path}, line {number}: 'score' {score!r} is outside "
+                        f"the STS scale 0 to {MAX_SCORE:g}")  # fmt: skip
+    return float(score)
+
+
+def load_scored_pairs(path: Path, model: str) -> list[Pair]:
+    """Sentence pairs, one JSON object ``{"a": ..., "b": ...}`` a line, each with an optional
+    gold ``"score"`` (a number from 0 to 5): every line has one or none does."""
+    pairs: list[Pair] = []
+    first: int | None = None  # the first pair's line: whether it has a score sets the rule
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -58,12 +93,33 @@ def load_pairs(path: Path, model: str) -> list[tuple[str, str]]:
                 raise BakeError(
                     model, STAGE, f"{path}, line {number}: 'a' and 'b' must be non-empty strings"
                 )
-            pairs.append((a, b))
-    if len(pairs) < 10:
-        raise BakeError(
-            model, STAGE, f"{path}: {len(pairs)} pairs; need at least 10 for a rank correlation"
-        )
+            pair = Pair(a, b, _score(item, path, number, model))
+            if first is None:
+                first = number
+            elif (pair.score is None) != (pairs[0].score is None):
+                has, lacks = ("has", "does not") if pair.score is not None else ("has no", "does")
+                raise BakeError(model, STAGE, f"{path}, line {number}: {has} 'score' but line "
+                                f"{first} {lacks}; give every pair a score or none")  # fmt: skip
+            pairs.append(pair)
+    if len(pairs) < MIN_PAIRS:
+        raise BakeError(model, STAGE, f"{path}: {len(pairs)} pairs; need at least {MIN_PAIRS} "
+                        "for a rank correlation")  # fmt: skip
+    if pairs[0].score is not None and len({p.score for p in pairs}) < 2:
+        raise BakeError(model, STAGE, f"{path}: every pair has the score {pairs[0].score:g}; "
+                        "a rank correlation needs scores that differ")  # fmt: skip
     return pairs
+
+
+def load_pairs(path: Path, model: str) -> list[tuple[str, str]]:
+    """Sentence pairs, one JSON object ``{"a": ..., "b": ...}`` a line (scores checked, dropped)."""
+    return [(pair.a, pair.b) for pair in load_scored_pairs(path, model)]
+
+
+@functools.cache
+def builtin_gold_pairs() -> tuple[Pair, ...]:
+    """The shipped gold set: sentence pairs written and scored (STS 0-5) for this project, see
+    ``data/STS_GOLD.md``; never used to choose a recipe."""
+    return tuple(load_scored_pairs(GOLD_PAIRS, BUILTIN_GOLD))
 
 
 def builtin_pairs() -> list[tuple[str, str]]:
@@ -142,19 +198,40 @@ def _classifier(
     )
 
 
+def _gold_pairs(pairs: list[Pair] | None, path: Path | None) -> tuple[list[Pair], str]:
+    """The configured pairs when they carry gold scores, else the shipped gold set."""
+    if pairs and pairs[0].score is not None:
+        return pairs, str(path)
+    return list(builtin_gold_pairs()), BUILTIN_GOLD
+
+
 def _embedding(
     record: SourceRecord, original: Artifact, baked: Artifact, path: Path | None
 ) -> EmbeddingFigures:
-    pairs = validation_pairs(record, path)
+    import numpy as np
+
+    configured = load_scored_pairs(path, record.model) if path else None
+    pairs = [(p.a, p.b) for p in configured] if configured else builtin_pairs()
+    gold, gold_source = _gold_pairs(configured, path)
     sentences = sorted({s for pair in pairs for s in pair})
     index = {s: i for i, s in enumerate(sentences)}
+    # one encoding run per model for the validation and the gold sentences together
+    everything = sentences + sorted({s for p in gold for s in (p.a, p.b)} - set(index))
+    position = {s: i for i, s in enumerate(everything)}
 
     def embed(artifact: Artifact) -> Any:
-        return open_runner(artifact).run(sentences, batch_size=32)
+        return np.asarray(open_runner(artifact).run(everything, batch_size=32))
 
+    vectors_o, vectors_b = embed(original), embed(baked)
     report = fidelity_report(
-        embed(original), embed(baked), [(index[a], index[b]) for a, b in pairs]
+        vectors_o[: len(sentences)],
+        vectors_b[: len(sentences)],
+        [(index[a], index[b]) for a, b in pairs],
     )
+    gold_rows = [(position[p.a], position[p.b]) for p in gold]
+    scores = [float(p.score) for p in gold if p.score is not None]
+    rho_o = gold_spearman(vectors_o, gold_rows, scores)
+    rho_b = gold_spearman(vectors_b, gold_rows, scores)
     return EmbeddingFigures(
         pairs=len(pairs),
         sentences=len(sentences),
@@ -163,6 +240,11 @@ def _embedding(
         cosine_min=report.cosine_min,
         max_abs_similarity_diff=report.pair_similarity_max_abs_change,
         validation=str(path) if path else "builtin: held-out pairs from the suites",
+        gold_pairs=len(gold),
+        gold_source=gold_source,
+        spearman_gold_original=rho_o,
+        spearman_gold_baked=rho_b,
+        spearman_gold_drop=rho_o - rho_b,
     )
 
 

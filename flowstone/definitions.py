@@ -53,6 +53,7 @@ from resources.worker_pool import worker_pool_resource_from_env
 from sensors.approvals import build_approval_sensors
 from sensors.baking import model_drop_sensor
 from sensors.llm_batches import build_llm_batch_sensor
+from sensors.model_refs import build_model_refs_sensor
 from sensors.notifications import build_notification_sensors
 from sensors.schedules import (
     build_dbt_schedule,
@@ -107,6 +108,7 @@ def build_definitions(
             *build_notification_sensors(),
             model_drop_sensor,
             build_llm_batch_sensor(catalog, EVALUATION_JOB),
+            build_model_refs_sensor(catalog),
             build_warehouse_automation_sensor(
                 dg.AssetSelection.groups(WAREHOUSE_GROUP)
                 | dg.AssetSelection.assets(*dbt_assets, COMPARISON_KEY)

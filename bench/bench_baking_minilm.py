@@ -15,15 +15,33 @@ What it does:
    order, so all sides see the same machine load; a side's speedup is original time / its time
    within the same pass, and the figure printed is the median over passes (range beside it).
    Same thread count on both sides (torch.get_num_threads() == ORT intra-op threads).
-3. The recommended recipe is then timed alone against the original (fewer sessions competing
-   for cache), end to end, model only (tokenised in advance) and tokenisation only.
+3. Headline: our recipe (``ours_recipe()``: flowstone.baking.recipe_search's choice for this host
+   when that module offers one, else flowstone.baking.onnx.recipe.recommended_recipe()) and the
+   Optimum peer are timed against the original with fewer sessions competing for cache: end to
+   end, model only (tokenised in advance) and tokenisation only, interleaved the same way.
+   Fidelity to human judgement: Spearman rho of pair cosines against the GOLD scores of
+   flowstone/baking/data/sts_gold_pairs.jsonl (lines {"id", "a", "b", "score"}, score 0-5) for
+   the original fp32, ours and Optimum's, and each one's drop against fp32. Targets printed with
+   PASS/FAIL; a last line ``BENCH_JSON {...}`` carries the figures.
+
+The Optimum peer: Hugging Face Optimum's ONNX Runtime dynamic quantizer (``ORTQuantizer`` with
+``AutoQuantizationConfig.avx512_vnni`` where the CPU has AVX512-VNNI, else ``.avx2``;
+is_static=False, Optimum's defaults otherwise) on the same model folder. optimum-onnx needs
+transformers < 4.58 and the project runs 5.x, so it runs in a venv of its own, bench/.venv-optimum
+(gitignored), built on first use from bench/requirements-optimum.txt and rebuilt when that file
+changes; bench/optimum_quantize.py exports and quantizes there. The quantized file is then run
+here by the same runner as ours (OnnxEmbedder: same tokenizer, batching, mean pooling and L2
+normalisation, same ORT thread count).
 
 Environment:
   BAKE_BENCH_RECIPES   "all" (default), "recommended", or a comma list of recipe names
   BAKE_BENCH_PASSES    timing passes of the headline (default 5; the curve gets 2 fewer)
   BAKE_BENCH_WORKDIR   keep the built .onnx files there (default: a temporary folder)
-  BAKE_BENCH_BUDGET_S  stop adding timing passes after this many seconds (default 270; the
-                       curve keeps >= 2 passes, the headline >= 3)
+  BAKE_BENCH_BUDGET_S  stop adding timing passes after this many seconds (default 270, not
+                       counting a first-use build of the peer venv; the curve keeps >= 2 passes,
+                       the headline >= 3)
+  BAKE_BENCH_OPTIMUM   "1" (default) runs the Optimum peer, "0" leaves it out
+  BAKE_BENCH_GOLD      the gold STS pairs (default flowstone/baking/data/sts_gold_pairs.jsonl)
 
 Other modes:
   --write-pairs    rebuild the pairs file from suites/*.jsonl (deterministic, no downloads)
@@ -33,11 +51,13 @@ Other modes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,11 +71,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from flowstone.baking.fidelity import (  # noqa: E402
+    DATA_DIR,
     FIDELITY_PAIRS,
     FidelityReport,
     cosine_fidelity,
     fidelity_report,
     load_fidelity_pairs,
+    spearman_rho,
 )
 from flowstone.baking.onnx.export import export_transformer_onnx  # noqa: E402
 from flowstone.baking.onnx.optimize import optimize_onnx  # noqa: E402
@@ -64,6 +86,14 @@ from flowstone.baking.onnx.recipe import SENSITIVE_NODES, recommended_recipe  # 
 from flowstone.baking.onnx.runtime import OnnxEmbedder  # noqa: E402
 
 BATCH = 32
+GOLD_STS = DATA_DIR / "sts_gold_pairs.jsonl"
+BENCH_DIR = REPO / "bench"
+OPTIMUM_VENV = BENCH_DIR / ".venv-optimum"
+OPTIMUM_REQUIREMENTS = BENCH_DIR / "requirements-optimum.txt"
+OPTIMUM_SCRIPT = BENCH_DIR / "optimum_quantize.py"
+# the targets the headline prints PASS/FAIL for
+TARGET_SPEEDUP = 2.0  # ours >= 2x the original's end-to-end throughput at batch 32
+TARGET_GOLD_DROP = 0.003  # ours' gold Spearman no more than 0.003 below the original's
 
 # Exclusions come from the per-node sweep (--sensitivity), ranked in SENSITIVE_NODES.
 SENSITIVE = list(SENSITIVE_NODES)
@@ -94,17 +124,70 @@ RECIPES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "ort-fused-nbits8": ("fused", [NBITS8]),
 }
 TORCH_PEER = "torch-dyn-per-channel"  # the issue's reference point, same process
+OPTIMUM_PEER = "optimum-ort-dynamic"  # Optimum's ORTQuantizer, exported in bench/.venv-optimum
+
+
+# Names a finished flowstone.baking.recipe_search may give its "the recipe chosen for this host"
+# function, tried in this order; each is called without arguments.
+RECIPE_SEARCH_FUNCTIONS = (
+    "recipe_for_host",
+    "chosen_recipe",
+    "host_recipe",
+    "selected_recipe",
+    "best_recipe",
+)
+OURS_SOURCE = "flowstone.baking.onnx.recipe.recommended_recipe()"
+
+
+def ours_recipe() -> dict[str, Any]:
+    """The recipe that is "ours": the one flowstone.baking.recipe_search chose for this host when
+    that module offers it without arguments (a dict like recommended_recipe(), "name" and
+    "steps", or a RecipeRecord), else the shipped
+    flowstone.baking.onnx.recipe.recommended_recipe(). Sets OURS_SOURCE.
+
+    recipe_search's entry point today is ``choose_recipe(record, config, ...)``: it needs a
+    bake's intake record and config and runs the whole candidate search unless that bake
+    workspace has it cached, so it is not called here (a search would cost the bench minutes
+    and measure on the bake's validation pairs, not these)."""
+    global OURS_SOURCE
+    try:
+        from flowstone.baking import recipe_search
+    except ImportError:
+        recipe_search = None
+    for attr in RECIPE_SEARCH_FUNCTIONS if recipe_search is not None else ():
+        fn = getattr(recipe_search, attr, None)
+        if not callable(fn):
+            continue
+        try:
+            found = fn()
+        except TypeError:  # needs arguments: not the "chosen for this host" accessor
+            continue
+        except Exception as exc:  # noqa: BLE001 - a half-written module must not stop the bench
+            print(f"note: flowstone.baking.recipe_search.{attr}() failed ({exc}); next")
+            continue
+        found = getattr(found, "recipe", found)
+        if hasattr(found, "to_dict"):
+            found = found.to_dict()
+        if isinstance(found, dict) and isinstance(found.get("steps"), list) and found.get("name"):
+            OURS_SOURCE = f"flowstone.baking.recipe_search.{attr}()"
+            return found
+    return recommended_recipe()
 
 
 def recommended_name() -> str:
-    """Register the module's recommended recipe, read step by step as the pass runner would."""
-    recipe = recommended_recipe()
+    """Register our recipe (ours_recipe()), read step by step as the pass runner would."""
+    recipe = ours_recipe()
     base, steps = "export", []
     for step in recipe["steps"]:
-        if step["step"] == "optimize":
+        if "step" in step:  # recommended_recipe() / candidate_recipes(): {"step", "options"}
+            kind, options = step["step"], dict(step.get("options", {}))
+        else:  # a RecipeRecord's pass specs: {"name": "onnx_quantize", **options}
+            kind = str(step.get("name", "")).removeprefix("onnx_")
+            options = {k: v for k, v in step.items() if k != "name"}
+        if kind == "optimize":
             base = "fused"
-        elif step["step"] == "quantize":
-            steps.append(dict(step["options"]))
+        elif kind == "quantize":
+            steps.append(options)
     RECIPES[recipe["name"]] = (base, steps)
     return recipe["name"]
 
@@ -189,7 +272,7 @@ def build_pairs(seed: int = 6) -> dict[str, Any]:
 
 def tuning_sentences() -> list[str]:
     """Sentences for choosing exclusions: the model card and the repo's prose, never the pairs."""
-    from flowstone.evaluation.embedding import model_path
+    from flowstone.encoder import model_path
     from flowstone.text import sentences
 
     sources = [model_path() / "README.md", REPO / "README.md", REPO / "bench" / "README.md"]
@@ -248,6 +331,162 @@ def torch_peer(model: Any) -> Any:
         return quantize_dynamic(
             copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig}
         )
+
+
+# --------------------------------------------------------------------------- host, gold set
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU model and the flags that decide the int8 kernels (from /proc/cpuinfo)."""
+    model, flags = "unknown", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value.split()
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+    wanted += ("avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
+    return {
+        "model": model,
+        "flags": [f for f in wanted if f in flags],
+        "cpus": os.cpu_count(),
+        "isa": "avx512_vnni" if "avx512_vnni" in flags else "avx2",
+    }
+
+
+def load_gold(path: Path) -> tuple[list[str], list[tuple[int, int]], list[float]]:
+    """The gold STS pairs: (unique texts, [(i, j)], [score 0-5]), one JSON object a line with
+    "id", "a", "b", "score"."""
+    texts: dict[str, int] = {}
+    pairs: list[tuple[int, int]] = []
+    scores: list[float] = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            a, b, score = str(row["a"]), str(row["b"]), float(row["score"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise SystemExit(f"{path}:{number}: not a gold pair ({exc!r})") from exc
+        pairs.append((texts.setdefault(a, len(texts)), texts.setdefault(b, len(texts))))
+        scores.append(score)
+    if len(pairs) < 10:
+        raise SystemExit(f"{path}: {len(pairs)} pairs, too few for a Spearman rho")
+    return list(texts), pairs, scores
+
+
+def gold_cosines(embeddings: Any, pairs: list[tuple[int, int]]) -> Any:
+    """Each gold pair's cosine (float64)."""
+    import numpy as np
+
+    emb = np.asarray(embeddings, dtype=np.float64)
+    emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    left, right = zip(*pairs, strict=True)
+    return (emb[list(left)] * emb[list(right)]).sum(axis=1)
+
+
+def gold_differences_ci(
+    cosines: dict[str, Any], scores: list[float], resamples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% paired-bootstrap intervals (pairs resampled, the same resample for every side) of
+    each side's gold Spearman drop vs fp32 and of ours minus Optimum's rho: how far apart two
+    sides' figures are beyond the choice of pairs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gold = np.asarray(scores, dtype=np.float64)
+    diffs: dict[str, list[float]] = {f"drop:{side}": [] for side in cosines if side != "fp32"}
+    if {"ours", "optimum"} <= set(cosines):
+        diffs["ours-optimum"] = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(gold), len(gold))
+        rho = {side: spearman_rho(cos[pick], gold[pick]) for side, cos in cosines.items()}
+        for key in diffs:
+            left, right = ("fp32", key[5:]) if key.startswith("drop:") else ("ours", "optimum")
+            diffs[key].append(rho[left] - rho[right])
+    return {
+        key: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
+        for key, v in diffs.items()
+    }
+
+
+# --------------------------------------------------------------------------- the Optimum peer
+
+
+def optimum_python() -> tuple[Path, float]:
+    """The peer venv's python, building bench/.venv-optimum from bench/requirements-optimum.txt
+    when it is missing or the requirements changed. Returns (python, seconds spent building)."""
+    python = OPTIMUM_VENV / "bin" / "python"
+    digest = hashlib.sha256(OPTIMUM_REQUIREMENTS.read_bytes()).hexdigest()
+    stamp = OPTIMUM_VENV / ".requirements.sha256"
+    if python.exists() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return python, 0.0
+    print(
+        f"building {OPTIMUM_VENV.relative_to(REPO)} from {OPTIMUM_REQUIREMENTS.name} ...",
+        flush=True,
+    )
+    start = time.perf_counter()
+    if OPTIMUM_VENV.exists():
+        import shutil
+
+        shutil.rmtree(OPTIMUM_VENV)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(OPTIMUM_VENV)], check=True)
+    log = OPTIMUM_VENV / "install.log"
+    with log.open("w") as out:
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--no-input", "-r", str(OPTIMUM_REQUIREMENTS)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(
+            f"pip install -r {OPTIMUM_REQUIREMENTS.name} failed (see {log}):\n{tail}"
+        )
+    stamp.write_text(digest + "\n")
+    return python, time.perf_counter() - start
+
+
+def optimum_model(model_dir: Path, work: Path, isa: str) -> tuple[Path, dict[str, Any]]:
+    """Optimum's quantized model of ``model_dir``: exported and quantized by
+    bench/optimum_quantize.py in the peer venv. Returns (model_quantized.onnx, its report)."""
+    python, venv_s = optimum_python()
+    out = work / "optimum"
+    record = out / "optimum.json"
+    model = out / "model_quantized.onnx"
+    if model.is_file() and record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("isa") == isa:  # kept from an earlier run (BAKE_BENCH_WORKDIR)
+            return model, {**info, "venv_build_s": round(venv_s, 1), "model_reused": True}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)  # nothing of the project's venv leaks into the peer
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(python), str(OPTIMUM_SCRIPT), str(model_dir), str(out), "--isa", isa],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("OPTIMUM_JSON ")]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{OPTIMUM_SCRIPT.name} failed (exit {done.returncode}):\n{tail}")
+    info = json.loads(lines[-1].removeprefix("OPTIMUM_JSON "))
+    info["subprocess_s"] = round(time.perf_counter() - start, 1)
+    record.write_text(json.dumps(info) + "\n")
+    if "last_hidden_state" not in info["outputs"]:  # what OnnxEmbedder reads
+        raise RuntimeError(f"{model}: outputs {info['outputs']}, no last_hidden_state")
+    unknown = set(info["inputs"]) - {"input_ids", "attention_mask", "token_type_ids"}
+    if unknown:
+        raise RuntimeError(f"{model}: inputs {sorted(unknown)} that OnnxEmbedder does not feed")
+    return model, {**info, "venv_build_s": round(venv_s, 1), "model_reused": False}
 
 
 # --------------------------------------------------------------------------- timing
@@ -318,17 +557,22 @@ def main_bench() -> None:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    from flowstone.evaluation.embedding import model_path
+    from flowstone.encoder import model_path
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     passes = int(os.environ.get("BAKE_BENCH_PASSES", "5"))
     curve_passes = max(1, passes - 2)
     budget = float(os.environ.get("BAKE_BENCH_BUDGET_S", "270"))
+    with_optimum = os.environ.get("BAKE_BENCH_OPTIMUM", "1") != "0"
+    gold_path = Path(os.environ.get("BAKE_BENCH_GOLD") or GOLD_STS)
     names, recommended = select_recipes()
+    cpu = cpu_description()
     model_dir = model_path()
     texts, pairs = load_fidelity_pairs()
-    print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    load_start = os.getloadavg()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)}")
+    print(f"ours: {recommended} (from {OURS_SOURCE})")
     original = SentenceTransformer(str(model_dir), device="cpu")
     reference = original.encode(texts, batch_size=BATCH, show_progress_bar=False)
     threads = torch.get_num_threads()
@@ -348,6 +592,32 @@ def main_bench() -> None:
     bases = build_bases(model_dir, work, need_fused)
     print(f"export{' + optimize' if need_fused else ''}: {time.perf_counter() - start:.1f} s")
 
+    # the Optimum peer: exported and quantized in its own venv, run here by the same runner
+    optimum_info: dict[str, Any] = {}
+    optimum_path: Path | None = None
+    if with_optimum:
+        start = time.perf_counter()
+        try:
+            optimum_path, optimum_info = optimum_model(model_dir, work, cpu["isa"])
+        except Exception as exc:  # noqa: BLE001 - report it, bench the rest
+            optimum_info = {"error": str(exc)}
+            print(f"Optimum peer unavailable: {exc}")
+        else:
+            # a first-use venv build is setup, not measurement: it does not eat the budget
+            started += optimum_info["venv_build_s"]
+            versions = ", ".join(f"{k} {v}" for k, v in optimum_info["versions"].items())
+            config = optimum_info["config"]
+            print(
+                f"Optimum peer in {time.perf_counter() - start:.1f} s (venv build "
+                f"{optimum_info['venv_build_s']:.1f} s, export {optimum_info['export_s']:.1f} s, "
+                f"quantize {optimum_info['quantize_s']:.1f} s"
+                f"{', reused' if optimum_info['model_reused'] else ''}): "
+                f"AutoQuantizationConfig.{optimum_info['isa']}(is_static=False) -> "
+                f"per_channel={config['per_channel']}, reduce_range={config['reduce_range']}, "
+                f"operators {config['operators_to_quantize']}; peer venv: {versions}"
+            )
+            names.append(OPTIMUM_PEER)
+
     # the timing workload: every third text in sentence-transformers' length order (all lengths)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     subset = [texts[i] for i in order[::3]]
@@ -362,7 +632,7 @@ def main_bench() -> None:
             encoders[name] = st_encoder(peer)
             size = None
         else:
-            path = build_recipe(name, work, bases)
+            path = optimum_path if name == OPTIMUM_PEER else build_recipe(name, work, bases)
             embedders[name] = OnnxEmbedder(model_dir, path, threads=threads)
             encoders[name] = lambda texts, e=embedders[name]: e.encode(texts, batch_size=BATCH)
             size = path.stat().st_size
@@ -374,6 +644,27 @@ def main_bench() -> None:
         )
     print(f"ORT intra-op threads {sorted({e.threads for e in embedders.values()})}, inter-op 1")
 
+    # fidelity to human judgement: pair cosines against the gold STS scores
+    gold: dict[str, float] = {}
+    gold_ci: dict[str, tuple[float, float]] = {}
+    gold_pairs = 0
+    if gold_path.is_file():
+        start = time.perf_counter()
+        gold_texts, gold_index, gold_scores = load_gold(gold_path)
+        gold_pairs = len(gold_index)
+        sides = {"fp32": encoders["original"], "ours": encoders[recommended]}
+        if OPTIMUM_PEER in encoders:
+            sides["optimum"] = encoders[OPTIMUM_PEER]
+        cosines = {side: gold_cosines(enc(gold_texts), gold_index) for side, enc in sides.items()}
+        gold = {side: spearman_rho(cos, gold_scores) for side, cos in cosines.items()}
+        gold_ci = gold_differences_ci(cosines, gold_scores)
+        print(
+            f"gold STS: {gold_pairs} pairs, {len(gold_texts)} texts from {gold_path} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    else:
+        print(f"gold STS set {gold_path} not found: gold fidelity and its targets skipped")
+
     # blocks of 4 batches: long enough to run warm, short enough to interleave finely
     blocks = [subset[k : k + 4 * BATCH] for k in range(0, len(subset), 4 * BATCH)]
     fns = {name: (lambda b, enc=enc: enc(blocks[b])) for name, enc in encoders.items()}
@@ -384,11 +675,11 @@ def main_bench() -> None:
         f"{len(blocks)} blocks, {curve_passes} passes"
     )
     totals = interleaved(
-        fns, len(blocks), curve_passes, deadline=started + 0.7 * budget, min_passes=2
+        fns, len(blocks), curve_passes, deadline=started + 0.6 * budget, min_passes=2
     )
     speed = ratios(totals, "original")
 
-    # headline: the recommended recipe alone against the original, end to end and model only
+    # headline: ours and the Optimum peer against the original, end to end and model only
     embedder = embedders[recommended]
     st_tokenize = getattr(original, "preprocess", original.tokenize)  # ST >= 6 renamed it
     batches = [
@@ -410,10 +701,19 @@ def main_bench() -> None:
         "original tokenize": lambda b: [st_tokenize(batch) for batch in batches[b]],
         "baked tokenize": lambda b: [embedder.tokenize(batch) for batch in batches[b]],
     }
-    print(f"\nheadline timing ({recommended} vs original only), {passes} passes")
+    peer = embedders.get(OPTIMUM_PEER)
+    if peer is not None:  # same tokenizer as ours (the model folder's), so no tokenize side
+        head["optimum e2e"] = fns[OPTIMUM_PEER]
+        head["optimum model-only"] = lambda b: [peer.embed_tokens(f) for f in ort_features[b]]
+    print(
+        f"\nheadline timing ({recommended}{' and Optimum' if peer else ''} vs original only), "
+        f"{passes} rounds"
+    )
+    load_head = os.getloadavg()
     head_totals = interleaved(
         head, len(blocks), passes, seed=1, deadline=started + budget, min_passes=3
     )
+    load_end = os.getloadavg()
 
     n = len(subset)
     print(
@@ -436,12 +736,12 @@ def main_bench() -> None:
             f"{row.spearman_rho_min_by_kind:8.4f} {row.cosine_mean:9.5f} "
             f"{row.cosine_min:8.5f} {size}"
         )
-    print("(rho kind: the lowest Spearman rho within one kind of pair; * recommended)")
+    print("(rho kind: the lowest Spearman rho within one kind of pair; * ours)")
     med = {name: statistics.median(runs) for name, runs in head_totals.items()}
     e2e = ratios(head_totals, "original e2e")["baked e2e"]
     model_only = ratios(head_totals, "original model-only")["baked model-only"]
     row = rows[recommended]
-    print(f"\n== recommended: {recommended} ==")
+    print(f"\n== ours: {recommended} ==")
     print(
         f"end to end : original {n / med['original e2e']:.1f} texts/s, baked {n / med['baked e2e']:.1f} "
         f"texts/s, ratio {statistics.median(e2e):.2f}x at batch {BATCH} (passes "
@@ -467,12 +767,216 @@ def main_bench() -> None:
         f"size       : {sizes[recommended]:.1f} MB (fp32 export {bases['export'].stat().st_size / 1e6:.1f} MB)"
     )
     print(f"threads    : torch {threads}, ORT intra-op {embedder.threads}")
-    print(
-        f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
-        f"on {os.cpu_count()} CPUs; total {time.perf_counter() - started:.0f} s"
+
+    figures = headline(
+        head_totals,
+        n=n,
+        cpu=cpu,
+        threads=threads,
+        ort_threads=embedder.threads,
+        loads={"start": load_start, "headline": load_head, "end": load_end},
+        gold=gold,
+        gold_ci=gold_ci,
+        gold_pairs=gold_pairs,
+        gold_path=gold_path,
+        recommended=recommended,
+        rows=rows,
+        sizes=sizes,
+        optimum_info=optimum_info,
     )
+    total_s = time.perf_counter() - started
+    print(
+        f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs; total {total_s:.0f} s"
+        + (
+            f" (+ {optimum_info['venv_build_s']:.0f} s building the peer venv)"
+            if optimum_info.get("venv_build_s")
+            else ""
+        )
+    )
+    figures["total_s"] = round(total_s, 1)
+    print("BENCH_JSON " + json.dumps(figures), flush=True)
     if tmp is not None:
         tmp.cleanup()
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median and min-max of per-round figures."""
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "rounds": [round(v, 4) for v in values],
+    }
+
+
+OPTIMUM_JSON_KEYS = ("isa", "config", "versions", "venv_build_s", "export_s", "quantize_s")
+OPTIMUM_JSON_KEYS += ("quantized_mb", "model_reused", "error")
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+
+
+def headline(
+    head_totals: dict[str, list[float]],
+    *,
+    n: int,
+    cpu: dict[str, Any],
+    threads: int,
+    ort_threads: int,
+    loads: dict[str, tuple[float, float, float]],
+    gold: dict[str, float],
+    gold_ci: dict[str, tuple[float, float]],
+    gold_pairs: int,
+    gold_path: Path,
+    recommended: str,
+    rows: dict[str, FidelityReport],
+    sizes: dict[str, float | None],
+    optimum_info: dict[str, Any],
+) -> dict[str, Any]:
+    """Print the headline (fp32 vs ours vs Optimum, end to end at batch 32, gold fidelity,
+    targets) and return its figures for BENCH_JSON."""
+    sides = {"fp32": "original e2e", "ours": "baked e2e"}
+    if "optimum e2e" in head_totals:
+        sides["optimum"] = "optimum e2e"
+    rounds = len(head_totals["original e2e"])
+    to_fp32 = {
+        side: spread(ratios(head_totals, "original e2e")[key]) for side, key in sides.items()
+    }
+    throughput = {
+        side: round(n / statistics.median(head_totals[key]), 1) for side, key in sides.items()
+    }
+    # Optimum's time / ours within a round: > 1 means ours is faster
+    ours_vs_optimum = (
+        spread(ratios(head_totals, "optimum e2e")["baked e2e"]) if "optimum" in sides else None
+    )
+    model_only = {
+        side: spread(ratios(head_totals, "original model-only")[f"{key} model-only"])
+        for side, key in (("ours", "baked"), ("optimum", "optimum"))
+        if f"{key} model-only" in head_totals
+    }
+    fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    print(
+        f"\n== headline: MiniLM end to end at batch {BATCH} ==\n"
+        f"host       : {cpu['model']}, {cpu['cpus']} CPUs, flags {' '.join(cpu['flags'])}; "
+        f"threads: torch {threads}, ORT intra-op {ort_threads} (inter-op 1); load average "
+        f"{fmt(loads['start'])} at start, {fmt(loads['headline'])} before the headline rounds, "
+        f"{fmt(loads['end'])} after"
+    )
+    print(
+        f"timing     : {rounds} rounds over the same {n} texts, each round every block of "
+        f"{4 * BATCH} texts run by every side in a new shuffled order; ratio = fp32 time / side "
+        f"time within a round; median (min-max over rounds)"
+    )
+    labels = {
+        "fp32": "(a) fp32 SentenceTransformer.encode",
+        "ours": f"(b) ours: {recommended}",
+        "optimum": f"(c) Optimum ORTQuantizer {optimum_info.get('isa', '')} dynamic",
+    }
+    print(f"{'side':62s} {'texts/s':>8s} {'vs fp32':>8s} {'min-max':>12s} {'model-only':>10s}")
+    for side in sides:
+        r = to_fp32[side]
+        mo = f"{model_only[side]['median']:9.2f}x" if side in model_only else f"{'':10s}"
+        print(
+            f"{labels[side]:62s} {throughput[side]:8.1f} {r['median']:7.2f}x "
+            f"{r['min']:5.2f}-{r['max']:5.2f}x {mo}"
+        )
+    if ours_vs_optimum:
+        print(
+            f"ours' throughput / Optimum's: {ours_vs_optimum['median']:.2f}x "
+            f"({ours_vs_optimum['min']:.2f}-{ours_vs_optimum['max']:.2f}x over rounds: "
+            f"{', '.join(f'{r:.2f}' for r in ours_vs_optimum['rounds'])})"
+        )
+    elif optimum_info.get("error"):
+        print(f"Optimum peer: not run ({optimum_info['error'].splitlines()[0]})")
+
+    drop = {side: gold["fp32"] - rho for side, rho in gold.items()}
+    if gold:
+        print(
+            f"gold STS   : Spearman of pair cosines vs gold scores, {gold_pairs} pairs ({gold_path.name})"
+        )
+        for side, rho in gold.items():
+            extra = ""
+            if side != "fp32":
+                held = rows[recommended if side == "ours" else OPTIMUM_PEER].spearman_rho
+                lo, hi = gold_ci[f"drop:{side}"]
+                extra = (
+                    f", drop vs fp32 {drop[side]:+.4f} (95% CI {lo:+.4f}..{hi:+.4f}); "
+                    f"held-out rho vs fp32 {held:.5f}"
+                )
+            print(f"  {labels[side]:60s} {rho:.4f}{extra}")
+        if "ours-optimum" in gold_ci:
+            lo, hi = gold_ci["ours-optimum"]
+            print(
+                f"  ours - Optimum gold rho {gold['ours'] - gold['optimum']:+.4f} "
+                f"(95% CI {lo:+.4f}..{hi:+.4f}; paired bootstrap over pairs, 1000 resamples)"
+            )
+
+    ours_speed = to_fp32["ours"]["median"]
+    target_speed = ours_speed >= TARGET_SPEEDUP
+    target_gold = drop["ours"] <= TARGET_GOLD_DROP if gold else None
+    target_peer: bool | None = None
+    if ours_vs_optimum and "optimum" in gold:
+        target_peer = ours_vs_optimum["median"] >= 1.0 and drop["ours"] <= drop["optimum"]
+    print("targets    :")
+    print(
+        f"  [{verdict(target_speed)}] ours >= {TARGET_SPEEDUP:g}x fp32 at batch {BATCH}: "
+        f"{ours_speed:.2f}x (min {to_fp32['ours']['min']:.2f}x)"
+    )
+    print(
+        f"  [{verdict(target_gold)}] ours' gold Spearman within {TARGET_GOLD_DROP} of fp32: "
+        + (f"drop {drop['ours']:+.4f}" if gold else "no gold set")
+    )
+    if target_peer is None:
+        why = "no Optimum peer" if not ours_vs_optimum else "no gold set"
+        print(f"  [n/a ] ours' throughput >= Optimum's at equal or better fidelity: {why}")
+    else:
+        print(
+            f"  [{verdict(target_peer)}] ours' throughput >= Optimum's at equal or better "
+            f"fidelity: {ours_vs_optimum['median']:.2f}x Optimum's throughput "
+            f"(min {ours_vs_optimum['min']:.2f}x); gold drop ours {drop['ours']:+.4f} vs "
+            f"Optimum {drop['optimum']:+.4f} (needs ours' drop <= Optimum's)"
+        )
+    return {
+        "bench": "baking_minilm",
+        "host": {
+            "cpu": cpu["model"],
+            "flags": cpu["flags"],
+            "cpus": cpu["cpus"],
+            "torch_threads": threads,
+            "ort_intra_op_threads": ort_threads,
+            "loadavg": {k: [round(x, 2) for x in v] for k, v in loads.items()},
+        },
+        "batch": BATCH,
+        "texts": n,
+        "rounds": rounds,
+        "ours": {"recipe": recommended, "source": OURS_SOURCE, "size_mb": sizes[recommended]},
+        "texts_per_s": throughput,
+        "ratio_to_fp32": to_fp32,
+        "model_only_ratio_to_fp32": model_only,
+        "ours_vs_optimum": ours_vs_optimum,
+        "gold": {
+            "path": str(gold_path),
+            "pairs": gold_pairs,
+            "spearman": {k: round(v, 5) for k, v in gold.items()},
+            "drop_vs_fp32": {k: round(v, 5) for k, v in drop.items() if k != "fp32"},
+            "ci95": {k: [round(lo, 5), round(hi, 5)] for k, (lo, hi) in gold_ci.items()},
+        }
+        if gold
+        else None,
+        "heldout_rho_vs_fp32": {
+            side: round(rows[name].spearman_rho, 5)
+            for side, name in (("ours", recommended), ("optimum", OPTIMUM_PEER))
+            if name in rows
+        },
+        "targets": {
+            "ours_speedup_ge_2x": target_speed,
+            "ours_gold_drop_le_0.003": target_gold,
+            "ours_ge_optimum_at_equal_or_better_fidelity": target_peer,
+        },
+        "optimum": {k: v for k, v in optimum_info.items() if k in OPTIMUM_JSON_KEYS},
+    }
 
 
 def st_encoder(model: Any) -> Any:
@@ -487,7 +991,7 @@ def main_sensitivity() -> None:
     import onnx
     from sentence_transformers import SentenceTransformer
 
-    from flowstone.evaluation.embedding import model_path
+    from flowstone.encoder import model_path
 
     model_dir = model_path()
     tuning = tuning_sentences()

@@ -194,36 +194,77 @@ def under_test(source: SourceRecord, baked: BakeRecord) -> tuple[Any, Any]:
     )
 
 
-@dg.asset(
-    **_common,
-    kinds={"python"},
+# A multi-asset for the same reason as bake_quality: a check result per model in a batch run.
+@dg.multi_asset(
+    name=f"{PREFIX}__bake_profile",  # the step key the @asset had
+    outs={
+        "bake_profile": dg.AssetOut(
+            key=PROFILE_KEY,
+            group_name=GROUP,
+            owners=OWNERS,
+            kinds={"python"},
+            description="Latency p50/p95 per batch size, throughput, size on disk and peak RSS "
+            "of the baked model and the original, measured in rounds: both interleaved, a fresh "
+            "process each per round, same threads, until the throughput ratio's confidence "
+            "interval is within the configured width (else the profile is noisy and gives no "
+            "headline). Records the CPU model and flags, threads and load.",
+        )
+    },
+    ins={"source_model": dg.AssetIn(key=SOURCE_KEY), "baked_model": dg.AssetIn(key=BAKED_KEY)},
+    deps=[QUALITY_KEY],  # runs only after the blocking quality checks passed
+    partitions_def=MODELS,
     pool=BAKING_POOL,
     required_resource_keys={"models"},
-    deps=[QUALITY_KEY],  # runs only after the blocking quality check passed
-    description="Latency p50/p95 per batch size, throughput, size on disk and peak RSS of the "
-    "baked model and the original, each in a fresh process after warm-up, same thread count.",
+    check_specs=[
+        partitioned_check_spec(
+            SPEED_CHECK,
+            PROFILE_KEY,
+            MODELS,
+            blocking=True,
+            description="The baked model is not slower than the floor (speed.floor, default "
+            "1.0x of the original's throughput): fails when the upper bound of the throughput "
+            "ratio's confidence interval is below it.",
+        )
+    ],
+    can_subset=True,
 )
-def bake_profile(
-    context: dg.AssetExecutionContext, source_model: dict, baked_model: dict
-) -> dg.Output:
+def bake_profile(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict):
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.chart import profile_chart
     from flowstone.baking.profile import profile_variants, profiling_sentences
 
-    def one(name: str, source_model: dict, baked_model: dict) -> dg.Output[dict]:
+    def one(name: str, source_model: dict, baked_model: dict) -> tuple[ProfileRecord, Any, float]:
         source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
         config = source.bake_config()
         sentences = profiling_sentences(source, config)
         with reserve_for_bake(context.resources.models.budget(), source, config):
-            profile = profile_variants(source, baked, config, sentences)
+            profile = profile_variants(source, baked, config, sentences, log=context.log.info)
         chart = profile_chart(profile, source, bake_workspace())
-        viewer = dg.MetadataValue.url(model_url(name))  # the chart, served
-        return dg.Output(
-            profile.to_dict(),
-            metadata={**to_metadata(profile.metadata(chart)), "chart_view": viewer},
-        )
+        return profile, chart, config.speed.floor
 
-    return ModelBatch(context).run(one, source_model=source_model, baked_model=baked_model)
+    batch = ModelBatch(context)
+    profiles = batch.each(one, source_model=source_model, baked_model=baked_model)
+    outputs = {
+        name: dg.Output(
+            profile.to_dict(),
+            metadata={
+                **to_metadata(profile.metadata(chart)),
+                "chart_view": dg.MetadataValue.url(model_url(name)),  # the chart, served
+            },
+        )
+        for name, (profile, chart, _) in profiles.items()
+    }
+    yield batch.output(outputs, output_name="bake_profile")
+    for name, (profile, _, floor) in profiles.items():
+        passed, description = profile.speed_verdict(floor)
+        result = dg.AssetCheckResult(
+            check_name=SPEED_CHECK,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=description,
+            metadata=to_metadata(profile.speed_check_metadata(floor)),
+        )
+        yield batch.check(result, name, PROFILE_KEY, blocking=True)
 
 
 @dg.asset(
@@ -247,7 +288,8 @@ def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_mo
         baked = BakeRecord.from_dict(baked_model)
         manifest = build_manifest(SourceRecord.from_dict(source_model), baked,
                                   QualityRecord.from_dict(bake_quality),
-                                  ProfileRecord.from_dict(bake_profile))  # fmt: skip
+                                  ProfileRecord.from_dict(bake_profile),
+                                  task_gate=bake_quality.get("task_gate"))  # fmt: skip
         package = build_package(manifest, baked)
         # Gates passed (the blocking quality and speed checks ran before this step): from now
         # on baked:NAME means this bake, and evaluations that use it go stale.

@@ -140,7 +140,7 @@ class BakeConfig:
             quality["task_suites"] = list(gate.suites)
             quality["non_inferiority"] = {"metric": gate.metric, "margin": gate.margin,
                                           "confidence": gate.confidence}  # fmt: skip
-        chosen = (
+        chosen: dict[str, Any] = (
             {"recipe": self.recipe}
             if self.recipe
             else {"passes": [p.as_dict() for p in self.passes]}

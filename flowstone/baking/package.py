@@ -58,9 +58,10 @@ def _add_file(archive: tarfile.TarFile, path: Path, arcname: str) -> None:
 
 
 def build_manifest(record: SourceRecord, baked: BakeRecord, quality: QualityRecord,
-                   profile: ProfileRecord) -> Manifest:  # fmt: skip
-    """The manifest of ``baked``, made from ``record`` and measured as ``quality`` and
-    ``profile`` say, with the library versions of this process."""
+                   profile: ProfileRecord, task_gate: dict | None = None) -> Manifest:  # fmt: skip
+    """The manifest of ``baked``, made from ``record`` and measured as ``quality``,
+    ``task_gate`` (the task suites' verdicts, if any) and ``profile`` say, with the library
+    versions of this process."""
     artifact = baked.artifact
     return Manifest(
         model=record.model,
@@ -76,6 +77,8 @@ def build_manifest(record: SourceRecord, baked: BakeRecord, quality: QualityReco
         profile=ProfileSummary.of(profile),
         libraries=library_versions(),
         created_at=datetime.now(UTC).isoformat(),
+        task_gate=task_gate,
+        recipe=baked.recipe,
     )
 
 

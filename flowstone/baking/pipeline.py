@@ -16,14 +16,14 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from flowstone.atomic import write_text
 from flowstone.baking import sources
 from flowstone.baking.artifacts import Artifact, open_runner
-from flowstone.baking.config import BakeConfig
+from flowstone.baking.config import BakeConfig, PassSpec
 from flowstone.baking.errors import BakeError
 from flowstone.baking.passes import PASSES
 from flowstone.baking.records.bake import BakeRecord, PassStep
@@ -138,15 +138,22 @@ def _hash_files(artifact: Artifact) -> str:
     return digest.hexdigest()
 
 
-def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None) -> BakeRecord:
-    """Run the configured passes in order, resuming from matching checkpoints."""
+def run_pass_chain(
+    record: SourceRecord,
+    specs: Sequence[PassSpec],
+    *,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Artifact, list[PassStep]]:
+    """Run ``specs`` in order from the record's original, resuming from matching checkpoints:
+    the final artifact and every step. ``run_passes`` runs a bake's passes through here, and
+    the recipe search (``recipe: auto``) its candidates' shared first step, so the bake
+    resumes that step's checkpoint instead of redoing it."""
     name = record.model
-    config = record.bake_config()
     artifact = record.original
-    sample = _sample(record, config)
+    sample = _sample(record, record.bake_config())
     chain = record.sha256
     steps: list[PassStep] = []
-    for index, spec in enumerate(config.passes):
+    for index, spec in enumerate(specs):
         chain = hashlib.sha256(
             (chain + json.dumps(spec.as_dict(), sort_keys=True)).encode()
         ).hexdigest()
@@ -204,6 +211,27 @@ def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None
         artifact = final
         if log:
             log(f"pass {index + 1} '{spec.name}': {step.seconds} s, {step.size_bytes} bytes")
+    return artifact, steps
+
+
+def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None) -> BakeRecord:
+    """Run the configured passes in order, resuming from matching checkpoints. With
+    ``recipe: auto`` the passes are the recipe the search chose on this host
+    (``flowstone.baking.recipe_search``); each checkpoint's chain hash covers the chosen
+    steps, so another choice redoes the passes from the first that differs."""
+    name = record.model
+    config = record.bake_config()
+    specs: Sequence[PassSpec] = config.passes
+    recipe = None
+    if config.recipe == "auto":
+        from flowstone.baking.recipe_search import choose_recipe, pass_specs
+
+        recipe = choose_recipe(
+            record, config, log=log,
+            build_base=lambda base: run_pass_chain(record, base, log=log)[0],
+        )  # fmt: skip
+        specs = pass_specs(recipe.steps)
+    artifact, steps = run_pass_chain(record, specs, log=log)
     if not steps:
         raise BakeError(name, "baked_model", "the bake config lists no passes")
     return BakeRecord(
@@ -214,4 +242,5 @@ def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None
         sha256=_hash_files(artifact),
         size_bytes=artifact.size_bytes(),
         passes=steps,
+        recipe=recipe,
     )

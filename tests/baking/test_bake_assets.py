@@ -17,6 +17,8 @@ from assets.baking import (
     PROFILE_KEY,
     QUALITY_CHECK,
     QUALITY_KEY,
+    SPEED_CHECK,
+    TASK_CHECK,
 )
 from flowstone.approvals.flow import APPROVAL_REQUEST_TAG
 from flowstone.approvals.machine import State
@@ -74,9 +76,12 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     result = bake(instance, "tiny")
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [(QUALITY_CHECK, True)]
+    assert [(c.check_name, c.passed) for c in checks] == [
+        (QUALITY_CHECK, True), (TASK_CHECK, True), (SPEED_CHECK, True)]  # fmt: skip
     profile = latest(instance, PROFILE_KEY)[0].metadata
     assert profile["threads"].value >= 1 and profile["size_ratio"].value > 0
+    # the package step made this bake what baked:tiny points to
+    assert (env / "ws" / "tiny" / "passed.json").exists()
     package = result.output_for_node("baking__bake_package")
     manifest = read_manifest(package)
     assert manifest.model == "tiny" and [p.name for p in manifest.passes] == [
@@ -123,10 +128,25 @@ def test_drop_bake_approve_deploy_and_rollback(env, instance):
     assert [r.partition_key for r in second.run_requests] == ["tiny"]
     failed = bake(instance, "tiny")
     assert not failed.success
-    (check,) = failed.get_asset_check_evaluations()
-    assert not check.passed
+    verdicts = {c.check_name: c.passed for c in failed.get_asset_check_evaluations()}
+    assert verdicts == {QUALITY_CHECK: False, TASK_CHECK: True}
     assert len(latest(instance, PACKAGE_KEY)) == 1 and len(latest(instance, QUALITY_KEY)) == 2
     assert deployments.current("tiny") == v1
+
+    # A version that passes quality but is held to a speed floor no bake can reach stops at
+    # the blocking speed check: no package, the deployed version stays. Four rounds: with two,
+    # a t-interval on one degree of freedom is too wide to rule anything out (and a 16-32-3
+    # net's sub-millisecond timings on a busy machine still spread its ratio over 0.02-160x).
+    slow = write_tiny_classifier(
+        env / "staging_slow", extra="speed: {floor: 1000000000.0, min_rounds: 4, max_rounds: 4}"
+    )
+    intake.add_model(slow, "tiny", env / "drop", replace=True)
+    too_slow = bake(instance, "tiny")
+    assert not too_slow.success
+    speed = [c for c in too_slow.get_asset_check_evaluations() if c.check_name == SPEED_CHECK]
+    assert [c.passed for c in speed] == [False]
+    assert "slower than the floor 1e+09x" in (speed[0].description or "")
+    assert len(latest(instance, PACKAGE_KEY)) == 1 and deployments.current("tiny") == v1
 
     # A second good version deployed, then rolled back from the CLI.
     better = write_tiny_classifier(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flowstone.baking.records.bake import PassStep
+from flowstone.baking.records.bake import PassStep, RecipeRecord
 from flowstone.baking.records.display import mb
 from flowstone.baking.records.profile import BatchRatios, BatchTiming, ProfileRecord
 from flowstone.baking.records.quality import QualityRecord
@@ -39,11 +39,17 @@ class ProfileSummary:
     threads: int
     batch_sizes: list[int]
     ratios: dict[str, BatchRatios]
-    throughput_ratio: float
+    throughput_ratio: float | None  # None: the profile was noisy (no headline)
     size_ratio: float
     peak_rss_ratio: float
     baked: dict[str, BatchTiming]
     original: dict[str, BatchTiming]
+    # the interval and where it was measured (None in manifests written before rounds)
+    ratio_ci_low: float | None = None
+    ratio_ci_high: float | None = None
+    rounds: int | None = None
+    noisy: bool | None = None
+    host: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, profile: ProfileRecord) -> ProfileSummary:
@@ -56,6 +62,11 @@ class ProfileSummary:
             peak_rss_ratio=profile.peak_rss_ratio,
             baked=dict(profile.baked.per_batch),
             original=dict(profile.original.per_batch),
+            ratio_ci_low=profile.ratio_ci_low,
+            ratio_ci_high=profile.ratio_ci_high,
+            rounds=len(profile.rounds),
+            noisy=profile.noisy,
+            host=profile.host.to_dict() if profile.host else None,
         )
 
     @classmethod
@@ -69,6 +80,9 @@ class ProfileSummary:
             peak_rss_ratio=data["peak_rss_ratio"],
             baked={b: BatchTiming(**t) for b, t in data["baked"].items()},
             original={b: BatchTiming(**t) for b, t in data["original"].items()},
+            **{
+                k: data.get(k) for k in ("ratio_ci_low", "ratio_ci_high", "rounds", "noisy", "host")
+            },
         )
 
 
@@ -85,9 +99,11 @@ class Manifest:
     profile: ProfileSummary
     libraries: dict[str, str]
     created_at: str
+    recipe: RecipeRecord | None = None  # how ``recipe: auto`` chose the passes on the host
+    task_gate: dict[str, Any] | None = None  # non-inferiority on the task suites, if any
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
             "task": self.task,
@@ -96,10 +112,20 @@ class Manifest:
             "passes": [step.to_dict() for step in self.passes],
             "config": self.config,
             "quality": self.quality.to_dict(),
-            "profile": asdict(self.profile),
+            # figures a manifest written before rounds lacks stay out (it writes back unchanged)
+            "profile": {
+                k: v
+                for k, v in asdict(self.profile).items()
+                if v is not None or k == "throughput_ratio"
+            },
             "libraries": self.libraries,
             "created_at": self.created_at,
         }
+        if self.recipe is not None:  # a manifest without one keeps its stored shape
+            data["recipe"] = self.recipe.to_dict()
+        if self.task_gate is not None:
+            data["task_gate"] = self.task_gate
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -115,6 +141,8 @@ class Manifest:
             profile=ProfileSummary.from_dict(data["profile"]),
             libraries=data["libraries"],
             created_at=data["created_at"],
+            recipe=RecipeRecord.from_dict(data["recipe"]) if data.get("recipe") else None,
+            task_gate=data.get("task_gate"),
         )
 
     def summary_figures(self) -> dict[str, Any]:
@@ -122,7 +150,9 @@ class Manifest:
         return {
             "version": self.version,
             self.quality.metric: round(self.quality.value, 4),
-            "throughput x": round(self.profile.throughput_ratio, 2),
+            "throughput x": round(ratio, 2)
+            if (ratio := self.profile.throughput_ratio)
+            else "noisy",
             "size x": round(self.profile.size_ratio, 3),
         }
 

@@ -26,6 +26,7 @@ from flowstone.baking.artifacts import Artifact, open_runner
 from flowstone.baking.config import BakeConfig, PassSpec
 from flowstone.baking.errors import BakeError
 from flowstone.baking.passes import PASSES
+from flowstone.baking.recipe_gate import ExtraGate
 from flowstone.baking.records.bake import BakeRecord, PassStep
 from flowstone.baking.records.source import SourceRecord
 
@@ -214,11 +215,13 @@ def run_pass_chain(
     return artifact, steps
 
 
-def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None) -> BakeRecord:
+def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None,
+               extra_gate: ExtraGate | None = None) -> BakeRecord:  # fmt: skip
     """Run the configured passes in order, resuming from matching checkpoints. With
     ``recipe: auto`` the passes are the recipe the search chose on this host
     (``flowstone.baking.recipe_search``); each checkpoint's chain hash covers the chosen
-    steps, so another choice redoes the passes from the first that differs."""
+    steps, so another choice redoes the passes from the first that differs. ``extra_gate``:
+    a further gate every candidate must pass (the task suites, which the evaluation owns)."""
     name = record.model
     config = record.bake_config()
     specs: Sequence[PassSpec] = config.passes
@@ -229,6 +232,7 @@ def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None
         recipe = choose_recipe(
             record, config, log=log,
             build_base=lambda base: run_pass_chain(record, base, log=log)[0],
+            extra_gate=extra_gate,
         )  # fmt: skip
         specs = pass_specs(recipe.steps)
     artifact, steps = run_pass_chain(record, specs, log=log)

@@ -57,6 +57,7 @@ from flowstone.baking.fidelity import DATA_DIR, fidelity_report
 from flowstone.baking.onnx import recipe as recipes
 from flowstone.baking.passes import PASSES
 from flowstone.baking.quality import resolve_validation, validation_pairs
+from flowstone.baking.recipe_gate import ExtraGate
 from flowstone.baking.records.bake import CandidateResult, RecipeRecord
 from flowstone.baking.records.source import SourceRecord
 from flowstone.baking.sources import SAMPLE_SENTENCES
@@ -305,6 +306,7 @@ def choose_recipe(
     log: Log | None = None,
     candidates: Sequence[dict[str, Any]] | None = None,
     build_base: BuildBase | None = None,
+    extra_gate: ExtraGate | None = None,
 ) -> RecipeRecord:
     """The recipe for ``record`` on this host: from the search cache, or searched now.
 
@@ -312,6 +314,8 @@ def choose_recipe(
     ``candidates``: the recipes to consider (default ``recipe.candidate_recipes()``);
     ``build_base``: builds the candidates' shared first step as a checkpoint of the bake
     (``pipeline.run_pass_chain``), else the search builds it in its scratch folder.
+    ``extra_gate``: a further gate a candidate must pass once its fidelity passes (the task
+    suites: ``recipe_gate``); part of the cache key.
     Raises BakeError when no candidate passes the gate, not even the fp32 fallback.
     """
     say: Log = log or (lambda _message: None)
@@ -329,7 +333,9 @@ def choose_recipe(
         model_sha256=record.sha256,
         candidate_set=candidate_set_id(candidates),
         gate=gate,
-        validation_digest=hashlib.sha256(json.dumps(pairs).encode()).hexdigest(),
+        validation_digest=hashlib.sha256(
+            json.dumps([pairs, extra_gate.identity if extra_gate else None]).encode()
+        ).hexdigest(),
         flags_key=_cpu_flags_key(flags),
         threads=threads,
         runtime=_runtime_version(),
@@ -341,7 +347,7 @@ def choose_recipe(
             f"{cached.searched_at})")  # fmt: skip
         return cached.cached_copy()
     chosen = _search(record, config, pairs, candidates, gate, threads, flags, key, say,
-                     build_base)  # fmt: skip
+                     build_base, extra_gate)  # fmt: skip
     write_text(cache_file, json.dumps(chosen.to_dict(), indent=2, sort_keys=True))
     return chosen
 
@@ -349,7 +355,8 @@ def choose_recipe(
 def _search(record: SourceRecord, config: BakeConfig, pairs: list[tuple[str, str]],
             candidates: list[dict[str, Any]], gate: Gate, threads: int,
             flags: list[str] | None, key: str, say: Log,
-            build_base: BuildBase | None) -> RecipeRecord:  # fmt: skip
+            build_base: BuildBase | None,
+            extra_gate: ExtraGate | None = None) -> RecipeRecord:  # fmt: skip
     started = time.perf_counter()
     budget = float(config.search_budget_s)
     deadline = started + budget  # from the shared first step on (below)
@@ -402,6 +409,9 @@ def _search(record: SourceRecord, config: BakeConfig, pairs: list[tuple[str, str
                 report = fidelity_report(reference, embeddings, pair_rows)
                 value = float(getattr(report, gate.metric))
                 passed = gate.passes(value)
+                extra_note = ""
+                if passed and extra_gate is not None:
+                    passed, extra_note = extra_gate.check(artifact)
                 if passed:  # paired with the first to pass (itself, if it is the first)
                     screen[name] = _paired_ratio(runner, next(iter(anchor.values()), runner),
                                                  subset)  # fmt: skip
@@ -424,11 +434,12 @@ def _search(record: SourceRecord, config: BakeConfig, pairs: list[tuple[str, str
                 name, steps, "passed" if passed else "failed", metric_value=value,
                 figures=figures, seconds=round(time.perf_counter() - t0, 2),
                 size_bytes=artifact.size_bytes(), screen_ratio=screen.get(name),
-                note="" if passed else f"fails {gate.describe()}",
+                note="" if passed else (extra_note or f"fails {gate.describe()}"),
             )  # fmt: skip
             artifacts[name] = artifact
             say(f"recipe search [{position}/{eligible}] {name}: {gate.metric} {value:.5f} "
-                f"{'passes' if passed else 'fails'} {gate.describe()} "
+                f"{'passes' if passed else 'fails'} {gate.describe()}"
+                + (f"; {extra_note}" if extra_note else "") + " "
                 f"({results[name].seconds:.1f} s; {quality_tps[name]:.0f} texts/s while "
                 f"measuring" + (f", {screen[name]:.2f}x the first to pass" if passed else "")
                 + ")")  # fmt: skip

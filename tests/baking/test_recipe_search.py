@@ -291,3 +291,35 @@ def test_timing_subset_spans_all_lengths():
     assert len(subset) == recipe_search.TIMING_SENTENCES == len(set(subset))
     assert subset[0] == sentences[0] and subset[-1] == sentences[-1]
     assert recipe_search._timing_subset(sentences[:5]) == sentences[:5]
+
+
+@pytest.mark.slow  # quantises the real MiniLM (~15 s)
+def test_an_extra_gate_rejects_candidates_and_keys_the_cache(root, small_pairs, no_gold):
+    """The task-suite gate the wiring hands in (recipe_gate.ExtraGate): a candidate that passes
+    fidelity but fails it is never chosen, and a choice made under it is cached apart."""
+    from flowstone.baking.recipe_gate import ExtraGate
+
+    record = make_record(root, small_pairs, search_budget_s=60)
+    seen: list[Artifact] = []
+
+    def first_inferior(artifact: Artifact) -> tuple[bool, str]:
+        """The int8 candidate is asked first (SMALL's order) and refused; fp32 passes."""
+        seen.append(artifact)
+        ok = len(seen) > 1
+        return ok, "task gate: ok" if ok else "task gate: inferior on paraphrase"
+
+    gate = ExtraGate("test-gate-1", first_inferior)
+    chosen = recipe_search.choose_recipe(
+        record, record.bake_config(), candidates=candidates(*SMALL),
+        build_base=build_base(record), extra_gate=gate,
+    )  # fmt: skip
+    first, fp32 = chosen.candidates
+    assert len(seen) == 2, "the extra gate is asked once a candidate passes fidelity"
+    assert not first.passed and "inferior on paraphrase" in first.note
+    assert chosen.name == "ort-fp32" and fp32.passed
+    # another gate identity is another cache entry: searched again, not served from the cache
+    again = recipe_search.choose_recipe(
+        record, record.bake_config(), candidates=candidates(*SMALL),
+        build_base=build_base(record), extra_gate=ExtraGate("test-gate-2", lambda a: (True, "")),
+    )  # fmt: skip
+    assert not again.from_cache and again.name != "ort-fp32"

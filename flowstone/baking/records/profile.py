@@ -193,6 +193,7 @@ class ProfileRecord:
         if not self.has_interval:
             return "no interval"
         level = f"{self.confidence:.0%} " if self.confidence else ""
+        assert self.ratio_ci_low is not None and self.ratio_ci_high is not None
         low, high = (_x(v)[:-1] for v in (self.ratio_ci_low, self.ratio_ci_high))
         return f"{level}CI {low}-{high}"
 

@@ -193,7 +193,10 @@ def stage_demo_models() -> list[str]:
         intake.add_model(path, "demo_classifier", paths.models_dir())  # with its validation data
     if "minilm" not in present:
         config = demo_models.write_minilm_config(paths.outputs_dir() / "demo_models")
-        intake.add_model(demo_models.minilm_folder(), "minilm", paths.models_dir(), config=config)
+        target = intake.add_model(
+            demo_models.minilm_folder(), "minilm", paths.models_dir(), config=config
+        )
+        demo_models.write_demo_pairs(target)
     return ["demo_classifier", "minilm"]
 
 
@@ -260,7 +263,9 @@ def where_to_look(home: Path) -> list[str]:
 @app.command()
 def demo(
     single_run: bool = typer.Option(
-        False, help="Run every partition in one run (single-run backfill)."
+        True,
+        help="Run every partition in one run (a single-run backfill, the assets' policy); "
+        "--no-single-run runs each partition in a run of its own.",
     ),
 ) -> None:
     """Materialize every suite x system partition of the evaluation on the embedded defaults."""
@@ -273,6 +278,8 @@ def demo(
     )
     console.print("Loading the code location and observing suites, systems and settings…")
     failures: list[str] = []
+    evaluated: dict[str, bool] = {}  # each partition's outcome, whichever run decided it
+    failed_runs: list[str] = []  # runs over several partitions that failed
     with Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
@@ -282,12 +289,32 @@ def demo(
     ) as progress:
         task = progress.add_task("evaluating", total=None)
 
-        def on_done(key: str, ok: bool, seconds: float) -> None:
+        def on_partition(key: str, ok: bool, seconds: float | None = None) -> None:
             mark = "[green]✓[/]" if ok else "[red]✗[/]"
-            progress.console.print(f"  {mark} {key.replace('|', ' × ')}  {seconds:.1f}s")
-            progress.advance(task, 1 if not single_run else progress.tasks[0].total or 1)
+            took = "" if seconds is None else f"  {seconds:.1f}s"
+            progress.console.print(f"  {mark} {key.replace('|', ' × ')}{took}")
+            evaluated[key] = ok
+            progress.update(task, completed=len(evaluated))
             if not ok:
                 failures.append(key)
+
+        def on_done(label: str, ok: bool, seconds: float) -> None:
+            if label in keys:  # a partition's own run
+                on_partition(label, ok, seconds)
+                return
+            # the run over several partitions, whose partitions are reported already (or,
+            # when it failed before they were done, run again one by one)
+            mark = "[green]✓[/]" if ok else "[red]✗[/]"
+            progress.console.print(f"  {mark} {label}  {seconds:.1f}s")
+            progress.update(task, description="evaluating")
+            if not ok:
+                failed_runs.append(label)
+
+        def on_step(step: str, partitions: int, seconds: float, ok: bool) -> None:
+            name = step.replace("__", "/")
+            verdict = f"{partitions} partitions" if ok else "[red]failed[/]"
+            progress.console.print(f"  [dim]{name}: {verdict}  {seconds:.1f}s[/]")
+            progress.update(task, description=f"evaluating (after {name})")
 
         def start(total: int) -> None:
             progress.update(task, total=total)
@@ -308,6 +335,13 @@ def demo(
         from flowstone.evaluation.catalog import load_catalog
 
         catalog = load_catalog()
+        from assets.runner import warm_shared_pool
+
+        # the scores step's encoder server loads while the code location loads and the first
+        # steps run, instead of after them
+        warm_shared_pool(
+            {m for s in catalog.suite_names for m in catalog.settings.for_suite(s).metrics}
+        )
         for name, reason in catalog.systems.skipped.items():
             progress.console.print(f"  [yellow]skipped[/] system {name}: {reason}")
         keys = [
@@ -322,7 +356,11 @@ def demo(
         )
 
         instance, defs = _instance_and_defs()
-        outcomes = materialize_partitions(defs, instance, keys, single_run, on_done)
+        materialize_partitions(
+            defs, instance, keys, single_run, on_done, on_partition=on_partition, on_step=on_step
+        )
+    if failed_runs and all(evaluated.values()):  # no partition's failure explains it
+        failures.extend(failed_runs)
     console.print(summary_table(latest_reports(instance, keys)))
     console.print("Comparing the systems on each suite (paired tests on the same cases)…")
     comparisons = compare_suites(defs, instance, sorted(catalog.suite_names))
@@ -343,7 +381,7 @@ def demo(
         "Deployment waits for a human: turn on the [bold]baking__deployed_model_approval_requests[/] and "
         "[bold]..._decisions[/] sensors in the UI, then `flowstone approvals approve ID --dev`."
     )
-    build_analytics(instance, [k for k in keys if outcomes[k].success], failures)
+    build_analytics(instance, [k for k in keys if evaluated.get(k)], failures)
     console.print(f"HTML reports: [cyan]{paths.reports_dir()}[/] (one file per suite/system)")
     for line in where_to_look(home):
         console.print(line)

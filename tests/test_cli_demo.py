@@ -44,6 +44,9 @@ def test_demo_materializes_every_partition_and_reports(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mini × lead-1" in out.stdout and "Evaluation summary" in out.stdout
+    # one run over every partition (a single-run backfill), each partition still on its line
+    assert re.search(r"✓ \d+ partitions in one run", out.stdout), out.stdout
+    assert all(f"✓ mini × {s}" in out.stdout for s in ("echo", "lead-1", "nearest-sentence"))
     assert (tmp_path / "home" / "dagster.yaml").exists()
     for system in ("echo", "lead-1", "nearest-sentence"):
         assert (tmp_path / "out" / "reports" / "mini" / f"{system}.html").exists()

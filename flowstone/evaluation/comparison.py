@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -126,12 +126,37 @@ class SuiteComparisonResult:
 def _paired(
     frames: Mapping[str, pd.DataFrame], a: str, b: str, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of ``a`` and ``b`` on the cases both answered with a valid score, in one order.
-    A case invalid for either (an unreadable judgement) is left out of this pair only."""
+    """Scores of ``a`` and ``b`` on the cases both answered with a valid score, in one order
+    (``a``'s). A case invalid for either (an unreadable judgement) is left out of this pair
+    only."""
+    fast = _aligned(frames[a], frames[b], metric)
+    if fast is not None:
+        return fast
     left = frames[a][["case_id", metric]].rename(columns={metric: "a"})
     right = frames[b][["case_id", metric]].rename(columns={metric: "b"})
     joined = left.merge(right, on="case_id", how="inner").dropna(subset=["a", "b"])
     return joined["a"].to_numpy(dtype=float), joined["b"].to_numpy(dtype=float)
+
+
+def _aligned(
+    left: pd.DataFrame, right: pd.DataFrame, metric: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """What the inner merge on ``case_id`` gives (the left frame's order, rows with a missing
+    score on either side dropped), by index lookup: a pandas merge per pair was a third of a
+    suite's comparison. None when a frame repeats a case (several answers per case), where
+    only the merge pairs every answer with every other, or holds scores that are not plain
+    numbers (a nullable dtype), which the merge drops before converting."""
+    if left[metric].dtype.kind not in "fiub" or right[metric].dtype.kind not in "fiub":
+        return None
+    left_ids, right_ids = pd.Index(left["case_id"]), pd.Index(right["case_id"])
+    if not (left_ids.is_unique and right_ids.is_unique):
+        return None
+    position = right_ids.get_indexer(left_ids)
+    shared = position >= 0
+    x = left[metric].to_numpy(dtype=float)[shared]
+    y = right[metric].to_numpy(dtype=float)[position[shared]]
+    valid = ~(np.isnan(x) | np.isnan(y))
+    return x[valid], y[valid]
 
 
 def compare_systems(
@@ -149,6 +174,10 @@ def compare_systems(
     if len(systems) < 2:
         raise ValueError(f"suite {suite!r}: comparing needs two systems, got {systems or 'none'}")
     compared: dict[str, MetricComparison] = {}
+    # Each test is seeded on its own, so a pair whose paired scores equal an earlier pair's
+    # (several systems giving the same answers, as baselines often do) has the same figures:
+    # computed once per suite. The permutation test and bootstrap are most of a comparison.
+    seen: dict[tuple[bytes, bytes], PairedComparison] = {}
     for metric in metrics:
         present = [s for s in systems if metric in scores[s].columns]
         means = {
@@ -163,18 +192,21 @@ def compare_systems(
                 raise ValueError(
                     f"suite {suite!r}, {metric}: {a} and {b} share no case with a valid score"
                 )
-            pairs.append(
-                compare_paired(
-                    x,
-                    y,
-                    metric=metric,
-                    a=a,
-                    b=b,
-                    level=settings.level,
-                    resamples=settings.resamples,
-                    seed=settings.seed,
-                    alpha=settings.alpha,
-                )  # fmt: skip
-            )
+            key = (x.tobytes(), y.tobytes())
+            if key in seen:  # the same figures (systems that answer alike): the same test
+                pairs.append(replace(seen[key], metric=metric, a=a, b=b))
+                continue
+            seen[key] = compare_paired(
+                x,
+                y,
+                metric=metric,
+                a=a,
+                b=b,
+                level=settings.level,
+                resamples=settings.resamples,
+                seed=settings.seed,
+                alpha=settings.alpha,
+            )  # fmt: skip
+            pairs.append(seen[key])
         compared[metric] = MetricComparison(metric, means, correct(pairs, settings.correction))
     return SuiteComparisonResult(suite, systems, compared, settings)

@@ -349,3 +349,27 @@ def test_a_suite_metric_threshold_is_a_partitioned_check_in_the_code_location(
         checks = {c.check_name: c for c in again.get_asset_check_evaluations()}
         assert checks["no_regression"].passed
         assert checks["no_regression"].metadata["compared_metrics"].value == 1  # fuzzy_match
+
+
+def test_a_single_run_reports_a_blocking_check_failure_on_its_partition_only(env):
+    """What `flowstone demo` shows per partition of its one run: docs|echo fails its blocking
+    rouge1 threshold, which fails the run (as it would fail that partition's own run), while
+    every other partition is reported done; none runs again, since all were materialized."""
+    from assets.runner import execute_partitions
+
+    job, instance = env["job"], env["instance"]
+    keys = sorted(job.partitions_def.get_partition_keys())
+    finished: dict[str, bool] = {}
+    steps: list[str] = []
+    results = execute_partitions(
+        job,
+        instance,
+        keys,
+        single_run=True,
+        on_partition=finished.__setitem__,
+        on_step=lambda step, partitions, seconds, ok: steps.append(step),
+        retry_alone=True,
+    )
+    assert len(instance.get_runs()) == 1 and not results["qa|echo"].success
+    assert finished == {k: k != "docs|echo" for k in keys}
+    assert steps == [f"evaluation__{s}" for s in ("suite", "predictions", "scores", "report")]

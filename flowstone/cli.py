@@ -201,25 +201,39 @@ def stage_demo_models() -> list[str]:
 
 
 def bake_summary(instance, names: Sequence[str]) -> Table:
-    from assets.baking import PACKAGE_KEY, PROFILE_KEY, QUALITY_KEY
+    """One row a model: the gates (quality, task suites, speed) and how the recipe was chosen,
+    from the latest materializations' metadata."""
+    from assets.baking import BAKED_KEY, PACKAGE_KEY, PROFILE_KEY, QUALITY_KEY
     from assets.runner import latest_metadata
 
-    table = Table(title="Bakes: baked vs original (ratios measured in one run)")
-    for column in ("model", "quality", "throughput x", "size x", "package"):
+    table = Table(title="Bakes: baked vs original (throughput in interleaved rounds, 95% CI)")
+    for column in ("model", "quality", "task suites", "throughput", "size x", "recipe", "package"):
         table.add_column(column)
+
+    def text(meta, key: str) -> str | None:
+        value = meta.get(key)
+        return None if value is None else str(value.value)
+
     for name in names:
-        quality, profile, package = (
-            latest_metadata(instance, k, name) for k in (QUALITY_KEY, PROFILE_KEY, PACKAGE_KEY)
+        baked, quality, profile, package = (
+            latest_metadata(instance, k, name)
+            for k in (BAKED_KEY, QUALITY_KEY, PROFILE_KEY, PACKAGE_KEY)
         )
-        metric = quality.get("metric")
-        value = quality.get("value")
-        ratio = next((v for k, v in profile.items() if k.startswith("throughput_ratio")), None)
+        metric, value = quality.get("metric"), quality.get("value")
+        gate = text(quality, "task_gate")
+        diffs = ", ".join(
+            f"{k.split('/')[1]} {float(v.value):+.4f}"
+            for k, v in quality.items()
+            if k.startswith("task/") and k.endswith("/difference")
+        )
         size = profile.get("size_ratio")
         table.add_row(
             name,
             f"{metric.value} = {value.value:.4f}" if metric and value else "-",
-            f"{ratio.value:.2f}" if ratio else "-",
+            f"{gate}: {diffs}" if gate and diffs else (gate or "-"),
+            text(profile, "throughput") or "-",
             f"{size.value:.3f}" if size else "-",
+            text(baked, "recipe") or "passes from the bake config",
             f"{package['package_mb'].value} MB" if "package_mb" in package else "-",
         )
     return table

@@ -222,7 +222,7 @@ def bake_summary(instance, names: Sequence[str]) -> Table:
         metric, value = quality.get("metric"), quality.get("value")
         gate = text(quality, "task_gate")
         diffs = ", ".join(
-            f"{k.split('/')[1]} {float(v.value):+.4f}"
+            f"{k.split('/')[1]} {float(str(v.value)):+.4f}"
             for k, v in quality.items()
             if k.startswith("task/") and k.endswith("/difference")
         )

@@ -192,7 +192,11 @@ def stage_demo_models() -> list[str]:
         path = demo_models.write_demo_classifier(staging)
         intake.add_model(path, "demo_classifier", paths.models_dir())  # with its validation data
     if "minilm" not in present:
-        config = demo_models.write_minilm_config(paths.outputs_dir() / "demo_models")
+        from flowstone.baking.config import known_suites
+
+        config = demo_models.write_minilm_config(
+            paths.outputs_dir() / "demo_models", list(known_suites())
+        )
         target = intake.add_model(
             demo_models.minilm_folder(), "minilm", paths.models_dir(), config=config
         )

@@ -146,11 +146,27 @@ def write_demo_pairs(folder: Path) -> Path:
     return path
 
 
-def write_minilm_config(folder: Path) -> Path:
-    """The demo MiniLM's bake.yaml, written into ``folder`` for ``flowstone models add``."""
+TASK_SUITE_LINES = ("  task_suites: [paraphrase]", "  non_inferiority:")
+
+
+def write_minilm_config(folder: Path, suites: list[str] | None = None) -> Path:
+    """The demo MiniLM's bake.yaml, written into ``folder`` for ``flowstone models add``.
+    ``suites``: the suites this deployment has; without the shipped paraphrase suite (a demo
+    on suites of one's own) the bake is gated on fidelity and speed only."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "minilm.bake.yaml"
-    path.write_text(MINILM_CONFIG)
+    text = MINILM_CONFIG
+    if suites is not None and "paraphrase" not in suites:
+        text = (
+            "\n".join(
+                line
+                for line in text.splitlines()
+                if not line.startswith(TASK_SUITE_LINES)
+                and not line.startswith("                        # cosines")
+            )
+            + "\n"
+        )
+    path.write_text(text)
     return path
 
 

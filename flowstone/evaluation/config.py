@@ -147,10 +147,17 @@ class SuiteSettings:
         partitions whose metrics use it stale."""
         from flowstone.embedders import current
 
+        return {name: current(ref).fingerprint for name, ref in sorted(self.model_refs().items())}
+
+    def model_refs(self) -> dict[str, str]:
+        """metric -> its non-default embedding model reference (judges' ``model`` option names
+        an LLM, not a reference: only the metrics in ``MODEL_REF_METRICS`` take one)."""
+        from flowstone.evaluation.metrics import MODEL_REF_METRICS
+
         return {
-            name: current(setting.options["model"]).fingerprint
-            for name, setting in sorted(self.metrics.items())
-            if setting.options.get("model", "default") != "default"
+            name: setting.options["model"]
+            for name, setting in self.metrics.items()
+            if name in MODEL_REF_METRICS and setting.options.get("model", "default") != "default"
         }
 
 

@@ -407,6 +407,10 @@ def embedding_similarity(
     return [max(0.0, s) for s in sims] if clip_negative else sims
 
 
+#: Metrics whose ``model`` option is an embedding model reference (``flowstone.baking.registry``).
+MODEL_REF_METRICS = frozenset({"embedding_similarity"})
+
+
 def _check_embedding(options: Mapping[str, Any]) -> None:
     """The model reference must point to something now: a typo or a never-baked model is a
     load error naming the key, not a failed run later."""

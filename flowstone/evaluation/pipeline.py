@@ -155,11 +155,7 @@ def models_used(settings) -> dict[str, str]:
     partition was scored (``baked:minilm -> minilm@<version>``)."""
     from flowstone.embedders import current
 
-    return {
-        f"model/{name}": current(setting.options["model"]).label
-        for name, setting in settings.metrics.items()
-        if setting.options.get("model", "default") != "default"
-    }
+    return {f"model/{name}": current(ref).label for name, ref in settings.model_refs().items()}
 
 
 def case_scores(scores: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, float | None]]:

@@ -204,8 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(state.latency_s)
         with state.lock:
             scripted = state.scripted.popleft() if state.scripted else None
-        getattr(self, f"_reply_{api}")(body, scripted)
+        # Counted before the answer leaves: a client that has its answer must find it counted
+        # (counting after the write raced the test's assertion on a busy machine).
         self._count(200)
+        getattr(self, f"_reply_{api}")(body, scripted)
 
     def _count(self, status: int | str) -> None:
         with self.server.state.lock:

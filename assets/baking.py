@@ -85,7 +85,9 @@ def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Out
     def one(name: str, source_model: dict) -> dg.Output[dict]:
         source = SourceRecord.from_dict(source_model)
         config = source.bake_config()
-        gate = task_gate_for_search(source, config, context.log.info)
+        from flowstone.evaluation.model_gate import search_gate
+
+        gate = search_gate(source, config)
         with reserve_for_bake(budget, source, config, log=context.log.info) as held:
             baked = run_passes(source, log=context.log.info, extra_gate=gate)
         return dg.Output(
@@ -147,7 +149,7 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
             quality = measure_quality(source, baked, config)
             gate = None
             if config.task_gate.suites:
-                from flowstone.evaluation.model_gate import task_gate
+                from flowstone.evaluation.model_gate import task_gate, under_test
 
                 original, candidate = under_test(source, baked)
                 gate = task_gate(original, candidate, config.task_gate, log=context.log.info)
@@ -182,38 +184,6 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
             else "no task suites in the bake config (quality.task_suites): fidelity only",
         )
         yield batch.check(task, name, QUALITY_KEY, blocking=True)
-
-
-def task_gate_for_search(source: SourceRecord, config: Any, log: Any) -> Any:
-    """The task suites as a gate on every recipe candidate (``recipe: auto`` keeps the fastest
-    that passes all the quality gates), or None when the config names no task suite."""
-    if not config.task_gate.suites or config.recipe != "auto":
-        return None
-    from flowstone.baking.recipe_gate import ExtraGate
-    from flowstone.baking.registry import ModelRef, ResolvedModel
-    from flowstone.evaluation.model_gate import task_gate
-
-    original, _ = under_test(source, None)
-    ref = ModelRef("baked", source.model)
-
-    def check(artifact: Any) -> tuple[bool, str]:
-        candidate = ResolvedModel(ref, f"candidate:{artifact.path}", None, artifact)
-        result = task_gate(original, candidate, config.task_gate)
-        return result.passed, result.description()
-
-    return ExtraGate(f"task_gate:{config.task_gate.as_dict()}", check)
-
-
-def under_test(source: SourceRecord, baked: BakeRecord | None) -> tuple[Any, Any]:
-    """The original and the baked variant as resolved models, for the task gate: the bake
-    under test is not yet what ``baked:NAME`` points to (that happens once it is packaged)."""
-    from flowstone.baking.registry import ModelRef, ResolvedModel
-
-    ref = ModelRef("baked", source.model)
-    return (
-        ResolvedModel(ref, f"{source.version}-original", None, source.original),
-        ResolvedModel(ref, source.version, baked.sha256, baked.artifact) if baked else None,
-    )
 
 
 # A multi-asset for the same reason as bake_quality: a check result per model in a batch run.

@@ -17,8 +17,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flowstone.baking.config import TaskGate
-from flowstone.baking.registry import ResolvedModel
+from flowstone.baking.artifacts import Artifact
+from flowstone.baking.config import BakeConfig, TaskGate
+from flowstone.baking.recipe_gate import ExtraGate
+from flowstone.baking.records.bake import BakeRecord
+from flowstone.baking.records.source import SourceRecord
+from flowstone.baking.registry import ModelRef, ResolvedModel
 from flowstone.cases import Case
 
 
@@ -130,3 +134,30 @@ def task_gate(original: ResolvedModel, baked: ResolvedModel, gate: TaskGate,
                 f"{verdict.mean_baked:.4f}, difference {verdict.difference:+.5f}, lower bound "
                 f"{verdict.lower_bound:+.5f} (margin {gate.margin:g})")  # fmt: skip
     return TaskGateResult(gate.metric, gate.margin, gate.confidence, tuple(verdicts))
+
+
+def under_test(source: SourceRecord, baked: BakeRecord) -> tuple[ResolvedModel, ResolvedModel]:
+    """The original and the baked variant as resolved models: the bake under test is not yet
+    what ``baked:NAME`` points to (that happens once it is packaged)."""
+    original = _original(source)
+    return original, ResolvedModel(original.ref, source.version, baked.sha256, baked.artifact)
+
+
+def _original(source: SourceRecord) -> ResolvedModel:
+    return ResolvedModel(ModelRef("baked", source.model), f"{source.version}-original", None,
+                         source.original)  # fmt: skip
+
+
+def search_gate(source: SourceRecord, config: BakeConfig) -> ExtraGate | None:
+    """The task suites as a gate on every recipe candidate (``recipe: auto`` keeps the fastest
+    that passes all the quality gates), or None when the config names no task suite."""
+    if not config.task_gate.suites or config.recipe != "auto":
+        return None
+    original = _original(source)
+
+    def check(artifact: Artifact) -> tuple[bool, str]:
+        candidate = ResolvedModel(original.ref, f"candidate:{artifact.path}", None, artifact)
+        result = task_gate(original, candidate, config.task_gate)
+        return result.passed, result.description()
+
+    return ExtraGate(f"task_gate:{config.task_gate.as_dict()}", check)

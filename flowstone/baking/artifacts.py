@@ -58,6 +58,17 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
 
+    def sha256(self) -> str:
+        """One hash over every file of the artifact, in ``files()`` order."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for file in self.files():
+            with file.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
 
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads for torch (None: torch's default); returns the count."""

@@ -130,15 +130,6 @@ def _sample(record: SourceRecord, config: BakeConfig) -> Any:
     return torch.randn((2, *record.input_shape), generator=generator)
 
 
-def _hash_files(artifact: Artifact) -> str:
-    digest = hashlib.sha256()
-    for file in artifact.files():
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_pass_chain(
     record: SourceRecord,
     specs: Sequence[PassSpec],
@@ -204,7 +195,7 @@ def run_pass_chain(
         staging.rename(folder)
         step = PassStep(
             name=spec.name, options=spec.options, format=final.format, seconds=seconds,
-            size_bytes=size_bytes, extra=produced.extra, resumed=False, sha256=_hash_files(final),
+            size_bytes=size_bytes, extra=produced.extra, resumed=False, sha256=Artifact.sha256(final),
         )  # fmt: skip
         checkpoint = {"chain": chain, "artifact": final.as_dict(), "step": step.to_dict()}
         write_text(folder / "record.json", json.dumps(checkpoint, indent=2, default=str))
@@ -243,7 +234,7 @@ def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None
         version=record.version,
         task=config.task,
         artifact=artifact,
-        sha256=_hash_files(artifact),
+        sha256=Artifact.sha256(artifact),
         size_bytes=artifact.size_bytes(),
         passes=steps,
         recipe=recipe,

@@ -15,7 +15,6 @@ now: a new bake changes the fingerprint of exactly the evaluation partitions tha
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,12 +193,7 @@ def verify(resolved: ResolvedModel) -> None:
     or a deployment changed under the reference)."""
     if resolved.artifact is None or resolved.sha256 is None:
         return
-    digest = hashlib.sha256()
-    for file in resolved.artifact.files():
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    if digest.hexdigest() != resolved.sha256:
+    if resolved.artifact.sha256() != resolved.sha256:
         raise ModelRefError(
             f"{resolved.ref.text}: the files at {resolved.artifact.path} no longer match the "
             f"recorded sha256 {resolved.sha256[:16]}…; bake or deploy again"

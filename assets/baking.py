@@ -285,7 +285,8 @@ def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_mo
         package = build_package(manifest, baked)
         # Gates passed (the blocking quality and speed checks ran before this step): from now
         # on baked:NAME means this bake, and evaluations that use it go stale.
-        record_passed(bake_workspace(), name, manifest.version, baked.sha256, baked.artifact)
+        record_passed(bake_workspace(), name, manifest.version, baked.sha256, baked.artifact,
+                      manifest.config)  # fmt: skip
         notifications.notify(bake_ready(manifest.model, manifest.summary_figures(),
                                         notifications.run_url(context.run_id), version=manifest.version))  # fmt: skip
         return dg.Output(

@@ -362,9 +362,9 @@ def demo(
         )
         for name, reason in catalog.systems.skipped.items():
             progress.console.print(f"  [yellow]skipped[/] system {name}: {reason}")
-        keys = [
-            f"{s}|{y}" for s in sorted(catalog.suite_names) for y in sorted(catalog.systems.names)
-        ]
+        for (suite_name, name), reason in sorted(catalog.not_applicable().items()):
+            progress.console.print(f"  [yellow]not run[/] {suite_name}|{name}: {reason}")
+        keys = catalog.applicable_keys()
         start(len(keys))
         from assets.runner import (
             bake_models,

@@ -48,7 +48,8 @@ def test_every_suite_and_system_is_a_partition():
 
     keys = defs.resolve_job_def("evaluation_job").partitions_def.get_partition_keys()
     assert "qa|nearest-sentence" in keys and "summarisation|lead-1" in keys
-    assert len(keys) == 24  # 3 suites x (7 baselines + local-llm); keyless LLM systems are skipped
+    # 4 suites x (8 baselines + local-llm); keyless LLM systems are skipped
+    assert len(keys) == 36 and "intent|minilm-zero-shot" in keys
     groups = {
         defs.resolve_assets_def(k).group_names_by_key[k]
         for k in defs.resolve_asset_graph().get_all_asset_keys()

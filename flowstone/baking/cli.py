@@ -48,6 +48,28 @@ def add(
     typer.echo(f"dropped {name} at {target}")
 
 
+@app.command("example")
+def example(
+    which: Annotated[str, typer.Argument(help="intent: the intent classifier over MiniLM.")],
+    replace: bool = typer.Option(False, help="Drop a new version if it is there already."),
+) -> None:
+    """Train a shipped example model here (no download) and drop it for baking. ``intent``:
+    a classifier head over the packaged MiniLM for the intent suite; once a bake of it passes,
+    systems.yaml's ``classifiers:`` entry makes it a system."""
+    from flowstone.baking import demo_models
+    from flowstone.paths import outputs_dir
+
+    if which != "intent":
+        _fail(ValueError(f"unknown example {which!r}; the examples: intent"))
+    name = "intent_classifier"
+    try:
+        path = demo_models.write_intent_classifier(outputs_dir() / "example_models", name)
+        target = add_model(path, name, models_dir(), replace=replace)
+    except FlowStoneError as exc:
+        _fail(exc)
+    typer.echo(f"dropped {name} at {target}; bake it: flowstone models bake {name}")
+
+
 @app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json")) -> None:
     """Models in the drop folder and their deployed version."""

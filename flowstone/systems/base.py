@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from flowstone.cases import Case
+from flowstone.cases import Case, Label
 
 Progress = Callable[[int], None]
 
@@ -49,6 +49,15 @@ def answer_each(
     return out
 
 
+class NotApplicableError(ValueError):
+    """A system asked to answer a suite whose cases it cannot answer meaningfully."""
+
+
+def is_classification(labels: Sequence[Label | None]) -> bool:
+    """A suite whose every case carries a class (a string label)."""
+    return bool(labels) and all(isinstance(label, str) for label in labels)
+
+
 class System(abc.ABC):
     """A system under evaluation.
 
@@ -75,6 +84,21 @@ class System(abc.ABC):
             default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # A system that can only answer with text taken or rewritten from the case (the local
+    # baselines): on a suite scored against class labels every answer is wrong by design.
+    text_only: bool = False
+
+    def not_applicable(self, suite: str, labels: Sequence[Label | None]) -> str | None:
+        """Why this system's answers on ``suite`` (its cases' ``labels``) would mean nothing,
+        or None. An LLM answers any suite; a text-only baseline no classification suite; a
+        classifier only a suite labelled with its classes."""
+        if self.text_only and is_classification(labels):
+            return (
+                f"system '{self.name}' answers with text from the case; suite '{suite}' is "
+                "scored against class labels, which it can never produce"
+            )
+        return None
 
     def run_metadata(self) -> dict:
         """Figures about the last ``predict`` worth showing on the asset (calls, breakers)."""

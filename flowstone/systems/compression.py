@@ -73,6 +73,8 @@ class SumBasicSummariser(System):
     """Summarises the input (or the context, when a case has one) with SumBasic, keeping at
     most ``ratio`` of its words (the reference summaries of the shipped suite keep about 30%)."""
 
+    text_only = True
+
     description = "SumBasic word-frequency extract within a length budget"
 
     def __init__(self, ratio: float = 0.3):

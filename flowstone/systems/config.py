@@ -226,39 +226,72 @@ def _mode(source: Path, where: str, raw: dict, spec: LLMSystemSpec, defaults: di
     return mode
 
 
-_RETRIEVAL_KEYS = {"name", "model", "description"}
+_MODEL_SYSTEM_KEYS = {"name", "model", "description"}
 
 
-def load_retrieval_systems(path: str | Path | None = None) -> list:
-    """The ``retrieval:`` section: dense nearest-sentence systems on another embedding model,
-    e.g. ``{name: minilm-baked-nearest, model: "baked:minilm"}``. The model reference is
-    resolved here, so an unknown or never-baked model is a load error naming the key."""
+def _model_system_entries(path: str | Path | None, section: str,
+                          task: str) -> list[tuple[str, str, str | None]]:  # fmt: skip
+    """(name, model reference, description) of each entry of a ``retrieval:`` or
+    ``classifiers:`` section, the reference resolved here (as a ``task`` model) so an unknown
+    or never-baked model is a load error naming the key."""
     import yaml
 
     from flowstone.baking.registry import ModelRefError, resolve
-    from flowstone.systems.retrieval import DenseNearestSentence
 
     source = Path(path) if path else systems_config_path()
     if not source.exists():
         return []
     document = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    entries = document.get("retrieval") or [] if isinstance(document, dict) else []
+    entries = document.get(section) or [] if isinstance(document, dict) else []
     if not isinstance(entries, list):
-        raise ConfigError(source, "retrieval", "must be a list of {name, model, description}")
-    systems = []
+        raise ConfigError(source, section, "must be a list of {name, model, description}")
+    found = []
     for index, raw in enumerate(entries):
-        where = f"retrieval[{index}]"
+        where = f"{section}[{index}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise ConfigError(source, where, "needs a name and a model reference")
-        unknown = set(raw) - _RETRIEVAL_KEYS
+        unknown = set(raw) - _MODEL_SYSTEM_KEYS
         if unknown:
             raise ConfigError(source, f"{where}.{sorted(unknown)[0]}",
-                              f"unknown key; allowed: {sorted(_RETRIEVAL_KEYS)}")  # fmt: skip
-        model = raw.get("model", "default")
+                              f"unknown key; allowed: {sorted(_MODEL_SYSTEM_KEYS)}")  # fmt: skip
+        model = raw.get("model", "default" if task == "embedding" else None)
         try:
-            resolve(model)
+            resolve(model, task=task)
         except ModelRefError as exc:
             raise ConfigError(source, f"{where}.model", str(exc)) from None
-        description = raw.get("description") or f"Context sentence nearest the question by {model}"
-        systems.append(DenseNearestSentence(raw["name"], model, description))
+        found.append((raw["name"], model, raw.get("description")))
+    return found
+
+
+def load_retrieval_systems(path: str | Path | None = None) -> list:
+    """The ``retrieval:`` section: dense nearest-sentence systems on another embedding model,
+    e.g. ``{name: minilm-baked-nearest, model: "baked:minilm"}``."""
+    from flowstone.systems.retrieval import DenseNearestSentence
+
+    return [
+        DenseNearestSentence(
+            name, model, description or f"Context sentence nearest the question by {model}"
+        )
+        for name, model, description in _model_system_entries(path, "retrieval", "embedding")
+    ]
+
+
+def load_classifier_systems(path: str | Path | None = None) -> list:
+    """The ``classifiers:`` section: baked text classifiers answering classification suites,
+    e.g. ``{name: intent-baked, model: "baked:intent_classifier"}``. The bake's config must
+    name its ``labels`` and ``text_features``."""
+    from flowstone.baking.registry import ModelRefError
+    from flowstone.systems.classifier import BakedClassifier
+
+    source = Path(path) if path else systems_config_path()
+    systems = []
+    for index, (name, model, description) in enumerate(
+        _model_system_entries(path, "classifiers", "classifier")
+    ):
+        system = BakedClassifier(name, model, description)
+        try:
+            system.resolved()
+        except ModelRefError as exc:
+            raise ConfigError(source, f"classifiers[{index}].model", str(exc)) from None
+        systems.append(system)
     return systems

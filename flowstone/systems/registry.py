@@ -17,9 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def default_systems() -> SystemRegistry:
-    from flowstone.systems.config import load_llm_systems, load_retrieval_systems
+    from flowstone.systems.config import (
+        load_classifier_systems,
+        load_llm_systems,
+        load_retrieval_systems,
+    )
 
-    registry = SystemRegistry([*baseline_systems(), *load_retrieval_systems()])
+    registry = SystemRegistry(
+        [*baseline_systems(), *load_retrieval_systems(), *load_classifier_systems()]
+    )
     for system in load_llm_systems():
         reason = system.unavailable_reason()
         if reason:

@@ -78,6 +78,8 @@ class BM25Answerer(System):
     of them. Ties go to the earlier sentence.
     """
 
+    text_only = True
+
     name = "bm25"
     description = "Context sentence ranked first by BM25 (bm25s) against the question"
 
@@ -125,6 +127,8 @@ class DenseNearestSentence(System):
     the earlier sentence. ``model`` is a model reference: the packaged all-MiniLM-L6-v2 by
     default, or a bake (``baked:NAME``) or deployment (``deployed:NAME[@VERSION]``) of it, which
     systems.yaml's ``retrieval:`` section declares as a system of its own."""
+
+    text_only = True
 
     name = "minilm-nearest"
     description = "Context sentence nearest the question by all-MiniLM-L6-v2 cosine"

@@ -112,6 +112,8 @@ def paraphrase(text: str) -> str:
 class RuleParaphraser(System):
     """Rewrites the input with structure-only rules (see the module docstring)."""
 
+    text_only = True
+
     name = "rule-paraphrase"
     description = "Rule-based paraphrase: clause moved to the other end, contractions spelt out"
 

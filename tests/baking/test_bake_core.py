@@ -35,6 +35,28 @@ def test_config_errors_name_the_key():
         parse_config({"colour": "red"}, task="embedding")
 
 
+def test_text_classifier_keys_are_checked_and_round_trip():
+    where = "intent.bake.yaml"
+    with pytest.raises(ConfigError, match="'labels': only a classifier has class labels"):
+        parse_config({"labels": ["a"], "text_features": "default"}, task="embedding")
+    with pytest.raises(ConfigError, match="'labels': must be a list of class names"):
+        parse_config({"labels": "a,b", "text_features": "default"}, task="classifier")
+    with pytest.raises(ConfigError, match="'labels': names a class twice"):
+        parse_config({"labels": ["a", "a"], "text_features": "default"}, task="classifier")
+    with pytest.raises(ConfigError, match="'text_features': a classifier with labels needs"):
+        parse_config({"labels": ["a", "b"]}, task="classifier", source=where)
+    with pytest.raises(ConfigError, match="'text_features': 'minilm' is not a model reference"):
+        parse_config({"labels": ["a"], "text_features": "minilm"}, task="classifier")
+    config = parse_config(
+        {"labels": ["a", "b"], "text_features": "baked:minilm"}, task="classifier"
+    )
+    assert config.labels == ("a", "b") and config.text_features == "baked:minilm"
+    again = parse_config({k: v for k, v in config.as_dict().items() if k != "source"},
+                         task="classifier")  # fmt: skip
+    assert again == config
+    assert "labels" not in parse_config(None, task="classifier").as_dict()
+
+
 def test_bad_models_fail_on_the_source_step_with_the_model_named(tmp_path):
     good = write_tiny_classifier(tmp_path / "m")
     truncated = tmp_path / "m" / "cut.pt"

@@ -53,6 +53,7 @@ def test_registry_rejects_bad_and_duplicate_names():
         "minilm-nearest",
         "sumbasic-30",
         "rule-paraphrase",
+        "minilm-zero-shot",
     ]
     import pytest
 

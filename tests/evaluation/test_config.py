@@ -9,8 +9,12 @@ BASE = {"defaults": {"metrics": {"bleu": {}, "rouge1": {}}}}
 
 
 def test_shipped_settings_load(repo_root):
-    settings = load_settings(repo_root / "evaluation.yaml", ["qa", "summarisation", "paraphrase"])
+    suites = ["qa", "summarisation", "paraphrase", "intent"]
+    settings = load_settings(repo_root / "evaluation.yaml", suites)
     assert "embedding_similarity" in settings.thresholded_metrics
+    intent = settings.for_suite("intent")
+    assert list(intent.metrics) == ["exact_match"] and not intent.thresholds
+    assert {s.name for s in intent.suite_metrics.values()} == {"accuracy", "f1"}
     assert settings.for_suite("summarisation").thresholds["rougeL"].blocking is True
 
 

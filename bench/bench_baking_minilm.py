@@ -42,6 +42,8 @@ Environment:
                        the headline >= 3)
   BAKE_BENCH_OPTIMUM   "1" (default) runs the Optimum peer, "0" leaves it out
   BAKE_BENCH_GOLD      the gold STS pairs (default flowstone/baking/data/sts_gold_pairs.jsonl)
+  BAKE_BENCH_OURS      "search" (default: pipeline.host_recipe(), cached per host) or
+                       "recommended" (the shipped recipe)
 
 Other modes:
   --write-pairs    rebuild the pairs file from suites/*.jsonl (deterministic, no downloads)
@@ -132,19 +134,19 @@ OURS_SOURCE = "flowstone.baking.onnx.recipe.recommended_recipe()"
 
 def ours_recipe() -> dict[str, Any]:
     """The recipe that is "ours": what ``recipe: auto`` chooses for MiniLM on this host
-    (``flowstone.baking.recipe_search.host_recipe()``: the search's cached choice, else a search
+    (``flowstone.baking.pipeline.host_recipe()``: the search's cached choice, else a search
     of up to its default budget, in BAKE_BENCH_WORKDIR or the bake workspace), or with
     BAKE_BENCH_OURS=recommended the shipped recipe. Sets OURS_SOURCE."""
     global OURS_SOURCE
     if os.environ.get("BAKE_BENCH_OURS", "search") == "recommended":
         return recommended_recipe()
-    from flowstone.baking.recipe_search import host_recipe
+    from flowstone.baking.pipeline import host_recipe
 
     workdir = os.environ.get("BAKE_BENCH_WORKDIR")
     started = time.perf_counter()
     chosen = host_recipe(Path(workdir) / "host_recipe" if workdir else None, log=print)
     OURS_SOURCE = (
-        f"flowstone.baking.recipe_search.host_recipe() ({time.perf_counter() - started:.0f} s, "
+        f"flowstone.baking.pipeline.host_recipe() ({time.perf_counter() - started:.0f} s, "
         f"{'cached' if chosen.from_cache else 'searched now'})"
     )
     return {"name": chosen.name, "steps": list(chosen.steps)}

@@ -316,7 +316,7 @@ def _text_classifier(source: str, task: str, raw: dict[str, Any]) -> dict[str, A
     if features is None:
         raise ConfigError(source, "text_features", "a classifier with labels needs the "
                           "embedding model of its input: default, baked:NAME or deployed:NAME")  # fmt: skip
-    from flowstone.baking.registry import ModelRefError, parse_ref
+    from flowstone.baking.refs import ModelRefError, parse_ref
 
     try:
         parse_ref(features)

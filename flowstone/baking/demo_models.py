@@ -146,11 +146,12 @@ def write_intent_classifier(folder: Path, name: str = "intent_classifier",
     text features) into ``folder``. Returns the state dict's path."""
     import numpy as np
 
-    from flowstone import embedders
+    from flowstone import encoder
 
     texts, names = intent_training_data()
     labels = sorted(set(names))
-    x = torch.from_numpy(np.asarray(embedders.encode(texts), dtype=np.float32))
+    # the packaged MiniLM, as `text_features: default` runs it (flowstone.embedders)
+    x = torch.from_numpy(np.asarray(encoder.encode(texts), dtype=np.float32))
     y = torch.tensor([labels.index(n) for n in names])
     torch.manual_seed(0)
     model = DemoClassifier(features=x.shape[1], hidden=HIDDEN, classes=len(labels))

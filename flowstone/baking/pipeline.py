@@ -27,7 +27,7 @@ from flowstone.baking.config import BakeConfig, PassSpec
 from flowstone.baking.errors import BakeError
 from flowstone.baking.passes import PASSES
 from flowstone.baking.recipe_gate import ExtraGate
-from flowstone.baking.records.bake import BakeRecord, PassStep
+from flowstone.baking.records.bake import BakeRecord, PassStep, RecipeRecord
 from flowstone.baking.records.source import SourceRecord
 
 
@@ -239,3 +239,20 @@ def run_passes(record: SourceRecord, *, log: Callable[[str], None] | None = None
         passes=steps,
         recipe=recipe,
     )
+
+
+def host_recipe(
+    workspace: Path | None = None, log: Callable[[str], None] | None = None
+) -> RecipeRecord:
+    """What ``recipe: auto`` chooses for the packaged all-MiniLM-L6-v2 on this host with the
+    default bake config (fidelity gate on the shipped held-out pairs, default search budget):
+    the search's cached choice, or a search now. For the benchmark, which must compare the
+    recipe a user of this host gets, not the shipped one. ``workspace`` (default
+    ``<bake workspace>/.host_recipe``) holds the source copy and the search cache."""
+    from flowstone import paths
+    from flowstone.baking.recipe_search import choose_recipe
+    from flowstone.encoder import model_path
+
+    workspace = workspace or paths.bake_workspace() / ".host_recipe"
+    record = prepare_source("minilm", model_path(), workspace)
+    return choose_recipe(record, record.bake_config(), workspace=workspace, log=log)

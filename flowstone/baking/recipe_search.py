@@ -604,18 +604,3 @@ def _nothing_passed(
         f"pairs{even}{closest}{'; errors: ' + '; '.join(errors) if errors else ''}. No recipe "
         "reaches that threshold: lower it, or list the passes explicitly"
     )
-
-
-def host_recipe(workspace: Path | None = None, log: Log | None = None) -> RecipeRecord:
-    """What ``recipe: auto`` chooses for the packaged all-MiniLM-L6-v2 on this host with the
-    default bake config (fidelity gate on the shipped held-out pairs, default search budget):
-    the search's cached choice, or a search now. For the benchmark, which must compare the
-    recipe a user of this host gets, not the shipped one. ``workspace`` (default
-    ``<bake workspace>/.host_recipe``) holds the source copy and the search cache."""
-    from flowstone import paths
-    from flowstone.baking.pipeline import prepare_source
-    from flowstone.encoder import model_path
-
-    workspace = workspace or paths.bake_workspace() / ".host_recipe"
-    record = prepare_source("minilm", model_path(), workspace)
-    return choose_recipe(record, record.bake_config(), workspace=workspace, log=log)

@@ -23,29 +23,12 @@ from typing import Any
 
 from flowstone.atomic import write_text
 from flowstone.baking.artifacts import Artifact
+from flowstone.baking.refs import DEFAULT, KINDS, ModelRef, ModelRefError, parse_ref
 
-DEFAULT = "default"
-KINDS = ("baked", "deployed")
+__all__ = ["DEFAULT", "KINDS", "ModelRef", "ModelRefError", "ResolvedModel", "parse_ref",
+           "record_passed", "resolve", "verify"]  # fmt: skip
+
 PASSED_FILE = "passed.json"  # <bake workspace>/<model>/passed.json
-
-
-class ModelRefError(ValueError):
-    """A reference that is malformed, names an unknown model, or has nothing to point to."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed reference; ``text`` is what the user wrote."""
-
-    kind: str  # "default" | "baked" | "deployed"
-    name: str | None = None
-    version: str | None = None
-
-    @property
-    def text(self) -> str:
-        if self.kind == DEFAULT:
-            return DEFAULT
-        return f"{self.kind}:{self.name}" + (f"@{self.version}" if self.version else "")
 
 
 @dataclass(frozen=True)
@@ -68,32 +51,6 @@ class ResolvedModel:
     @property
     def fingerprint(self) -> str:
         return f"{self.ref.text}={self.version}:{(self.sha256 or '')[:16]}"
-
-
-def parse_ref(text: Any) -> ModelRef:
-    """``default``, ``baked:NAME`` or ``deployed:NAME[@VERSION]``."""
-    if not isinstance(text, str) or not text.strip():
-        raise ModelRefError(
-            f"a model reference is a string (default, baked:NAME or deployed:NAME[@VERSION]), "
-            f"got {text!r}"
-        )
-    text = text.strip()
-    if text == DEFAULT:
-        return ModelRef(DEFAULT)
-    kind, sep, rest = text.partition(":")
-    if not sep or kind not in KINDS or not rest:
-        raise ModelRefError(
-            f"{text!r} is not a model reference: use default, baked:NAME or deployed:NAME[@VERSION]"
-        )
-    name, at, version = rest.partition("@")
-    if not name or (at and not version):
-        raise ModelRefError(f"{text!r}: expected a model name (and a version after '@')")
-    if kind == "baked" and at:
-        raise ModelRefError(
-            f"{text!r}: baked:NAME always means the latest bake that passed its gates; "
-            "a fixed version is deployed:NAME@VERSION"
-        )
-    return ModelRef(kind, name, version or None)
 
 
 def _passed_path(workspace: Path, name: str) -> Path:

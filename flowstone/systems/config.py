@@ -259,7 +259,10 @@ def _model_system_entries(path: str | Path | None, section: str,
             resolve(model, task=task)
         except ModelRefError as exc:
             raise ConfigError(source, f"{where}.model", str(exc)) from None
-        found.append((raw["name"], model, raw.get("description")))
+        description = raw.get("description")
+        if description is not None and not isinstance(description, str):
+            raise ConfigError(source, f"{where}.description", "must be a string")
+        found.append((str(raw["name"]), str(model), description))
     return found
 
 

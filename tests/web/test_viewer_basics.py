@@ -58,7 +58,10 @@ def test_empty_state_and_404s_before_anything_ran(empty_sources) -> None:
         assert "suite &#39;qa&#39; has nothing materialized yet" in defined.text
         unknown = http.get("/suites/foo")
         assert unknown.status_code == 404
-        assert "no suite &#39;foo&#39;; known suites: intent, paraphrase, qa, summarisation" in unknown.text
+        assert (
+            "no suite &#39;foo&#39;; known suites: intent, paraphrase, qa, summarisation"
+            in unknown.text
+        )
         model = http.get("/models/minilm")
         assert model.status_code == 404 and "known models: none yet" in model.text
         assert http.get("/healthz").json() == {"ok": True}

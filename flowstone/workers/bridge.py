@@ -70,6 +70,9 @@ class Bridge:
     """Base class for bridges; subclass it, set ``name`` and mark commands with ``@command``."""
 
     name: ClassVar[str] = "bridge"
+    # The distribution this bridge wraps ("sentence-transformers", "torch"); the pool server
+    # reports its installed version, so a status shows what a warm worker actually runs.
+    framework: ClassVar[str | None] = None
 
     def __init__(self, **options: Any):
         self.options = options
@@ -157,6 +160,26 @@ def register_bridge(name: str, target: str | type[Bridge]) -> None:
 
 def registered_bridges() -> dict[str, str]:
     return dict(_registry)
+
+
+ENTRY_POINT_GROUP = "flowstone.bridges"
+
+
+def entry_point_bridges() -> dict[str, str]:
+    """Bridges installed packages declare, as name -> ``"module:Class"``, none of them imported.
+
+    A package adds one with ``[project.entry-points."flowstone.bridges"] name = "mod:Class"``,
+    the way pytest finds plugins. Importing is left to the caller (``validate_bridge``), so
+    that one broken package costs its own bridge only. The first distribution to claim a name
+    wins; a built-in name cannot be taken over this way (use ``target`` in pools.yaml).
+    """
+    from importlib.metadata import entry_points
+
+    found: dict[str, str] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in BUILTIN_BRIDGES:
+            found.setdefault(entry.name, entry.value)
+    return found
 
 
 @dataclass(frozen=True)

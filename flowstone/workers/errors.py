@@ -41,6 +41,20 @@ class UnknownCommandError(PoolError):
     """A command the worker's bridge does not define."""
 
 
+class UnknownBridgeError(PoolError):
+    """A call whose ``bridge:`` prefix names no bridge this server runs.
+
+    ``details`` holds ``bridge``, ``command`` and ``serving`` (the bridges that do answer), so
+    the caller sees at once whether it mistyped a name or talks to the wrong server.
+    """
+
+
+class BridgeUnavailableError(UnknownBridgeError):
+    """A call to a configured bridge that is not running; ``details['reason']`` says why
+    (a missing environment variable, an entry point that does not import, workers that failed
+    to start). A subclass of UnknownBridgeError: either way nothing ran."""
+
+
 class WorkerStartError(PoolError):
     """A worker that exited or never reported ready while starting."""
 
@@ -133,6 +147,8 @@ _WIRE_TYPES: dict[str, type[PoolError]] = {
         MalformedFrameError,
         BridgeError,
         UnknownCommandError,
+        UnknownBridgeError,
+        BridgeUnavailableError,
         WorkerStartError,
         PoolClosedError,
         PoolSaturatedError,

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowstone.paths import instance_dir
 from flowstone.workers.errors import (
@@ -66,6 +66,9 @@ from flowstone.workers.protocol import (
     encode_frame,
     write_all,
 )
+
+if TYPE_CHECKING:
+    from flowstone.workers.supervisor import BridgePools
 
 UNIX_PATH_MAX = 107
 SOCKET_NAME = "metrics.sock"
@@ -108,11 +111,15 @@ def _server_listening(path: Path) -> bool:
 
 
 class PoolServer:
-    """Serve a started (or to-be-started) WorkerPool on a Unix socket, one thread a connection."""
+    """Serve a started (or to-be-started) WorkerPool on a Unix socket, one thread a connection.
+
+    ``pool`` may also be a :class:`~flowstone.workers.supervisor.BridgePools`: one pool per
+    bridge of ``pools.yaml``, routed by command prefix behind this one socket.
+    """
 
     def __init__(
         self,
-        pool: WorkerPool,
+        pool: WorkerPool | BridgePools,
         socket_path: Path | str | None = None,
         *,
         metrics_port: int | None = None,

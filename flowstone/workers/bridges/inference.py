@@ -46,6 +46,7 @@ class InferenceBridge(Bridge):
     ``torch_threads``."""
 
     name = "inference"
+    framework = "torch"
 
     def __init__(self, **options: Any):
         super().__init__(**options)

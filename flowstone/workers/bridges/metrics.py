@@ -17,6 +17,7 @@ class MetricsBridge(Bridge):
     """Options: ``preload`` (load the encoder before reporting ready), ``torch_threads``."""
 
     name = "metrics"
+    framework = "sentence-transformers"
 
     def setup(self) -> None:
         threads = self.options.get("torch_threads")

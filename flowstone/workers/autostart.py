@@ -104,6 +104,21 @@ def idle_timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
+def metrics_pools_config() -> Path | None:
+    """The pools.yaml whose ``metrics`` bridge the on-demand server runs, or None (no file, or
+    no such bridge in it: the plain ``--bridge metrics`` server). A file that does not parse
+    is left to the server, whose log then names the file and key."""
+    from flowstone.workers.pools_config import load_pools_config, pools_config_path
+
+    path = pools_config_path()
+    if not path.is_file():
+        return None
+    try:
+        return path if BRIDGE in load_pools_config(path).bridges else None
+    except ConfigError:
+        return path
+
+
 @dataclass(frozen=True)
 class AutoPool:
     """The host's shared ``metrics`` pool server: where it listens and how to start it."""
@@ -115,11 +130,17 @@ class AutoPool:
     bridge_options: Mapping[str, Any] = field(default_factory=lambda: {"preload": True})
     command: Sequence[str] | None = None  # replaces server_command() (a wrapper; tests)
     retry_after_s: float = 60.0
+    # pools.yaml with a ``metrics`` bridge: the server is then that file's supervisor serving
+    # its ``metrics`` bridge (limits, recycling, env from the file; ``workers`` and
+    # ``bridge_options`` above still override the entry's)
+    pools_config: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AutoPool:
-        """The default socket, and the idle timeout from ``FLOWSTONE_POOL_IDLE_TIMEOUT``."""
+        """The default socket, the idle timeout from ``FLOWSTONE_POOL_IDLE_TIMEOUT``, and the
+        project's pools.yaml (``FLOWSTONE_POOLS_CONFIG``) when it has a ``metrics`` bridge."""
         overrides.setdefault("idle_timeout_s", idle_timeout_from_env())
+        overrides.setdefault("pools_config", metrics_pools_config())
         return cls(**overrides)
 
     # Files next to the socket --------------------------------------------------------------
@@ -142,6 +163,11 @@ class AutoPool:
         return Path(self.socket_path).with_suffix(".failed")
 
     def server_command(self) -> list[str]:
+        serves = (
+            ["--config", str(self.pools_config), "--only", BRIDGE]
+            if self.pools_config is not None
+            else ["--bridge", BRIDGE]
+        )
         return [
             sys.executable,
             "-m",
@@ -149,8 +175,7 @@ class AutoPool:
             "serve",
             "--socket",
             str(self.socket_path),
-            "--bridge",
-            BRIDGE,
+            *serves,
             "--workers",
             str(self.workers),
             "--options",

@@ -47,6 +47,14 @@ def serve(
             "behind the one socket (not with --bridge); e.g. the project's pools.yaml.",
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="With --config: serve only these bridges of the file (comma-separated); with "
+            "one, --workers and --options override its entry (the on-demand pool uses this).",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", "-n", min=1, help="Worker processes (default 2).")
     ] = None,
@@ -123,14 +131,22 @@ def serve(
         "--max-age-s": max_age_s,
         "--max-rss-mb": max_rss_mb,
     }
+    if only is not None and config is None:
+        raise typer.BadParameter("--only picks bridges of a --config file")
     if config is not None:
-        given = [flag for flag, value in per_bridge.items() if value is not None]
+        names = [n.strip() for n in (only or "").split(",") if n.strip()]
+        one = len(names) == 1
+        allowed = {"--workers", "--options"} if one else set()
+        given = [f for f, value in per_bridge.items() if value is not None and f not in allowed]
         if bridge is not None or given:
             raise typer.BadParameter(
                 f"--config sets every bridge and its limits; drop {', '.join(given or ['--bridge'])}"
                 " (set them per bridge in the file)"
             )
-        pool: Any = _bridge_pools(config, health_interval_s, queue_size, start_timeout_s)
+        pool: Any = _bridge_pools(
+            config, health_interval_s, queue_size, start_timeout_s,
+            only=names, workers=workers, options=options,
+        )  # fmt: skip
     else:
         pool = _single_pool(
             bridge or "metrics",
@@ -224,19 +240,36 @@ def _single_pool(
 
 
 def _bridge_pools(
-    config: Path, health_interval_s: float, queue_size: int, start_timeout_s: float
+    config: Path,
+    health_interval_s: float,
+    queue_size: int,
+    start_timeout_s: float,
+    *,
+    only: list[str] | None = None,
+    workers: int | None = None,
+    options: str | None = None,
 ) -> Any:
-    """A BridgePools from pools.yaml; a bad file stops here, naming the file and the key."""
+    """A BridgePools from pools.yaml (``only``: a subset of its bridges; with one, ``workers``
+    and ``options`` override its entry); a bad file stops here, naming the file and the key."""
     from flowstone.errors import ConfigError
-    from flowstone.workers.supervisor import open_bridge_pools
+    from flowstone.workers.pools_config import load_pools_config
+    from flowstone.workers.supervisor import BridgePools
 
     try:
-        return open_bridge_pools(
-            config,
+        parsed = load_pools_config(config)
+        if only:
+            parsed = parsed.only(
+                only, workers=workers, options=json.loads(options) if options else None
+            )
+        return BridgePools(
+            parsed,
             health_interval_s=health_interval_s,
             queue_size=queue_size,
             start_timeout_s=start_timeout_s,
         )
+    except json.JSONDecodeError as exc:
+        typer.echo(f"error: --options is not JSON: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,28 @@ class PoolsConfig:
     def size(self) -> int:
         """Workers across every bridge (what a server reports as its size)."""
         return sum(spec.workers for spec in self.bridges.values())
+
+    def only(self, names: Sequence[str], *, workers: int | None = None,
+             options: Mapping[str, Any] | None = None) -> PoolsConfig:  # fmt: skip
+        """These bridges of the file only; with one name, ``workers`` and ``options`` (merged
+        over the file's) override its entry, as the on-demand pool asks for its bridge."""
+        missing = [name for name in names if name not in self.bridges]
+        if missing:
+            raise ConfigError(self.source, f"bridges.{missing[0]}",
+                              f"not in the file (its bridges: {', '.join(self.bridges)})")  # fmt: skip
+        if len(names) != 1 and (workers is not None or options):
+            raise ConfigError(self.source, "bridges", "workers and options override one bridge")
+        chosen = {name: self.bridges[name] for name in names}
+        if len(names) == 1:
+            spec = chosen[names[0]]
+            if workers is not None:
+                spec = replace(spec, workers=workers)
+            if options:
+                extra = dict(options)
+                preload = extra.pop("preload", spec.preload)  # the file's key, not an option
+                spec = replace(spec, preload=preload, options={**spec.options, **extra})
+            chosen[names[0]] = spec
+        return replace(self, bridges=chosen)
 
 
 # Value checks ---------------------------------------------------------------------------------

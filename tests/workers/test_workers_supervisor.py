@@ -408,3 +408,74 @@ def test_a_sigkilled_supervisor_leaves_no_worker_of_any_bridge(short_tmp, tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+# The on-demand pool is the metrics bridge of this supervisor -------------------------------------
+
+
+def test_only_serves_a_subset_and_one_bridge_takes_workers_and_options(tmp_path):
+    path = _write(
+        tmp_path / "p.yaml",
+        {
+            "bridges": {
+                "metrics": {"workers": 2, "preload": False, "options": {"a": 1}},
+                "echo": {},
+            }
+        },  # fmt: skip
+    )
+    config = load_pools_config(path)
+    only = config.only(["metrics"], workers=1, options={"preload": True, "b": 2})
+    [spec] = only.bridges.values()
+    assert (spec.workers, spec.preload, dict(spec.options)) == (1, True, {"a": 1, "b": 2})
+    assert list(config.only(["echo", "metrics"]).bridges) == ["echo", "metrics"]
+    with pytest.raises(ConfigError, match=r"'bridges.nope': not in the file .*echo, metrics"):
+        config.only(["nope"])
+    with pytest.raises(ConfigError, match="override one bridge"):
+        config.only(["echo", "metrics"], workers=2)
+
+
+def test_the_on_demand_pool_runs_the_metrics_bridge_of_pools_yaml(tmp_path, monkeypatch):
+    from flowstone.workers.autostart import AutoPool, metrics_pools_config
+
+    monkeypatch.setenv(ENV_VAR, str(_write(tmp_path / "p.yaml", {"bridges": {"metrics": {}}})))
+    assert metrics_pools_config() == tmp_path / "p.yaml"
+    command = AutoPool.from_env(workers=1).server_command()
+    at = command.index("--config")
+    assert command[at + 1 : at + 4] == [str(tmp_path / "p.yaml"), "--only", "metrics"]
+    assert "--bridge" not in command
+    # without a metrics bridge in the file (or without the file): the plain metrics server
+    monkeypatch.setenv(ENV_VAR, str(_write(tmp_path / "q.yaml", {"bridges": {"echo": {}}})))
+    assert metrics_pools_config() is None
+    assert "--bridge" in AutoPool.from_env().server_command()
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "missing.yaml"))
+    assert metrics_pools_config() is None
+
+
+def test_serve_only_starts_just_that_bridge_of_the_file(short_tmp, tmp_path):
+    path = _write(
+        tmp_path / "p.yaml", {"bridges": {"echo": {"workers": 2}, "other": {"target": FAULTY}}}
+    )
+    socket_path = short_tmp / "o.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowstone.workers.cli", "serve", "--socket", str(socket_path),
+         "--config", str(path), "--only", "echo", "--workers", "1"],
+        env=child_env(tmp_path / "home"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: socket_path.exists() or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with PoolClient(socket_path, connect_timeout_s=30) as client:
+            wait_for(lambda: client.stats()["bridges"].get("echo", {}).get("workers_alive") == 1,
+                     timeout=120)  # fmt: skip
+            stats = client.stats()
+            assert list(stats["bridges"]) == ["echo"] and not stats["unavailable"]
+            assert stats["bridges"]["echo"]["size"] == 1  # --workers overrode the file's 2
+            with pytest.raises(UnknownBridgeError, match="no bridge 'other'"):
+                client.execute("other:ping", {})
+            client.shutdown()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

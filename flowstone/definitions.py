@@ -52,6 +52,7 @@ from resources.notifications import notifications_resource_from_env
 from resources.worker_pool import worker_pool_resource_from_env
 from sensors.approvals import build_approval_sensors
 from sensors.baking import model_drop_sensor
+from sensors.dead_runs import dead_run_sensor
 from sensors.llm_batches import build_llm_batch_sensor
 from sensors.model_refs import build_model_refs_sensor
 from sensors.notifications import build_notification_sensors
@@ -113,6 +114,8 @@ def build_definitions(
                 dg.AssetSelection.groups(WAREHOUSE_GROUP)
                 | dg.AssetSelection.assets(*dbt_assets, COMPARISON_KEY)
             ),
+            # pids mean something on one host only (Celery and Kubernetes runs are elsewhere)
+            *([dead_run_sensor] if mode == "default" else []),
         ],
         resources={**default_resources(project), **(resources or {})},
         executor=build_executor(mode),

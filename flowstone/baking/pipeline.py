@@ -29,6 +29,7 @@ from flowstone.baking.passes import PASSES
 from flowstone.baking.recipe_gate import ExtraGate
 from flowstone.baking.records.bake import BakeRecord, PassStep, RecipeRecord
 from flowstone.baking.records.source import SourceRecord
+from flowstone.faults import failpoint
 
 
 def _check_output(
@@ -130,6 +131,43 @@ def _sample(record: SourceRecord, config: BakeConfig) -> Any:
     return torch.randn((2, *record.input_shape), generator=generator)
 
 
+def _checkpoint_names(passes: Path, index: int) -> str:
+    """The folder name of checkpoint ``index`` under ``passes`` ("" when there is none)."""
+    found = sorted(passes.glob(f"{index:02d}-*")) if index >= 0 else []
+    return found[0].name if found else ""
+
+
+def _resume(folder: Path, chain: str, log: Callable[[str], None] | None,
+            what: str) -> tuple[Artifact, PassStep] | None:  # fmt: skip
+    """The checkpoint in ``folder`` when it belongs to this chain and its files still hash to
+    what the pass recorded; None (the pass runs again) when it is absent, of another chain,
+    unreadable or damaged on disk. A damaged checkpoint is never resumed: its artifact would
+    go into the package as if it were the pass's output."""
+    saved = folder / "record.json"
+    if not saved.exists():
+        return None
+    try:
+        previous = json.loads(saved.read_text())
+        if previous.get("chain") != chain:
+            return None
+        artifact = Artifact.from_dict(previous["artifact"])
+        step = PassStep.from_dict(previous["step"])
+        recorded = step.sha256
+        actual = Artifact.sha256(artifact) if recorded else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if log:
+            log(f"{what}: checkpoint {folder} unreadable ({exc}); running the pass again")
+        return None
+    if recorded and actual != recorded:
+        if log:
+            log(f"{what}: checkpoint {folder} damaged (sha256 {str(actual)[:12]}… recorded "
+                f"{recorded[:12]}…); running the pass again")  # fmt: skip
+        return None
+    if log:
+        log(f"{what}: resumed from checkpoint {folder}")
+    return artifact, step.resumed_copy()
+
+
 def run_pass_chain(
     record: SourceRecord,
     specs: Sequence[PassSpec],
@@ -150,15 +188,11 @@ def run_pass_chain(
             (chain + json.dumps(spec.as_dict(), sort_keys=True)).encode()
         ).hexdigest()
         folder = record.workdir / "passes" / f"{index:02d}-{spec.name}"
-        saved = folder / "record.json"
-        if saved.exists():
-            previous = json.loads(saved.read_text())
-            if previous.get("chain") == chain:
-                artifact = Artifact.from_dict(previous["artifact"])
-                steps.append(PassStep.from_dict(previous["step"]).resumed_copy())
-                if log:
-                    log(f"pass {index + 1} '{spec.name}': resumed from checkpoint {folder}")
-                continue
+        resumed = _resume(folder, chain, log, f"pass {index + 1} '{spec.name}'")
+        if resumed is not None:
+            artifact, step = resumed
+            steps.append(step)
+            continue
         shutil.rmtree(folder, ignore_errors=True)
         staging = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -173,6 +207,9 @@ def run_pass_chain(
             )  # fmt: skip
             runner = open_runner(produced)
             output = runner.run(sample)
+            previous = _checkpoint_names(folder.parent, index - 1)
+            failpoint("pass", model=name, index=index, name=spec.name,
+                      checkpoint=str(folder.parent / previous) if previous else None)  # fmt: skip
         except BakeError:
             shutil.rmtree(staging, ignore_errors=True)
             raise

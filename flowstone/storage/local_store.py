@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from flowstone.atomic import write_bytes
+from flowstone.faults import failpoint
 from flowstone.storage.errors import ObjectNotFoundError, UnsafeKeyError
 from flowstone.storage.object_store import ObjectStore, validate_object_key
 
@@ -39,6 +40,7 @@ class LocalObjectStore(ObjectStore):
         return path
 
     def put(self, key: str, data: bytes) -> str:
+        failpoint("store:put", key=key)  # a soak benchmark's refused write (flowstone.faults)
         write_bytes(self.path_for(key), data, fsync=self.fsync, prefix=TEMP_MARKER)
         return self.uri(key)
 

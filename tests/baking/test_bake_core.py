@@ -105,6 +105,46 @@ def test_passes_checkpoint_and_resume_after_a_config_change(tmp_path, tiny_drop)
     assert [s.resumed for s in changed.passes] == [True, True, False]
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "record"])
+def test_a_damaged_checkpoint_is_run_again_never_resumed(tmp_path, tiny_drop, damage):
+    record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
+    first = pipeline.run_passes(record)
+    checkpoint = record.workdir / "passes" / "01-quantize_dynamic"
+    [model_file] = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != "record.json"]
+    data = model_file.read_bytes()
+    if damage == "truncate":
+        model_file.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        model_file.write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:164]) + data[164:])
+    else:
+        (checkpoint / "record.json").write_text('{"chain": ')  # cut mid-write
+    said: list[str] = []
+    again = pipeline.run_passes(record, log=said.append)
+    assert [s.resumed for s in again.passes] == [True, False, True]
+    assert any(("damaged" if damage != "record" else "unreadable") in line for line in said)
+    assert again.passes[1].sha256 == first.passes[1].sha256  # the same pass, done again
+    assert model_file.read_bytes() == data
+
+
+def test_injected_faults_fire_once_and_a_raise_is_a_named_pass_failure(
+    tmp_path, tiny_drop, monkeypatch
+):
+    import json
+
+    from flowstone import faults
+
+    plan = tmp_path / "faults.json"
+    plan.write_text(json.dumps([{"id": "f1", "point": "pass", "action": "raise",
+                                 "match": {"model": "tiny", "index": 1}}]))  # fmt: skip
+    monkeypatch.setenv(faults.ENV, str(plan))
+    record = pipeline.prepare_source("tiny", tiny_drop, tmp_path / "ws")
+    with pytest.raises(BakeError, match=r"pass 2 'quantize_dynamic' failed: injected fault f1"):
+        pipeline.run_passes(record)
+    assert faults.fired(plan) == {"f1"}
+    retried = pipeline.run_passes(record)  # fired once: the retry goes through
+    assert [s.resumed for s in retried.passes] == [True, False, False]
+
+
 def test_a_pass_that_breaks_the_forward_pass_is_named_and_earlier_passes_stay(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()

@@ -62,7 +62,7 @@ def test_repo_systems_yaml_loads_without_keys(monkeypatch):
         claude.predict(CASES, suite="qa")
     local = next(s for s in systems if s.name == "local-llm")
     assert local.unavailable_reason() is None
-    assert set(local.suite_templates) == {"qa", "summarisation", "paraphrase"}
+    assert set(local.suite_templates) == {"qa", "summarisation", "paraphrase", "intent"}
 
 
 def test_system_predicts_through_the_stub_and_reruns_from_cache(stub, tmp_path, monkeypatch, keys):

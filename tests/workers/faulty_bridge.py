@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from flowstone.workers.bridge import Bridge, command
 
@@ -113,7 +114,10 @@ class FaultyBridge(Bridge):
         return object()
 
     @command
-    def hang(self, seconds: float = 60.0) -> None:
+    def hang(self, seconds: float = 60.0, started: str | None = None) -> None:
+        """Sleep; ``started``: a file to write this worker's pid into once the call runs."""
+        if started:
+            Path(started).write_text(str(os.getpid()))
         time.sleep(seconds)
 
     @command

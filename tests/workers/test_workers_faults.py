@@ -26,22 +26,27 @@ from flowstone.workers.registry import reap_orphans
 FAULTY = "faulty_bridge:FaultyBridge"
 
 
-def test_worker_sigkilled_mid_call_is_classified_and_replaced(make_pool):
+def test_worker_sigkilled_mid_call_is_classified_and_replaced(make_pool, tmp_path):
     pool = make_pool(bridge=FAULTY, size=2)
     before = set(pool.worker_pids())
-    victim = {}
+    victim: dict = {}
+    started = tmp_path / "hang-started"
 
-    def busy_pids():
-        return [w["pid"] for w in pool.workers() if w["state"] == "busy"]
+    def kill_once_running():
+        # the worker writes its pid once the call runs: killing it any earlier (between the
+        # busy state and the request reaching the worker) is a call never delivered, which
+        # the pool may rightly send elsewhere
+        try:
+            if wait_for(lambda: started.exists() and started.read_text(), timeout=200):
+                victim["pid"] = int(started.read_text())
+                os.kill(victim["pid"], signal.SIGKILL)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            victim["error"] = repr(exc)
 
-    def kill_once_busy():
-        wait_for(busy_pids)
-        victim["pid"] = busy_pids()[0]
-        os.kill(victim["pid"], signal.SIGKILL)
-
-    threading.Thread(target=kill_once_busy).start()
-    with pytest.raises(WorkerCrashedError) as caught:
-        pool.execute("faulty:hang", {"seconds": 120})  # not idempotent: never retried
+    threading.Thread(target=kill_once_running, daemon=True).start()
+    with pytest.raises(WorkerCrashedError) as caught:  # not idempotent: never retried
+        pool.execute("faulty:hang", {"seconds": 260, "started": str(started)})
+    assert "pid" in victim, victim  # the kill happened (not a hang that ended by itself)
     error = caught.value
     assert error.details["exit"]["signal"] == "SIGKILL"
     assert f"pid {victim['pid']}" in str(error) and "SIGKILL" in str(error)

@@ -29,8 +29,10 @@ _RUNNERS_KEPT = 4  # loaded models a process keeps (a default, a bake, its prede
 _runners: dict[str, Any] = {}
 
 
-def _runner(resolved: ResolvedModel) -> Any:
-    """The loaded runner of one resolved version (verified against its recorded hash once)."""
+def loaded_runner(resolved: ResolvedModel) -> Any:
+    """The loaded runner of one resolved version (verified against its recorded hash once):
+    an embedding model's, or a classifier's (``flowstone.systems.classifier``), whatever
+    ``open_runner`` runs for the artifact's task."""
     from flowstone.baking.artifacts import open_runner
 
     key = resolved.fingerprint
@@ -73,7 +75,7 @@ def encode(texts: Sequence[str], *, model: Model = DEFAULT,
     import numpy as np
 
     resolved = _resolved(model)
-    runner = _runner(resolved)
+    runner = loaded_runner(resolved)
     with _lock:
         cache = _caches.setdefault(resolved.fingerprint, encoder.VectorCache(encoder.CACHE_SIZE))
     texts = list(texts)
@@ -97,4 +99,4 @@ def warm(model: Model = DEFAULT) -> None:
         encoder.load_encoder()
     else:
         resolved = _resolved(model)
-        _runner(resolved)
+        loaded_runner(resolved)

@@ -131,12 +131,6 @@ def _sample(record: SourceRecord, config: BakeConfig) -> Any:
     return torch.randn((2, *record.input_shape), generator=generator)
 
 
-def _checkpoint_names(passes: Path, index: int) -> str:
-    """The folder name of checkpoint ``index`` under ``passes`` ("" when there is none)."""
-    found = sorted(passes.glob(f"{index:02d}-*")) if index >= 0 else []
-    return found[0].name if found else ""
-
-
 def _resume(folder: Path, chain: str, log: Callable[[str], None] | None,
             what: str) -> tuple[Artifact, PassStep] | None:  # fmt: skip
     """The checkpoint in ``folder`` when it belongs to this chain and its files still hash to
@@ -207,7 +201,7 @@ def run_pass_chain(
             )  # fmt: skip
             runner = open_runner(produced)
             output = runner.run(sample)
-            previous = _checkpoint_names(folder.parent, index - 1)
+            previous = f"{index - 1:02d}-{specs[index - 1].name}" if index else None
             failpoint("pass", model=name, index=index, name=spec.name,
                       checkpoint=str(folder.parent / previous) if previous else None)  # fmt: skip
         except BakeError:

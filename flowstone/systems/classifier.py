@@ -8,41 +8,19 @@ by the model its bake config names (``text_features``, the packaged MiniLM by de
 the bake config too (``labels``), so the system's only setting is the model reference.
 
 A classifier answers with one of its classes whatever the question, so on a suite without
-class labels its answers mean nothing: :meth:`BakedClassifier.not_applicable` says so, the demo
-and ``flowstone demo`` leave those partitions out, and a run of one anyway fails with that
-reason instead of storing meaningless scores.
+class labels its answers mean nothing: :meth:`BakedClassifier.not_applicable` says so,
+``flowstone demo`` leaves those partitions out, and the predictions step of one run anyway
+(``evaluation.pipeline.predict``) fails with that reason instead of storing meaningless scores.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from flowstone.baking.registry import ModelRefError, ResolvedModel, resolve, verify
+from flowstone.baking.registry import ModelRefError, ResolvedModel, resolve
 from flowstone.cases import Case, Label
-from flowstone.systems.base import NotApplicableError, Prediction, Progress, System
-
-_lock = threading.Lock()
-_runners: dict[str, Any] = {}  # fingerprint -> loaded ClassifierRunner
-_RUNNERS_KEPT = 4
-
-
-def _runner(resolved: ResolvedModel) -> Any:
-    from flowstone.baking.artifacts import ClassifierRunner
-
-    key = resolved.fingerprint
-    with _lock:
-        if key in _runners:
-            return _runners[key]
-    verify(resolved)
-    assert resolved.artifact is not None
-    runner = ClassifierRunner(resolved.artifact)
-    with _lock:
-        while len(_runners) >= _RUNNERS_KEPT:
-            _runners.pop(next(iter(_runners)))
-        return _runners.setdefault(key, runner)
+from flowstone.systems.base import Prediction, Progress, System
 
 
 class BakedClassifier(System):
@@ -105,14 +83,11 @@ class BakedClassifier(System):
 
         from flowstone import embedders
 
-        reason = self.not_applicable(suite or "?", [case.label for case in cases])
-        if reason:
-            raise NotApplicableError(reason)
         if not cases:
             return []
         resolved = self.resolved()
         labels = list(resolved.config["labels"])
-        runner = _runner(resolved)
+        runner = embedders.loaded_runner(resolved)
         features = resolved.config["text_features"]
         embedders.warm(features)  # model loading is not a case's latency
         start = time.perf_counter()

@@ -7,7 +7,9 @@ place in it, so a typo never becomes a silently ignored setting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flowstone.errors import ConfigError
 from flowstone.llm.batch_api import BATCH_KINDS
@@ -229,14 +231,15 @@ def _mode(source: Path, where: str, raw: dict, spec: LLMSystemSpec, defaults: di
 _MODEL_SYSTEM_KEYS = {"name", "model", "description"}
 
 
-def _model_system_entries(path: str | Path | None, section: str,
-                          task: str) -> list[tuple[str, str, str | None]]:  # fmt: skip
+def _model_system_entries(
+    path: str | Path | None, section: str, default: str | None, check: Callable[[Any], object]
+) -> list[tuple[str, str, str | None]]:
     """(name, model reference, description) of each entry of a ``retrieval:`` or
-    ``classifiers:`` section, the reference resolved here (as a ``task`` model) so an unknown
-    or never-baked model is a load error naming the key."""
+    ``classifiers:`` section, each reference checked here by ``check`` (it resolves it and
+    raises ModelRefError), so an unknown or never-baked model is a load error naming the key."""
     import yaml
 
-    from flowstone.baking.registry import ModelRefError, resolve
+    from flowstone.baking.registry import ModelRefError
 
     source = Path(path) if path else systems_config_path()
     if not source.exists():
@@ -254,9 +257,9 @@ def _model_system_entries(path: str | Path | None, section: str,
         if unknown:
             raise ConfigError(source, f"{where}.{sorted(unknown)[0]}",
                               f"unknown key; allowed: {sorted(_MODEL_SYSTEM_KEYS)}")  # fmt: skip
-        model = raw.get("model", "default" if task == "embedding" else None)
+        model = raw.get("model", default)
         try:
-            resolve(model, task=task)
+            check(model)
         except ModelRefError as exc:
             raise ConfigError(source, f"{where}.model", str(exc)) from None
         description = raw.get("description")
@@ -269,13 +272,16 @@ def _model_system_entries(path: str | Path | None, section: str,
 def load_retrieval_systems(path: str | Path | None = None) -> list:
     """The ``retrieval:`` section: dense nearest-sentence systems on another embedding model,
     e.g. ``{name: minilm-baked-nearest, model: "baked:minilm"}``."""
+    from flowstone.baking.registry import resolve
     from flowstone.systems.retrieval import DenseNearestSentence
 
+    entries = _model_system_entries(path, "retrieval", "default",
+                                    lambda model: resolve(model, task="embedding"))  # fmt: skip
     return [
         DenseNearestSentence(
             name, model, description or f"Context sentence nearest the question by {model}"
         )
-        for name, model, description in _model_system_entries(path, "retrieval", "embedding")
+        for name, model, description in entries
     ]
 
 
@@ -283,18 +289,9 @@ def load_classifier_systems(path: str | Path | None = None) -> list:
     """The ``classifiers:`` section: baked text classifiers answering classification suites,
     e.g. ``{name: intent-baked, model: "baked:intent_classifier"}``. The bake's config must
     name its ``labels`` and ``text_features``."""
-    from flowstone.baking.registry import ModelRefError
     from flowstone.systems.classifier import BakedClassifier
 
-    source = Path(path) if path else systems_config_path()
-    systems = []
-    for index, (name, model, description) in enumerate(
-        _model_system_entries(path, "classifiers", "classifier")
-    ):
-        system = BakedClassifier(name, model, description)
-        try:
-            system.resolved()
-        except ModelRefError as exc:
-            raise ConfigError(source, f"classifiers[{index}].model", str(exc)) from None
-        systems.append(system)
-    return systems
+    # the check resolves the reference as a classifier and reads its labels and features
+    entries = _model_system_entries(path, "classifiers", None,
+                                    lambda model: BakedClassifier("-", model).resolved())  # fmt: skip
+    return [BakedClassifier(name, model, description) for name, model, description in entries]

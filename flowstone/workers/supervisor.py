@@ -209,6 +209,17 @@ class BridgePools:
         if isinstance(exc, RemoteError) and exc.args and f"'{command}'" not in str(exc.args[0]):
             exc.args = (f"{exc.args[0]} (raised by '{command}' on bridge '{bridge}')",)
 
+    @contextlib.contextmanager
+    def _calling(self, command: str) -> Iterator[WorkerPool]:
+        """The pool of ``command``'s bridge; a pool error raised meanwhile names the bridge and
+        the command."""
+        name, pool = self._route(command)
+        try:
+            yield pool
+        except PoolError as exc:
+            self._name_call(exc, name, command)
+            raise
+
     def execute(
         self,
         command: str,
@@ -220,19 +231,9 @@ class BridgePools:
         idempotent: bool | None = None,
     ) -> Any:
         """Run ``bridge:command`` on that bridge's pool (see WorkerPool.execute)."""
-        name, pool = self._route(command)
-        try:
-            return pool.execute(
-                command,
-                args,
-                timeout=timeout,
-                session_id=session_id,
-                session_mode=session_mode,
-                idempotent=idempotent,
-            )
-        except PoolError as exc:
-            self._name_call(exc, name, command)
-            raise
+        with self._calling(command) as pool:
+            return pool.execute(command, args, timeout=timeout, session_id=session_id,
+                                session_mode=session_mode, idempotent=idempotent)  # fmt: skip
 
     def execute_stream(
         self,
@@ -245,19 +246,9 @@ class BridgePools:
         idempotent: bool | None = None,
     ) -> Iterator[Any]:
         """Stream ``bridge:command``'s chunks from that bridge's pool."""
-        name, pool = self._route(command)
-        try:
-            yield from pool.execute_stream(
-                command,
-                args,
-                timeout=timeout,
-                session_id=session_id,
-                session_mode=session_mode,
-                idempotent=idempotent,
-            )
-        except PoolError as exc:
-            self._name_call(exc, name, command)
-            raise
+        with self._calling(command) as pool:
+            yield from pool.execute_stream(command, args, timeout=timeout, session_id=session_id,
+                                           session_mode=session_mode, idempotent=idempotent)  # fmt: skip
 
     def map(
         self,

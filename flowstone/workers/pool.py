@@ -16,6 +16,12 @@ rest:
 Waiting callers queue FIFO (each with its own Event, so a release wakes exactly one) up to
 ``queue_size``; past that a call fails at once with PoolSaturatedError.
 
+``overflow`` (as SQLAlchemy's ``max_overflow``) absorbs a burst without keeping more warm workers
+forever: a call that has to queue also asks the supervisor for one extra worker, up to
+``overflow`` of them beyond ``size``. An overflow worker serves the queue like any other, is never
+replaced when it dies or is recycled, and the health pass retires it once it has been idle for
+``overflow_idle_s``. A session bound to one is lost with it, as with a recycled worker.
+
 A worker is checked alive (one ``waitid``) before it is handed a call: one that died while idle
 is replaced and the call goes to another. A request that provably never reached a worker (the
 pipe was closed, or the worker died with all of it unread) is sent again whatever its
@@ -145,6 +151,8 @@ class PoolConfig:
     max_retries: int = 1
     start_timeout_s: float = 120.0
     max_start_failures: int = 5
+    overflow: int = 0
+    overflow_idle_s: float = 30.0
     stop_grace_s: float = 3.0
     codec: str = "json"
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -164,6 +172,10 @@ class PoolConfig:
             problems.append(f"queue_size must be >= 0, got {self.queue_size}")
         if self.max_retries < 0:
             problems.append(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.overflow < 0:
+            problems.append(f"overflow must be >= 0, got {self.overflow}")
+        if self.overflow_idle_s <= 0:
+            problems.append(f"overflow_idle_s must be positive, got {self.overflow_idle_s}")
         for name in (
             "max_requests",
             "max_age_s",
@@ -229,7 +241,10 @@ class WorkerPool:
         self._graveyard: dict[int, ExitInfo] = {}  # worker id -> how it died (for strict sessions)
         self._stats = PoolStats()
         self._request_ids = iter(range(1, 1 << 62))
-        self._spawn_due: list[float] = []
+        # Spawns to do: (due time, overflow?). One entry is one worker to start.
+        self._spawn_due: list[tuple[float, bool]] = []
+        # Overflow workers due to spawn, being started or alive: what ``overflow`` caps.
+        self._overflow_claimed = 0
         self._start_failures = 0
         self._start_error: PoolError | None = None
         self._closed = False
@@ -252,7 +267,7 @@ class WorkerPool:
         self._registry = PidRegistry(self.config.registry_dir)
         _live_pools.add(self)
         with self._lock:
-            self._spawn_due.extend([0.0] * self.config.size)
+            self._spawn_due.extend([(0.0, False)] * self.config.size)
         for target, name in ((self._supervise, "supervisor"), (self._health_loop, "health")):
             thread = threading.Thread(target=target, name=f"flowstone-pool-{name}", daemon=True)
             thread.start()
@@ -267,7 +282,11 @@ class WorkerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._ready:
             while True:
-                ready = sum(1 for w in self._workers.values() if w.state in ("idle", "busy"))
+                ready = sum(
+                    1
+                    for w in self._workers.values()
+                    if w.state in ("idle", "busy") and not w.overflow
+                )
                 if ready >= want:
                     return
                 if self._start_error is not None:
@@ -473,7 +492,7 @@ class WorkerPool:
         attempt = 0
         # Workers found dead before they got the request: bounded, so a bridge whose workers
         # die as soon as they are ready fails the call instead of cycling forever.
-        lost, max_lost = 0, 2 * self.config.size + 1
+        lost, max_lost = 0, 2 * (self.config.size + self.config.overflow) + 1
         while True:
             started = time.monotonic()
             worker = self._acquire(session_id, mode, started + self.config.queue_timeout_s)
@@ -650,6 +669,10 @@ class WorkerPool:
                 )
             waiter = _Waiter(strict_id)
             self._waiters.append(waiter)
+            # A strict session waits for its own worker: an extra one could not serve it.
+            overflow = strict_id is None and self._claim_overflow()
+        if overflow:
+            self._wake()
         waiter.event.wait(max(0.0, queue_deadline - time.monotonic()))
         with self._lock:
             if waiter.worker is None and waiter.error is None:
@@ -668,6 +691,14 @@ class WorkerPool:
             if session_id is not None:
                 self._sessions.bind(session_id, worker.id, worker.pid)
             return worker
+
+    def _claim_overflow(self) -> bool:
+        """Schedule one overflow spawn if the cap allows (lock held); True when scheduled."""
+        if self._closed or self._overflow_claimed >= self.config.overflow:
+            return False
+        self._overflow_claimed += 1
+        self._spawn_due.append((0.0, True))
+        return True
 
     def _hand_off(self, worker: WorkerProcess) -> None:
         """Give a free worker to the first waiter that accepts it, else mark it idle (lock held)."""
@@ -723,8 +754,9 @@ class WorkerPool:
         return None
 
     def _retire(self, worker: WorkerProcess, reason: str, kind: str = "requested") -> None:
-        """Take a healthy worker out of service, stop it gently and start its replacement;
-        ``kind`` is the reason as a metrics label (max_requests, max_age, max_rss)."""
+        """Take a healthy worker out of service, stop it gently and start its replacement (none
+        for an overflow worker); ``kind`` is the reason as a metrics label (max_requests,
+        max_age, max_rss; ``overflow_idle`` when an idle overflow worker is let go)."""
         with self._lock:
             if self._workers.pop(worker.id, None) is None:
                 return
@@ -733,10 +765,15 @@ class WorkerPool:
             worker.recycle_reason = reason
             self._graveyard[worker.id] = ExitInfo("exit_code", 0, None, f"was recycled: {reason}")
             self._fail_strict_waiters(worker)
-            if not self._closed:
-                self._spawn_due.append(0.0)
-        self._stats.incr("recycled")
-        metrics.pool_recycle(self.bridge.name, kind)
+            if worker.overflow:
+                self._overflow_claimed -= 1
+            elif not self._closed:
+                self._spawn_due.append((0.0, False))
+        if worker.overflow:
+            self._stats.incr("overflow_retired")
+        if kind != "overflow_idle":  # a shrink, not a recycling: nothing replaces it
+            self._stats.incr("recycled")
+            metrics.pool_recycle(self.bridge.name, kind)
         self._wake()
 
         def stop() -> None:
@@ -753,8 +790,10 @@ class WorkerPool:
             known = self._workers.pop(worker.id, None) is not None
             self._idle.pop(worker.id, None)
             worker.state = "dead"
-            if known and not self._closed:
-                self._spawn_due.append(0.0)
+            if known and worker.overflow:
+                self._overflow_claimed -= 1  # not replaced: the next burst starts another
+            elif known and not self._closed:
+                self._spawn_due.append((0.0, False))
         code = (
             worker.kill()
             if reason in ("timeout", "interrupted", "abandoned stream", "unhealthy")
@@ -798,7 +837,7 @@ class WorkerPool:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    def _spawn_one(self) -> WorkerProcess:
+    def _spawn_one(self, overflow: bool = False) -> WorkerProcess:
         cfg = self.config
         worker = WorkerProcess.spawn(
             target=self.bridge.target,
@@ -810,9 +849,12 @@ class WorkerPool:
             env=cfg.env,
             pythonpath=cfg.pythonpath,
         )
+        worker.overflow = overflow
         if self._registry is not None:
             self._registry.add(worker.pid)
         self._stats.incr("started")
+        if overflow:
+            self._stats.incr("overflow_started")
         metrics.pool_worker_started(self.bridge.name)
         return worker
 
@@ -823,15 +865,17 @@ class WorkerPool:
         while not self._stop.is_set():
             now = time.monotonic()
             with self._lock:
-                due = [t for t in self._spawn_due if t <= now]
-                self._spawn_due = [t for t in self._spawn_due if t > now]
+                due = [overflow for t, overflow in self._spawn_due if t <= now]
+                self._spawn_due = [entry for entry in self._spawn_due if entry[0] > now]
                 closed = self._closed
-            for _ in due if not closed else ():
+            for overflow in due if not closed else ():
                 try:
-                    worker = self._spawn_one()
+                    worker = self._spawn_one(overflow)
                 except Exception as exc:  # never let the supervisor die: callers would wait forever
                     self._start_failed(
-                        None, WorkerStartError(f"cannot spawn a worker process: {exc}")
+                        None,
+                        WorkerStartError(f"cannot spawn a worker process: {exc}"),
+                        overflow=overflow,
                     )
                     continue
                 starting[worker.stdout_fd] = worker
@@ -848,7 +892,7 @@ class WorkerPool:
                         ),
                     )
             with self._lock:
-                pending = [t for t in self._spawn_due]
+                pending = [t for t, _ in self._spawn_due]
             wait_s = 0.5 if not pending else max(0.0, min(pending) - time.monotonic())
             try:
                 events = poller.poll(min(wait_s, 0.5) * 1000.0)
@@ -898,12 +942,13 @@ class WorkerPool:
             return
         self._forget_starting(starting, poller, fd)
         if isinstance(frame, dict) and frame.get("ready") is True:
-            worker.ready_at = time.monotonic()
+            worker.ready_at = worker.last_used = time.monotonic()
             with self._lock:
                 if self._closed:
                     worker.state = "dead"
                 else:
-                    self._start_failures = 0
+                    if not worker.overflow:
+                        self._start_failures = 0
                     self._workers[worker.id] = worker
                     self._hand_off(worker)
                     self._ready.notify_all()
@@ -917,11 +962,19 @@ class WorkerPool:
         tb = (error or {}).get("traceback") or ""
         self._start_failed(worker, WorkerStartError(message + (f"\n{tb}" if tb else "")))
 
-    def _start_failed(self, worker: WorkerProcess | None, error: WorkerStartError) -> None:
+    def _start_failed(
+        self, worker: WorkerProcess | None, error: WorkerStartError, overflow: bool = False
+    ) -> None:
         if worker is not None and self._registry is not None:
             self._registry.discard(worker.pid)
         self._stats.incr("start_failures")
         metrics.pool_start_failure(self.bridge.name)
+        if overflow or (worker is not None and worker.overflow):
+            # Not retried and not counted toward max_start_failures: the base workers serve on.
+            self._stats.incr("overflow_start_failures")
+            with self._lock:
+                self._overflow_claimed -= 1
+            return
         with self._lock:
             self._start_failures += 1
             if self._closed:
@@ -937,7 +990,7 @@ class WorkerPool:
                 self._waiters.clear()
             else:
                 backoff = min(5.0, 0.2 * 2 ** (self._start_failures - 1))
-                self._spawn_due.append(time.monotonic() + backoff)
+                self._spawn_due.append((time.monotonic() + backoff, False))
             self._ready.notify_all()
 
     # Health ------------------------------------------------------------------------------
@@ -948,16 +1001,25 @@ class WorkerPool:
             self.check_health()
 
     def check_health(self) -> dict[str, int]:
-        """One health pass: dead idle workers, unanswered pings, memory and age recycling."""
+        """One health pass: dead idle workers, unanswered pings, memory and age recycling, and
+        overflow workers idle for longer than ``overflow_idle_s`` let go."""
         with self._lock:
             self._sessions.expire()
             idle = list(self._idle.values())
             for worker in idle:
                 self._idle.pop(worker.id, None)
                 worker.state = "busy"
-        outcome = {"checked": len(idle), "replaced": 0, "recycled": 0}
+        outcome = {"checked": len(idle), "replaced": 0, "recycled": 0, "overflow_retired": 0}
         cfg = self.config
         for worker in idle:
+            if worker.overflow and time.monotonic() - worker.last_used > cfg.overflow_idle_s:
+                self._retire(
+                    worker,
+                    f"idle overflow worker, overflow_idle_s={cfg.overflow_idle_s:g}",
+                    "overflow_idle",
+                )
+                outcome["overflow_retired"] += 1
+                continue
             try:
                 request = {
                     "id": next(self._request_ids),
@@ -993,7 +1055,9 @@ class WorkerPool:
             snapshot.update(
                 bridge=self.bridge.name,
                 size=self.config.size,
+                overflow=self.config.overflow,
                 workers_alive=len(states),
+                workers_overflow=sum(1 for w in self._workers.values() if w.overflow),
                 workers_idle=states.count("idle"),
                 workers_busy=states.count("busy"),
                 workers_starting=len(self._starting),

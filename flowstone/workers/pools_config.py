@@ -36,6 +36,7 @@ FILE_NAME = "pools.yaml"
 _BRIDGE_KEYS = (
     "workers",
     "overflow",
+    "overflow_idle_s",
     "memory_limit_mb",
     "max_rss_mb",
     "timeout_s",
@@ -66,6 +67,7 @@ class BridgePoolSpec:
     name: str
     workers: int = 1
     overflow: int = 0
+    overflow_idle_s: float = 30.0
     memory_limit_mb: int | None = None
     max_rss_mb: float | None = None
     timeout_s: float | None = 300.0
@@ -93,6 +95,7 @@ class BridgePoolSpec:
         return {
             "workers": self.workers,
             "overflow": self.overflow,
+            "overflow_idle_s": self.overflow_idle_s if self.overflow else None,
             "memory_limit_mb": self.memory_limit_mb,
             "max_rss_mb": self.max_rss_mb,
             "timeout_s": self.timeout_s,
@@ -106,6 +109,8 @@ class BridgePoolSpec:
         settings: dict[str, Any] = {
             "bridge": self.name,
             "size": self.workers,
+            "overflow": self.overflow,
+            "overflow_idle_s": self.overflow_idle_s,
             "bridge_options": self.bridge_options(),
             "default_timeout_s": self.timeout_s,
             "memory_limit_mb": self.memory_limit_mb,
@@ -165,13 +170,12 @@ def _int(source: str, key: str, value: object, minimum: int, optional: bool) -> 
     return value
 
 
-def _positive(source: str, key: str, value: object) -> float | None:
-    if value is None:
+def _positive(source: str, key: str, value: object, optional: bool = True) -> float | None:
+    if value is None and optional:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(
-            source, key, f"must be a positive number or null (no limit), got {value!r}"
-        )
+        none = " or null (no limit)" if optional else ""
+        raise ConfigError(source, key, f"must be a positive number{none}, got {value!r}")
     return float(value)
 
 
@@ -219,14 +223,10 @@ def _parse_bridge(source: str, name: object, raw: object, known: set[str]) -> Br
             f"unknown bridge '{name}': not built in, not an installed 'flowstone.bridges' entry "
             f"point, and no 'target' (known: {', '.join(sorted(known))})",
         )
-    overflow = _int(source, f"{key}.overflow", raw.get("overflow", 0), 0, optional=False)
-    if overflow:
-        raise ConfigError(
-            source,
-            f"{key}.overflow",
-            f"overflow workers are not supported yet; use 0 and raise 'workers' instead "
-            f"(got {overflow})",
-        )
+    overflow = _int(source, f"{key}.overflow", raw.get("overflow", 0), 0, optional=False) or 0
+    overflow_idle_s = _positive(
+        source, f"{key}.overflow_idle_s", raw.get("overflow_idle_s", 30.0), optional=False
+    )
     preload = raw.get("preload")
     if preload is not None and not isinstance(preload, bool):
         raise ConfigError(source, f"{key}.preload", f"must be true or false, got {preload!r}")
@@ -237,7 +237,8 @@ def _parse_bridge(source: str, name: object, raw: object, known: set[str]) -> Br
     return BridgePoolSpec(
         name=name,
         workers=_int(source, f"{key}.workers", raw.get("workers", 1), 1, optional=False) or 1,
-        overflow=0,
+        overflow=overflow,
+        overflow_idle_s=overflow_idle_s or 30.0,
         memory_limit_mb=_int(
             source, f"{key}.memory_limit_mb", raw.get("memory_limit_mb"), 1, optional=True
         ),

@@ -122,6 +122,7 @@ class WorkerProcess:
         self.failures = 0
         self.last_used = self.spawned_at
         self.recycle_reason: str | None = None
+        self.overflow = False  # started past the pool's size for a burst; never replaced
         # The request being sent: its frame length, and whether writing it hit a closed pipe.
         self._request_bytes = 0
         self._write_broken = False
@@ -360,4 +361,5 @@ class WorkerProcess:
             "requests": self.requests,
             "failures": self.failures,
             "idle_s": round(now - self.last_used, 1),
+            "overflow": self.overflow,
         }

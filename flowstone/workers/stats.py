@@ -62,6 +62,9 @@ class PoolStats:
             "health_failures",
             "dead_idle",
             "redelivered",
+            "overflow_started",
+            "overflow_retired",
+            "overflow_start_failures",
         ):
             counters.setdefault(name, 0)
         return {**counters, "latency": latency}

@@ -274,8 +274,11 @@ class BridgePools:
             commands=[f"{name}:{command}" for command in sorted(pool.bridge.commands)],
             target=pool.bridge.target,
             limits=spec.limits(),
-            # Workers spawned beyond the first ``workers``: crashes, timeouts and recycling.
-            restarts=max(0, stats.get("started", 0) - spec.workers),
+            # Workers spawned beyond the first ``workers``: crashes, timeouts and recycling
+            # (overflow workers started for bursts are not restarts).
+            restarts=max(
+                0, stats.get("started", 0) - stats.get("overflow_started", 0) - spec.workers
+            ),
         )
         return stats
 

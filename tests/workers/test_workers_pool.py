@@ -311,3 +311,132 @@ def test_close_stops_every_worker(registry_dir):
 
     with pytest.raises(PoolClosedError):
         pool.execute("echo:noop")
+
+
+# Overflow workers ---------------------------------------------------------------------------------
+
+
+def _burst(pool, gate):
+    """A burst on a size=1 pool: hold the base worker until gate, then make a call that only an
+    overflow worker can serve (the gate opens only once it answered). Returns (base, overflow)
+    pids."""
+    holder, held = _hold_a_worker(pool, gate)
+    overflow_pid = pool.execute("faulty:pid")
+    assert holder.is_alive() and held == []  # the base worker was busy all along
+    gate.touch()
+    holder.join(60)
+    return held[0], overflow_pid
+
+
+def test_overflow_worker_serves_a_call_that_would_queue(make_pool, tmp_path):
+    pool = make_pool(bridge=FAULTY, size=1, overflow=1)
+    assert pool.stats()["overflow"] == 1 and pool.stats()["workers_overflow"] == 0
+    base_pid, overflow_pid = _burst(pool, tmp_path / "release")
+    assert overflow_pid != base_pid and sorted(pool.worker_pids()) == sorted(
+        [base_pid, overflow_pid]
+    )
+    rows = {row["pid"]: row["overflow"] for row in pool.workers()}
+    assert rows == {base_pid: False, overflow_pid: True}
+    stats = pool.stats()
+    assert stats["overflow_started"] == 1 and stats["started"] == 2  # never a third worker
+    assert stats["workers_alive"] == 2 and stats["workers_overflow"] == 1
+    assert stats["workers_pending"] == 0 and stats["overflow_retired"] == 0
+    pool.await_ready(timeout=10)  # counts the base size only: still true with the extra worker
+
+
+def test_overflow_is_capped(make_pool, tmp_path):
+    pool = make_pool(bridge=FAULTY, size=1, overflow=1)
+    gate = tmp_path / "release"
+    results: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(pool.execute("faulty:wait_for", {"marker": str(gate)}))
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    # Two callers queued behind the base worker, but one overflow worker only: it takes one of
+    # them and the third call waits for a free worker.
+    assert wait_for(lambda: pool.stats()["workers_busy"] == 2 and pool.stats()["queue_depth"] == 1)
+    for _ in range(20):
+        stats = pool.stats()
+        assert stats["workers_alive"] + stats["workers_starting"] + stats["workers_pending"] <= 2
+        time.sleep(0.02)
+    gate.touch()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 3 and len(set(results)) == 2
+    stats = pool.stats()
+    assert stats["started"] == 2 and stats["overflow_started"] == 1
+    assert stats["workers_alive"] == 2 and stats["succeeded"] == 3
+
+
+def test_idle_overflow_workers_are_retired_and_base_workers_kept(make_pool, tmp_path):
+    from worker_helpers import alive
+
+    pool = make_pool(bridge=FAULTY, size=1, overflow=1, overflow_idle_s=0.2)
+    base_pid, overflow_pid = _burst(pool, tmp_path / "release")
+    time.sleep(0.3)  # both workers now idle past overflow_idle_s
+    outcome = pool.check_health()
+    assert outcome["overflow_retired"] == 1 and outcome["recycled"] == 0
+    assert wait_for(lambda: pool.stats()["workers_alive"] == 1, timeout=10)
+    assert wait_for(lambda: not alive(overflow_pid), timeout=10)
+    time.sleep(0.3)
+    assert pool.check_health()["overflow_retired"] == 0  # the idle base worker stays
+    assert pool.worker_pids() == [base_pid]
+    stats = pool.stats()
+    assert stats["overflow_retired"] == 1 and stats["recycled"] == 0
+    assert stats["workers_overflow"] == 0 and stats["workers_pending"] == 0
+    assert stats["workers_starting"] == 0 and stats["started"] == 2  # nothing replaced it
+    assert pool.execute("faulty:pid") == base_pid
+    # The next burst may start an overflow worker again.
+    _, again = _burst(pool, tmp_path / "release-again")
+    assert again not in (base_pid, overflow_pid) and pool.stats()["overflow_started"] == 2
+
+
+def test_a_killed_overflow_worker_is_not_replaced(make_pool, tmp_path):
+    import os
+    import signal
+
+    from worker_helpers import alive
+
+    pool = make_pool(bridge=FAULTY, size=1, overflow=1)
+    base_pid, overflow_pid = _burst(pool, tmp_path / "release")
+    os.kill(overflow_pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(overflow_pid), timeout=10)
+    for _ in range(3):
+        assert pool.execute("faulty:pid") == base_pid
+    pool.check_health()  # finds the dead worker if no call picked it
+    assert wait_for(lambda: pool.worker_pids() == [base_pid], timeout=10)
+    stats = pool.stats()
+    assert stats["workers_overflow"] == 0 and stats["workers_pending"] == 0
+    assert stats["workers_starting"] == 0 and stats["started"] == 2
+
+
+def test_an_overflow_worker_that_fails_to_start_leaves_the_pool_serving(make_pool, tmp_path):
+    # max_start_failures=1: one failed start of a base worker would stop the pool.
+    pool = make_pool(bridge=FAULTY, size=1, overflow=1, max_start_failures=1)
+    pool.config.bridge_options["fail_setup"] = True  # workers spawned from now on fail
+    gate = tmp_path / "release"
+    holder, held = _hold_a_worker(pool, gate)
+    answers: list[int] = []
+    queued = threading.Thread(target=lambda: answers.append(pool.execute("faulty:pid")))
+    queued.start()
+    assert wait_for(lambda: pool.stats()["overflow_start_failures"] == 1)
+    assert queued.is_alive() and answers == []  # still queued for the base worker
+    gate.touch()
+    holder.join(60)
+    queued.join(60)
+    assert answers == held and pool.execute("faulty:pid") == held[0]
+    stats = pool.stats()
+    assert stats["overflow_started"] == 1 and stats["start_failures"] == 1
+    assert stats["started"] == 2 and stats["workers_pending"] == 0  # not retried
+    assert pool.worker_pids() == held
+
+
+def test_overflow_config_is_checked(registry_dir):
+    with pytest.raises(ValueError, match="overflow must be >= 0"):
+        WorkerPool(bridge="echo", overflow=-1, registry_dir=registry_dir)
+    with pytest.raises(ValueError, match="overflow_idle_s must be positive"):
+        WorkerPool(bridge="echo", overflow_idle_s=0, registry_dir=registry_dir)

@@ -198,7 +198,9 @@ def test_a_framework_exception_crosses_typed_and_names_bridge_and_command(short_
         ({"echo": {"wokers": 2}}, "bridges.echo.wokers", "unknown key"),
         ({"echo": {"target": "not a target"}}, "bridges.echo.target", "package.module:Class"),
         ({"nosuchbridge": {}}, "bridges.nosuchbridge", "unknown bridge 'nosuchbridge'"),
-        ({"echo": {"overflow": 2}}, "bridges.echo.overflow", "not supported yet"),
+        ({"echo": {"overflow": -1}}, "bridges.echo.overflow", "integer >= 0, got -1"),
+        ({"echo": {"overflow": "two"}}, "bridges.echo.overflow", "integer >= 0, got 'two'"),
+        ({"echo": {"overflow_idle_s": 0}}, "bridges.echo.overflow_idle_s", "positive number"),
         ({"pool": {}}, "bridges.pool", "not 'pool'"),
     ],
 )
@@ -209,6 +211,19 @@ def test_config_errors_name_the_file_and_the_key(tmp_path, bridges, key, fragmen
     assert caught.value.key == key
     assert str(path) in str(caught.value) and f"'{key}'" in str(caught.value)
     assert fragment in str(caught.value)
+
+
+def test_overflow_loads_into_the_pool_config(tmp_path):
+    path = _write(
+        tmp_path / "p.yaml",
+        {"bridges": {"echo": {"workers": 1, "overflow": 2, "overflow_idle_s": 5}, "fw": {}}},
+    )
+    config = load_pools_config(path, known_bridges=["echo", "fw"])
+    echo, fw = config.bridges["echo"], config.bridges["fw"]
+    pool = echo.pool_config(health_interval_s=None)
+    assert (pool.size, pool.overflow, pool.overflow_idle_s) == (1, 2, 5.0)
+    assert echo.limits()["overflow"] == 2 and echo.limits()["overflow_idle_s"] == 5.0
+    assert (fw.overflow, fw.pool_config().overflow, fw.pool_config().overflow_idle_s) == (0, 0, 30)
 
 
 def test_config_file_level_errors(tmp_path, monkeypatch):
@@ -479,3 +494,45 @@ def test_serve_only_starts_just_that_bridge_of_the_file(short_tmp, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# Overflow workers stay within their bridge -----------------------------------------------------
+
+
+def test_a_burst_on_one_bridge_starts_overflow_workers_for_that_bridge_only(registry_dir, tmp_path):
+    config = parse_pools_config(
+        {"bridges": {"burst": {"target": FAULTY, "overflow": 1}, "echo": {"workers": 1}}},
+        "test-pools.yaml",
+    )
+    pools = BridgePools(
+        config,
+        environ={},
+        registry_dir=registry_dir,
+        pythonpath=[str(HERE)],
+        health_interval_s=None,
+        start_timeout_s=60,
+    )
+    gate = tmp_path / "release"
+    with pools:
+        stats = pools.stats()["bridges"]
+        assert (stats["burst"]["overflow"], stats["echo"]["overflow"]) == (1, 0)
+        echo_pids = pools.worker_pids()["echo"]
+        held: list[int] = []
+        holder = threading.Thread(
+            target=lambda: held.append(pools.execute("burst:wait_for", {"marker": str(gate)}))
+        )
+        holder.start()
+        try:
+            assert wait_for(lambda: pools.stats()["bridges"]["burst"]["workers_busy"] == 1)
+            # burst's only worker is held: this call is served by burst's overflow worker
+            overflow_pid = pools.execute("burst:pid")
+            burst, echo = (pools.stats()["bridges"][name] for name in ("burst", "echo"))
+            assert burst["workers_alive"] == 2 and burst["workers_overflow"] == 1
+            assert burst["overflow_started"] == 1 and burst["restarts"] == 0
+            assert echo["workers_alive"] == 1 and echo["started"] == 1
+            assert echo["overflow_started"] == 0 and pools.worker_pids()["echo"] == echo_pids
+            assert overflow_pid in pools.worker_pids()["burst"]
+        finally:
+            gate.touch()
+            holder.join(60)
+        assert held and held[0] != overflow_pid

@@ -223,19 +223,21 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
 def bake_profile(context: dg.AssetExecutionContext, source_model: dict, baked_model: dict):
     from flowstone.baking.budget import reserve_for_bake
     from flowstone.baking.chart import profile_chart
-    from flowstone.baking.profile import profile_variants, profiling_sentences
+    from flowstone.baking.profile import MeasuringServers, profile_variants, profiling_sentences
 
     def one(name: str, source_model: dict, baked_model: dict) -> tuple[ProfileRecord, Any, float]:
         source, baked = SourceRecord.from_dict(source_model), BakeRecord.from_dict(baked_model)
         config = source.bake_config()
         sentences = profiling_sentences(source, config)
         with reserve_for_bake(context.resources.models.budget(), source, config):
-            profile = profile_variants(source, baked, config, sentences, log=context.log.info)
+            profile = profile_variants(source, baked, config, sentences, log=context.log.info,
+                                       servers=servers)  # fmt: skip
         chart = profile_chart(profile, source, bake_workspace())
         return profile, chart, config.speed.floor
 
     batch = ModelBatch(context)
-    profiles = batch.each(one, source_model=source_model, baked_model=baked_model)
+    with MeasuringServers() as servers:  # the step's models share their imports
+        profiles = batch.each(one, source_model=source_model, baked_model=baked_model)
     outputs = {
         name: dg.Output(
             profile.to_dict(),

@@ -400,7 +400,44 @@ class MeasuringServer:
             self._process.join(timeout=5)
         self._conn.close()
 
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
     def __enter__(self) -> MeasuringServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MeasuringServers:
+    """Measuring servers kept for the models of one step, one per set of libraries.
+
+    Why: a server costs a process and ``import torch`` (2-3 s), more than profiling a small
+    model takes; a backfill of many models in one step pays it once per library set instead of
+    once per model. Sharing changes nothing measured: every measurement is still a child forked
+    from the server's clean imported state, and the server never runs a model itself. A server
+    that died is replaced. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._servers: dict[tuple[str, ...], MeasuringServer] = {}
+
+    def get(self, modules: list[str]) -> MeasuringServer:
+        key = tuple(modules)
+        server = self._servers.get(key)
+        if server is None or not server.alive:
+            if server is not None:
+                server.close()
+            server = self._servers[key] = MeasuringServer(modules)
+        return server
+
+    def close(self) -> None:
+        servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.close()
+
+    def __enter__(self) -> MeasuringServers:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -513,9 +550,11 @@ def profile_variants(
     sentences: list[str],
     *,
     log: Callable[[str], None] | None = None,
+    servers: MeasuringServers | None = None,
 ) -> ProfileRecord:
     """Figures for the original and the baked variant and their ratios, measured in rounds
-    under ``config.speed`` (see the module docstring); ``log`` gets a line per round."""
+    under ``config.speed`` (see the module docstring); ``log`` gets a line per round.
+    ``servers``: measuring servers shared with other models of the step (else one of its own)."""
     say = log or (lambda _line: None)
     gate = config.speed
     threads = int(config.threads or os.cpu_count() or 1)
@@ -527,9 +566,12 @@ def profile_variants(
     measured: dict[str, list[VariantProfile]] = {side: [] for side in SIDES}
     rounds: list[ProfileRound] = []
     started = time.perf_counter()
-    with MeasuringServer(preload_modules(artifacts.values())) as server:
-        say(f"profile: {host.describe()}; measuring server ready in "
-            f"{server.import_seconds:.1f}s")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if servers is None:
+            servers = stack.enter_context(MeasuringServers())
+        server = servers.get(preload_modules(artifacts.values()))
+        say(f"profile: {host.describe()}; measuring server ready (its imports took "
+            f"{server.import_seconds:.1f}s)")  # fmt: skip
         while True:
             index = len(rounds) + 1
             order = SIDES if index % 2 else SIDES[::-1]  # alternate which goes first

@@ -329,3 +329,20 @@ def test_a_variant_that_cannot_load_fails_with_its_traceback(tmp_path):
         # The server outlives a failed child: the next measurement is answered too.
         with pytest.raises(ProfileError, match="missing.pt"):
             server.measure(missing, [1], 1, [4], [])
+
+
+def test_measuring_servers_are_shared_per_library_set_and_replaced_when_dead():
+    """A step's models share one server per library set (its imports are paid once); one that
+    died is replaced, not reused."""
+    from flowstone.baking.profile import MeasuringServers
+
+    with MeasuringServers() as servers:
+        first = servers.get(["json"])
+        assert servers.get(["json"]) is first
+        other = servers.get(["json", "csv"])
+        assert other is not first and other.alive
+        first._process.kill()
+        first._process.join(10)
+        replacement = servers.get(["json"])
+        assert replacement is not first and replacement.alive
+    assert not replacement.alive and not other.alive

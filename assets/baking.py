@@ -23,6 +23,7 @@ from flowstone.baking.records.profile import ProfileRecord
 from flowstone.baking.records.quality import QualityRecord
 from flowstone.baking.records.source import SourceRecord
 from flowstone.paths import bake_workspace
+from flowstone.transient import is_transient
 from flowstone.web.links import model_url
 
 PREFIX = "baking"
@@ -43,12 +44,17 @@ SPEED_CHECK = "speed_floor"
 _common: dict[str, Any] = dict(
     key_prefix=[PREFIX], partitions_def=MODELS, group_name=GROUP, owners=OWNERS,
 )  # fmt: skip
+# The bake steps run again, in the same run, after a passing failure (flowstone.transient: a
+# reset connection, a write the object store refused once); finished pass checkpoints make the
+# second attempt cheap. Any other failure fails the step at once (ModelBatch's retry_only).
+BAKE_RETRY = dg.RetryPolicy(max_retries=2, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
 
 
 @dg.asset(
     **_common,
     kinds={"pytorch"},
     pool=BAKING_POOL,
+    retry_policy=BAKE_RETRY,
     required_resource_keys={"models"},
     description="The dropped model, validated: it loads, a forward pass on a sample input runs, "
     "its size is within the limit; parameter count and sha256 recorded.",
@@ -64,13 +70,14 @@ def source_model(context: dg.AssetExecutionContext) -> dg.Output:
             data_version=dg.DataVersion(record.version),
         )
 
-    return ModelBatch(context).run(one)
+    return ModelBatch(context, is_transient).run(one)
 
 
 @dg.asset(
     **_common,
     kinds={"pytorch", "onnx"},
     pool=BAKING_POOL,
+    retry_policy=BAKE_RETRY,
     required_resource_keys={"models"},
     description="The configured passes in order (int8 quantisation, pruning, TorchScript, ONNX "
     "export and ONNX Runtime optimisation/quantisation), each checkpointed so a failed later "
@@ -96,7 +103,7 @@ def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Out
             data_version=dg.DataVersion(baked.sha256[:16]),
         )
 
-    return ModelBatch(context).run(one, source_model=source_model)
+    return ModelBatch(context, is_transient).run(one, source_model=source_model)
 
 
 # A multi-asset only for can_subset: it makes the check's output optional, so a run of many
@@ -117,6 +124,7 @@ def baked_model(context: dg.AssetExecutionContext, source_model: dict) -> dg.Out
     ins={"source_model": dg.AssetIn(key=SOURCE_KEY), "baked_model": dg.AssetIn(key=BAKED_KEY)},
     partitions_def=MODELS,
     pool=BAKING_POOL,
+    retry_policy=BAKE_RETRY,
     required_resource_keys={"models"},
     check_specs=[
         partitioned_check_spec(
@@ -155,7 +163,7 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
                 gate = task_gate(original, candidate, config.task_gate, log=context.log.info)
         return quality, gate
 
-    batch = ModelBatch(context)
+    batch = ModelBatch(context, is_transient)
     results = batch.each(one, source_model=source_model, baked_model=baked_model)
     outputs = {
         name: dg.Output(
@@ -206,6 +214,7 @@ def bake_quality(context: dg.AssetExecutionContext, source_model: dict, baked_mo
     deps=[QUALITY_KEY],  # runs only after the blocking quality checks passed
     partitions_def=MODELS,
     pool=BAKING_POOL,
+    retry_policy=BAKE_RETRY,
     required_resource_keys={"models"},
     check_specs=[
         partitioned_check_spec(
@@ -235,7 +244,7 @@ def bake_profile(context: dg.AssetExecutionContext, source_model: dict, baked_mo
         chart = profile_chart(profile, source, bake_workspace())
         return profile, chart, config.speed.floor
 
-    batch = ModelBatch(context)
+    batch = ModelBatch(context, is_transient)
     with MeasuringServers() as servers:  # the step's models share their imports
         profiles = batch.each(one, source_model=source_model, baked_model=baked_model)
     outputs = {
@@ -264,6 +273,7 @@ def bake_profile(context: dg.AssetExecutionContext, source_model: dict, baked_mo
 @dg.asset(
     **_common,
     kinds={"python", "s3"},
+    retry_policy=BAKE_RETRY,
     required_resource_keys={"notifications"},
     description="The baked artifact plus manifest.json (source and baked hashes, passes and "
     "config, quality and profile figures, library versions), one tar archive stored through "
@@ -297,7 +307,7 @@ def bake_package(context: dg.AssetExecutionContext, source_model: dict, baked_mo
             data_version=dg.DataVersion(manifest.baked.sha256[:16]),
         )
 
-    return ModelBatch(context).run(one, source_model=source_model, baked_model=baked_model,
+    return ModelBatch(context, is_transient).run(one, source_model=source_model, baked_model=baked_model,
                                    bake_quality=bake_quality, bake_profile=bake_profile)  # fmt: skip
 
 

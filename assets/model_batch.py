@@ -29,11 +29,17 @@ T = TypeVar("T")
 
 
 class ModelBatch:
-    """The ``models`` partitions of one step: ``keys`` in the run's order."""
+    """The ``models`` partitions of one step: ``keys`` in the run's order.
 
-    def __init__(self, context: dg.AssetExecutionContext):
+    ``retry_only``: for a step with a retry policy, the failures worth retrying; any other
+    fails the step at once (``dg.Failure(allow_retries=False)``, the cause kept). None: the
+    policy, if any, retries every failure."""
+
+    def __init__(self, context: dg.AssetExecutionContext,
+                 retry_only: Callable[[BaseException], bool] | None = None):  # fmt: skip
         self.context = context
         self.keys = list(context.partition_keys)
+        self.retry_only = retry_only
 
     @property
     def single(self) -> bool:
@@ -46,7 +52,15 @@ class ModelBatch:
         ``dg.Failure`` names every failure."""
         if self.single:
             key = self.keys[0]
-            return {key: one(key, **inputs)}
+            try:
+                return {key: one(key, **inputs)}
+            except Exception as exc:
+                if self.retry_only is None or self.retry_only(exc):
+                    raise
+                raise dg.Failure(
+                    description=f"{self._asset()} [{key}]: {type(exc).__name__}: {exc}",
+                    allow_retries=False,
+                ) from exc
         done: dict[str, T] = {}
         failed: dict[str, Exception] = {}
         for key in self.keys:
@@ -109,7 +123,9 @@ class ModelBatch:
 
     def _failure(self, done: Mapping[str, Any], failed: Mapping[str, Exception]) -> dg.Failure:
         lines = "\n".join(f"- {key}: {exc}" for key, exc in failed.items())
+        retry = self.retry_only is None or any(self.retry_only(e) for e in failed.values())
         return dg.Failure(
+            allow_retries=retry,
             description=f"{self._asset()}: {len(failed)} of {len(self.keys)} models of this "
             f"run failed:\n{lines}\nThe other {len(done)} were done in this step, but a "
             "single-run backfill has one step per asset, so nothing of this run goes past it. "

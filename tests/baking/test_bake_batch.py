@@ -133,3 +133,50 @@ def test_a_model_that_fails_to_load_is_named_with_its_siblings(env, instance):
     assert "1 of 2 models of this run failed" in text and "- broken:" in text
     assert "The other 1 were done" in text
     assert metadata(instance, SOURCE_KEY, "fine") == []  # the step shares the batch's fate
+
+
+def _step_events(result, kind):
+    return [e.step_key for e in result.all_events if e.event_type_value == kind]
+
+
+@pytest.mark.slow  # two bakes in one run, two steps run twice (~30 s)
+def test_a_passing_failure_is_retried_in_the_step_and_the_run_succeeds(env, instance, monkeypatch):
+    """A pass that raises once and an object store that refuses one package write: the bake
+    steps' retry policy runs them again in the same run; no run re-execution is needed."""
+    import json
+
+    from flowstone.faults import fired
+
+    write_tiny_classifier(env / "drop", name="alpha", passes="[quantize_dynamic, torchscript]")
+    write_tiny_classifier(env / "drop", name="beta", passes="[quantize_dynamic]")
+    plan = env / "faults.json"
+    plan.write_text(json.dumps([
+        {"id": "alpha-pass", "point": "pass", "action": "raise",
+         "match": {"model": "alpha", "index": 1}},
+        {"id": "beta-store", "point": "store:put", "action": "raise",
+         "match": {"key_contains": "bake_package/partition=beta."}},
+    ]))  # fmt: skip
+    monkeypatch.setenv("FLOWSTONE_FAULTS", str(plan))
+    result = bake_batch(instance, ["alpha", "beta"])
+    assert fired(plan) == {"alpha-pass", "beta-store"}  # both faults did happen
+    assert result.success and len(instance.get_run_records()) == 1
+    retried = _step_events(result, "STEP_UP_FOR_RETRY")
+    assert sorted(retried) == ["baking__bake_package", "baking__baked_model"]
+    from flowstone.baking.package import read_manifest
+
+    packages = result.output_for_node("baking__bake_package")
+    assert {read_manifest(packages[n]).model for n in ("alpha", "beta")} == {"alpha", "beta"}
+    assert len(read_manifest(packages["alpha"]).passes) == 2
+
+
+def test_a_failure_that_would_fail_again_is_not_retried(env, instance):
+    """A model that cannot load fails its step at once: the retry policy is for passing
+    failures (flowstone.transient), not for a broken file."""
+    write_tiny_classifier(env / "drop", name="broken", passes="[quantize_dynamic]")
+    (env / "drop" / "broken.pt").write_bytes(b"not a state dict")
+    result = bake_batch(instance, ["broken"])
+    assert not result.success
+    assert _step_events(result, "STEP_UP_FOR_RETRY") == []
+    (failure,) = result.get_step_failure_events()
+    text = failure.event_specific_data.error.to_string()
+    assert "broken" in text and "source_model" in text

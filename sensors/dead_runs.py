@@ -16,6 +16,7 @@ with the wiring; ``bench/bench_bake_soak.py`` calls :func:`fail_dead_runs` as th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,23 @@ import dagster as dg
 
 # A process started this much after its run's pid event is another process with the same pid.
 _REUSED_AFTER_S = 1.0
+INTERVAL_ENV = "FLOWSTONE_DEAD_RUN_INTERVAL_S"
+
+
+def sensor_interval_s() -> int:
+    """How often the sensor looks (``FLOWSTONE_DEAD_RUN_INTERVAL_S``, default 60 s): the most
+    a dead run waits before run retries see it. One query of STARTED runs and a pid check each."""
+    from flowstone.errors import ConfigError
+
+    raw = os.environ.get(INTERVAL_ENV, "60")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"environment variable {INTERVAL_ENV}", raw,
+                          "must be a whole number of seconds, at least 1")  # fmt: skip
+    return value
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ def describe(dead: list[DeadRun]) -> list[dict[str, Any]]:
 
 @dg.sensor(
     name="dead_run_sensor",
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval_s(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks failed the runs whose process died (SIGKILL, the OOM killer) while they "
     "were STARTED, with the reason, so dagster.yaml's run_retries re-executes them from their "

@@ -234,7 +234,7 @@ def stage_minilm(drop: Path, names: list[str]) -> None:
     staging = drop.parent / "minilm_config"
     config = demo_models.write_minilm_config(staging, list(known_suites()))
     text = config.read_text().replace("speed: {floor: 1.0, max_rounds: 4}",
-                                      "speed: {floor: 0.0, max_rounds: 2}")  # fmt: skip
+                                      "speed: {floor: 0.0, min_rounds: 2, max_rounds: 2}")  # fmt: skip
     assert "floor: 0.0" in text, "the demo MiniLM config changed: update the soak"
     config.write_text(text)
     for name in names:

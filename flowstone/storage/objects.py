@@ -35,9 +35,25 @@ def save_object(
     return save_encoded(store, key, codec.encode(obj, trusted=trusted, compression=compression))
 
 
+# A write the store refused in passing (a reset connection, a timeout: flowstone.transient) is
+# written again here, a few times with a short backoff, before the step hears of it: a step
+# that writes many partitions would otherwise start over for each refusal, and run out of
+# its retries when a few of its writes meet one (bench/bench_bake_soak.py saw it). A put of the
+# same key is idempotent in every store (an atomic rename, an S3 PUT).
+WRITE_ATTEMPTS = 4
+
+
 def save_encoded(store: ObjectStore, key: str, encoded: codec.Encoded) -> StoredObject:
     """Store bytes already encoded, for a caller that writes them under more than one key."""
-    uri, stored_bytes = store.put_encoded(key, encoded)  # never joins header and payload
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    from flowstone.transient import is_transient
+
+    for attempt in Retrying(retry=retry_if_exception(is_transient), reraise=True,
+                            stop=stop_after_attempt(WRITE_ATTEMPTS),
+                            wait=wait_exponential(multiplier=0.2, max=2.0)):  # fmt: skip
+        with attempt:
+            uri, stored_bytes = store.put_encoded(key, encoded)  # never joins header and payload
     return StoredObject(key=key, uri=uri, envelope=encoded.envelope, stored_bytes=stored_bytes)
 
 

@@ -89,3 +89,36 @@ def test_the_sensor_is_registered_on_one_host_only() -> None:
 
     assert "dead_run_sensor" in names(build_definitions())
     assert "dead_run_sensor" not in names(build_definitions(mode="celery"))
+
+
+def test_the_sensor_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowstone.errors import ConfigError
+    from sensors.dead_runs import INTERVAL_ENV, sensor_interval_s
+
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    assert sensor_interval_s() == 60
+    monkeypatch.setenv(INTERVAL_ENV, "10")
+    assert sensor_interval_s() == 10
+    for bad in ("0", "ten", "2.5"):
+        monkeypatch.setenv(INTERVAL_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{INTERVAL_ENV}.*at least 1"):
+            sensor_interval_s()
+
+
+def test_the_default_instance_frees_dead_runs_slots_and_retries_only_dead_runs(
+    tmp_path: Path,
+) -> None:
+    """dagster.yaml as `make ui` copies it: a killed run's pool slot is freed (else the baking
+    pool's one slot stays taken), and only runs that died are re-executed: a failing step is
+    its RetryPolicy's, a failed gate would fail again."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(repo / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 5
+        assert instance.run_retries_retry_on_asset_or_op_failure is False

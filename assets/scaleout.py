@@ -153,16 +153,9 @@ def _configured(executor_def: dg.ExecutorDefinition, mode: str) -> dg.ExecutorDe
 
 
 def partitions_per_run() -> int:
-    raw = os.environ.get(PARTITIONS_PER_RUN_ENV, "1")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(
-            f"environment variable {PARTITIONS_PER_RUN_ENV}", raw, "must be an integer >= 1"
-        )
-    return value
+    from flowstone.env import positive_int
+
+    return positive_int(PARTITIONS_PER_RUN_ENV, 1)
 
 
 def bake_backfill_policy(mode: str | None = None) -> dg.BackfillPolicy:

@@ -16,7 +16,6 @@ with the wiring; ``bench/bench_bake_soak.py`` calls :func:`fail_dead_runs` as th
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +29,9 @@ INTERVAL_ENV = "FLOWSTONE_DEAD_RUN_INTERVAL_S"
 def sensor_interval_s() -> int:
     """How often the sensor looks (``FLOWSTONE_DEAD_RUN_INTERVAL_S``, default 60 s): the most
     a dead run waits before run retries see it. One query of STARTED runs and a pid check each."""
-    from flowstone.errors import ConfigError
+    from flowstone.env import positive_int
 
-    raw = os.environ.get(INTERVAL_ENV, "60")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"environment variable {INTERVAL_ENV}", raw,
-                          "must be a whole number of seconds, at least 1")  # fmt: skip
-    return value
+    return positive_int(INTERVAL_ENV, 60, "a whole number of seconds")
 
 
 @dataclass(frozen=True)
